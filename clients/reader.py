@@ -1,0 +1,226 @@
+"""What strategies call to read balances: the seed's names over a read-only store mapping."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+
+from mmapstore import (
+    BalanceRecord,
+    SlotIndexError,
+    StoreReader,
+    StrategyCountError,
+    WriterStatus,
+    store_path,
+)
+
+
+class Exchange(StrEnum):
+    """Exchanges with a balance gateway. The value names the store file."""
+
+    KRAKEN = "kraken"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Exchange | None:
+        if isinstance(value, str):
+            return cls.__members__.get(value.upper())
+        return None
+
+
+class DataType(StrEnum):
+    """What a quote carries; balances are the only kind a balance gateway writes."""
+
+    BALANCE = "balance"
+
+
+class Currency(StrEnum):
+    """Canonical tickers (BTC, not XBT/XXBT; USD, not ZUSD).
+
+    Any currency in the store can also be named by a plain string, in any case:
+    ``"usd"``, ``"USD"`` and ``Currency.USD`` are the same key.
+    """
+
+    USD = "USD"
+    EUR = "EUR"
+    GBP = "GBP"
+    CAD = "CAD"
+    CHF = "CHF"
+    JPY = "JPY"
+    AUD = "AUD"
+    USDT = "USDT"
+    USDC = "USDC"
+    DAI = "DAI"
+    BTC = "BTC"
+    ETH = "ETH"
+    SOL = "SOL"
+    XRP = "XRP"
+    ADA = "ADA"
+    DOGE = "DOGE"
+    DOT = "DOT"
+    LTC = "LTC"
+    LINK = "LINK"
+    AVAX = "AVAX"
+    XMR = "XMR"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Currency | None:
+        if isinstance(value, str):
+            return cls.__members__.get(value.upper())
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SingleQuote:
+    """A currency's total balance (slot 0) at one instant.
+
+    ``mid`` is the float the seed reads; ``exact`` the same balance as a Decimal.
+    """
+
+    exchange: Exchange
+    data_type: DataType
+    currency: str
+    mid: float
+    exact: Decimal
+    updated_ns: int
+    sequence: int
+
+    @property
+    def timestamp(self) -> float:
+        """The record's last update, in seconds since the epoch."""
+        return self.updated_ns / 1e9
+
+
+# One reader per (exchange, store path): mapping a file once serves every call.
+_readers: dict[tuple[str, str], StoreReader] = {}
+
+
+def _shared_reader(exchange: Exchange | str, shm_dir: Path | str | None) -> StoreReader:
+    path = str(store_path(Exchange(exchange).value, shm_dir))
+    key = (str(exchange), path)
+    reader = _readers.get(key)
+    if reader is None:
+        # Raises StoreNotFoundError while the gateway is down; the next call tries again.
+        reader = _readers[key] = StoreReader(path)
+    return reader
+
+
+def getSingleQuoteCurrency(  # noqa: N802 - the seed's name
+    exchange: Exchange | str,
+    data_type: DataType | str,
+    currency: Currency | str,
+    *,
+    shm_dir: Path | str | None = None,
+) -> SingleQuote:
+    """The total balance (slot 0) of ``currency`` on ``exchange``.
+
+    Raises:
+        StoreNotFoundError: the exchange's gateway is not running.
+        UnknownCurrencyError: the gateway has no balance of that currency.
+        ValueError: an unknown exchange or data type.
+    """
+    kind = DataType(data_type)
+    reader = _shared_reader(exchange, shm_dir)
+    slot = reader.slot(currency, 0)
+    return SingleQuote(
+        Exchange(exchange),
+        kind,
+        currency.upper(),
+        slot.value,
+        slot.exact,
+        slot.updated_ns,
+        slot.sequence,
+    )
+
+
+get_single_quote_currency = getSingleQuoteCurrency
+
+
+class StrategyBalanceManager:
+    """Per-strategy balances of one exchange: slot 0 total, 1 available, 2.. one per strategy.
+
+    Reads are lock-free seqlock reads of the gateway's shared memory. If the
+    gateway is not running yet, construction still succeeds and each read
+    raises ``StoreNotFoundError`` until it is.
+
+    Raises (on construction or first read):
+        StrategyCountError: ``strategy_count`` exceeds the store's.
+    """
+
+    def __init__(
+        self,
+        exchange: Exchange | str,
+        strategy_count: int = 8,
+        *,
+        shm_dir: Path | str | None = None,
+    ) -> None:
+        if strategy_count < 1:
+            raise StrategyCountError(f"strategy_count must be at least 1, not {strategy_count}")
+        self.exchange = Exchange(exchange)
+        self.strategy_count = strategy_count
+        self.path = store_path(self.exchange.value, shm_dir)
+        self._reader: StoreReader | None = None
+        if os.path.exists(self.path):
+            self._connect()
+
+    def _connect(self) -> StoreReader:
+        reader = StoreReader(self.path)
+        if self.strategy_count > reader.strategy_count:
+            reader.close()
+            raise StrategyCountError(
+                f"asked for {self.strategy_count} slots but {self.path} has "
+                f"{reader.strategy_count}; pass strategy_count <= {reader.strategy_count} "
+                "or start the gateway with more"
+            )
+        self._reader = reader
+        return reader
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < self.strategy_count:
+            raise SlotIndexError(
+                f"index {index} is out of range: this manager has slots "
+                f"0..{self.strategy_count - 1}"
+            )
+
+    def get_balance(self, currency: Currency | str, index: int = 0) -> float:
+        """Slot ``index`` of ``currency`` as a float (index 0 total, 1 available)."""
+        reader = self._reader or self._connect()
+        if not 0 <= index < self.strategy_count:
+            self._check_index(index)
+        return reader.slot_float(currency, index)
+
+    def get_balance_exact(self, currency: Currency | str, index: int = 0) -> Decimal:
+        """Slot ``index`` of ``currency``, exactly."""
+        reader = self._reader or self._connect()
+        self._check_index(index)
+        return reader.slot(currency, index).exact
+
+    def get_balances(self, currency: Currency | str) -> tuple[float, ...]:
+        """Every slot of ``currency`` as floats, from one consistent read."""
+        reader = self._reader or self._connect()
+        return reader.floats(currency)[: self.strategy_count]
+
+    def get_balances_exact(self, currency: Currency | str) -> tuple[Decimal, ...]:
+        """Every slot of ``currency`` exactly, from one consistent read."""
+        return self.record(currency).exact_all()[: self.strategy_count]
+
+    def record(self, currency: Currency | str) -> BalanceRecord:
+        """The full record: exact and float slots, update time and sequence."""
+        reader = self._reader or self._connect()
+        return reader.record(currency)
+
+    def currencies(self) -> list[str]:
+        reader = self._reader or self._connect()
+        return reader.currencies()
+
+    def writer_status(self) -> WriterStatus:
+        """Whether the gateway writing these balances is live, stopped, dead or stale."""
+        reader = self._reader or self._connect()
+        return reader.writer_status()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

@@ -1,0 +1,1 @@
+"""The balance gateway: the single writer of one exchange account's balances."""

@@ -1,0 +1,71 @@
+"""Shared-memory balance store: one writer process, any number of lock-free read-only readers.
+
+Never imports Trio: readers live in strategy processes of any kind.
+"""
+
+from __future__ import annotations
+
+from mmapstore._layout import (
+    DEFAULT_CAPACITY,
+    DEFAULT_SCALE,
+    DEFAULT_STRATEGY_COUNT,
+    LAYOUT_VERSION,
+    WriterState,
+    from_scaled,
+    to_scaled,
+)
+from mmapstore._paths import shm_dir, store_path
+from mmapstore._reader import (
+    BalanceRecord,
+    SlotValue,
+    StoreReader,
+    WriterHealth,
+    WriterStatus,
+    pid_alive,
+)
+from mmapstore._writer import StoreWriter
+from mmapstore.errors import (
+    SlotIndexError,
+    StoreBusyError,
+    StoreCorruptError,
+    StoreError,
+    StoreFormatError,
+    StoreFullError,
+    StoreLockedError,
+    StoreNotFoundError,
+    StoreValueError,
+    StoreVersionError,
+    StrategyCountError,
+    UnknownCurrencyError,
+)
+
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "DEFAULT_SCALE",
+    "DEFAULT_STRATEGY_COUNT",
+    "LAYOUT_VERSION",
+    "BalanceRecord",
+    "SlotIndexError",
+    "SlotValue",
+    "StoreBusyError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreFormatError",
+    "StoreFullError",
+    "StoreLockedError",
+    "StoreNotFoundError",
+    "StoreReader",
+    "StoreValueError",
+    "StoreVersionError",
+    "StoreWriter",
+    "StrategyCountError",
+    "UnknownCurrencyError",
+    "WriterHealth",
+    "WriterState",
+    "WriterStatus",
+    "from_scaled",
+    "pid_alive",
+    "shm_dir",
+    "store_path",
+    "to_scaled",
+]

@@ -1,0 +1,414 @@
+"""Read-only access to a store file: lock-free, never blocks the writer, never torn."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import Enum
+from pathlib import Path
+from typing import Final, NamedTuple, TypeVar
+
+from mmapstore._layout import (
+    H_CURRENCY_COUNT,
+    H_GENERATION,
+    H_HEARTBEAT_NS,
+    H_STATE,
+    H_WRITER_PID,
+    R_FLOATS,
+    R_SEQ,
+    R_UPDATED_NS,
+    RETIRED_SEQ,
+    Geometry,
+    WriterState,
+    from_scaled,
+    join_int128,
+    unpack_entry,
+    unpack_header,
+)
+from mmapstore.errors import (
+    SlotIndexError,
+    StoreBusyError,
+    StoreCorruptError,
+    StoreNotFoundError,
+    UnknownCurrencyError,
+)
+
+T = TypeVar("T")
+
+DEFAULT_STALE_AFTER_S: Final = 3.0
+# How long a reader waits for one record to settle before asking whether its
+# writer is still alive. A descheduled writer can hold a record odd for a
+# scheduler tick (milliseconds) on a loaded 2-core machine.
+SETTLE_CHECK_S: Final = 0.05
+SETTLE_GIVE_UP_S: Final = 2.0
+
+
+class WriterHealth(Enum):
+    """What a reader can tell about the store's writer."""
+
+    STARTING = "starting"  # a writer holds the store but has not published everything yet
+    LIVE = "live"
+    STOPPED = "stopped"  # it shut down cleanly; values are its last
+    DEAD = "dead"  # its process is gone without a clean stop
+    STALE = "stale"  # its process exists but the heartbeat stopped (hung or paused)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStatus:
+    """A snapshot of the header's writer fields, judged."""
+
+    health: WriterHealth
+    pid: int
+    generation: int
+    heartbeat_age_s: float
+
+    @property
+    def alive(self) -> bool:
+        return self.health in (WriterHealth.LIVE, WriterHealth.STARTING)
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceRecord:
+    """One consistent read of a currency's record."""
+
+    currency: str
+    scale: int
+    scaled: tuple[int, ...]  # exact: slot value * 10**scale
+    floats: tuple[float, ...]
+    updated_ns: int
+    sequence: int
+
+    def exact(self, slot: int) -> Decimal:
+        return from_scaled(self.scaled[slot], self.scale)
+
+    def exact_all(self) -> tuple[Decimal, ...]:
+        return tuple(from_scaled(v, self.scale) for v in self.scaled)
+
+
+class SlotValue(NamedTuple):
+    """One slot of one consistent record read."""
+
+    scaled: int
+    scale: int
+    value: float
+    updated_ns: int
+    sequence: int
+
+    @property
+    def exact(self) -> Decimal:
+        return from_scaled(self.scaled, self.scale)
+
+
+# Per currency: (seq word, first float word, scale, canonical name).
+_Entry = tuple[int, int, int, str]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running (not zombie) process visible from here."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
+
+
+class StoreReader:
+    """A read-only mapping of one store file.
+
+    Reads are seqlock reads: they retry while the writer is inside the record
+    and never return a torn value. ``retries`` counts those retries. The reader
+    follows the store across writers: a writer that takes over the same file
+    is seen at once; a re-created file is re-opened on the next read.
+
+    Raises (from the constructor):
+        StoreNotFoundError: no file: the gateway is not running.
+        StoreCorruptError, StoreVersionError: not a file this code can read.
+    """
+
+    def __init__(self, path: Path | str, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> None:
+        self.path = Path(path)
+        self.stale_after_s = stale_after_s
+        self.retries = 0
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise StoreNotFoundError(
+                f"no balance store at {self.path}: the gateway is not running "
+                "(or writes to another HFT_SHM_DIR)"
+            ) from None
+        try:
+            stat = os.fstat(fd)
+            if stat.st_size == 0:
+                raise StoreCorruptError(f"{self.path}: empty file")
+            mm = mmap.mmap(fd, stat.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        try:
+            header = unpack_header(mm, file_size=stat.st_size, path=str(self.path))
+        except BaseException:
+            mm.close()
+            raise
+        geometry = header.geometry
+        self.exchange = header.exchange
+        self._inode = stat.st_ino
+        self._mm = mm
+        self._geometry = geometry
+        self._strategy_count = geometry.strategy_count
+        self._words = memoryview(mm).cast("Q")
+        self._signed = memoryview(mm).cast("q")
+        self._floats = memoryview(mm).cast("d")
+        self._float_row = struct.Struct(f"<{geometry.strategy_count}d")
+        self._known = 0
+        self._by_name: dict[str, _Entry] = {}
+        # Lookup cache keyed by whatever the caller passes (canonical name, enum, alias).
+        self._index: dict[str, _Entry] = {}
+        self._refresh_directory()
+
+    def _release(self) -> None:
+        for view in (self._words, self._signed, self._floats):
+            view.release()
+        self._mm.close()
+
+    def close(self) -> None:
+        self._release()
+
+    def __enter__(self) -> StoreReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _reopen(self) -> None:
+        """Map the path again: the file we had was replaced (retired) by a new writer."""
+        self._release()
+        self._open()
+
+    # -- directory ----------------------------------------------------------------
+
+    @property
+    def strategy_count(self) -> int:
+        return self._strategy_count
+
+    @property
+    def generation(self) -> int:
+        return int(self._words[H_GENERATION])
+
+    def currencies(self) -> list[str]:
+        """Every currency with a record, in directory order."""
+        self._refresh_directory()
+        return list(self._by_name)
+
+    def _refresh_directory(self) -> None:
+        geometry = self._geometry
+        count = min(self._words[H_CURRENCY_COUNT], geometry.capacity)
+        for index in range(self._known, count):
+            name, scale, record_at = unpack_entry(self._mm, geometry.entry_offset(index))
+            if record_at != geometry.record_offset(index):
+                raise StoreCorruptError(f"{self.path}: directory entry {index} points astray")
+            first = record_at // 8
+            self._by_name[name] = (first + R_SEQ, first + R_FLOATS, scale, name)
+        self._known = count
+
+    def _locate(self, currency: str) -> _Entry:
+        """Slow path of a lookup: normalise, look for new currencies, cache the key."""
+        name = currency.upper() if isinstance(currency, str) else currency
+        entry = self._by_name.get(name)
+        if entry is None:
+            self._refresh_directory()
+            entry = self._by_name.get(name)
+        if entry is None:
+            known = ", ".join(self._by_name) or "none yet"
+            raise UnknownCurrencyError(f"no {currency} balance in {self.path} (it has: {known})")
+        self._index[currency] = entry
+        return entry
+
+    def _slot_out_of_range(self, slot: int) -> None:
+        raise SlotIndexError(
+            f"slot {slot} is out of range: this store has slots 0..{self._strategy_count - 1}"
+        )
+
+    # -- reads ------------------------------------------------------------------
+
+    def slot_float(self, currency: str, slot: int) -> float:
+        """One slot's balance as a float. The hot path: a dict lookup and three loads."""
+        try:
+            entry = self._index[currency]
+        except KeyError:
+            entry = self._locate(currency)
+        if not 0 <= slot < self._strategy_count:
+            self._slot_out_of_range(slot)
+        words = self._words
+        seq_word = entry[0]
+        seq = words[seq_word]
+        value = self._floats[entry[1] + slot]
+        if seq & 1 or words[seq_word] != seq:
+            return self._settle(currency, lambda e: self._try_slot_float(e, slot))
+        return value
+
+    def _try_slot_float(self, entry: _Entry, slot: int) -> float | None:
+        words = self._words
+        seq = words[entry[0]]
+        value = self._floats[entry[1] + slot]
+        if seq & 1 or words[entry[0]] != seq:
+            return None
+        return value
+
+    def slot(self, currency: str, slot: int) -> SlotValue:
+        """One slot, exact and as a float, with the record's update time and sequence."""
+        try:
+            entry = self._index[currency]
+        except KeyError:
+            entry = self._locate(currency)
+        if not 0 <= slot < self._strategy_count:
+            self._slot_out_of_range(slot)
+        result = self._try_slot(entry, slot)
+        if result is None:
+            return self._settle(currency, lambda e: self._try_slot(e, slot))
+        return result
+
+    def _try_slot(self, entry: _Entry, slot: int) -> SlotValue | None:
+        words = self._words
+        seq_word, first_float, scale, _ = entry
+        seq = words[seq_word]
+        value = self._floats[first_float + slot]
+        int_word = first_float + self._strategy_count + 2 * slot
+        scaled = join_int128(words[int_word], self._signed[int_word + 1])
+        updated_ns = self._signed[seq_word + R_UPDATED_NS]
+        if seq & 1 or words[seq_word] != seq:
+            return None
+        return SlotValue(scaled, scale, value, updated_ns, seq // 2)
+
+    def floats(self, currency: str) -> tuple[float, ...]:
+        """Every slot as floats, from one consistent read."""
+        try:
+            entry = self._index[currency]
+        except KeyError:
+            entry = self._locate(currency)
+        result = self._try_floats(entry)
+        if result is None:
+            return self._settle(currency, self._try_floats)
+        return result
+
+    def _try_floats(self, entry: _Entry) -> tuple[float, ...] | None:
+        words = self._words
+        seq = words[entry[0]]
+        values: tuple[float, ...] = self._float_row.unpack_from(self._mm, entry[1] * 8)
+        if seq & 1 or words[entry[0]] != seq:
+            return None
+        return values
+
+    def record(self, currency: str) -> BalanceRecord:
+        """Every slot, exact and as floats, with update time and sequence, read at once."""
+        try:
+            entry = self._index[currency]
+        except KeyError:
+            entry = self._locate(currency)
+        result = self._try_record(entry)
+        if result is None:
+            return self._settle(currency, self._try_record)
+        return result
+
+    def _try_record(self, entry: _Entry) -> BalanceRecord | None:
+        words = self._words
+        seq_word, first_float, scale, name = entry
+        count = self._strategy_count
+        seq = words[seq_word]
+        updated_ns = self._signed[seq_word + R_UPDATED_NS]
+        floats = tuple(self._floats[first_float : first_float + count])
+        first_int = first_float + count
+        lows = words[first_int : first_int + 2 * count : 2].tolist()
+        highs = self._signed[first_int + 1 : first_int + 2 * count : 2].tolist()
+        if seq & 1 or words[seq_word] != seq:
+            return None
+        scaled = tuple(map(join_int128, lows, highs))
+        return BalanceRecord(name, scale, scaled, floats, updated_ns, seq // 2)
+
+    def _settle(self, currency: str, attempt: Callable[[_Entry], T | None]) -> T:
+        """Retry a read until the record is stable, following a retired file.
+
+        Raises:
+            StoreBusyError: the record stayed mid-write and its writer is dead,
+                or it did not settle within ``SETTLE_GIVE_UP_S``.
+        """
+        started = time.monotonic()
+        next_check = started + SETTLE_CHECK_S
+        spins = 0
+        while True:
+            self.retries += 1
+            entry = self._index.get(currency) or self._locate(currency)
+            result = attempt(entry)
+            if result is not None:
+                return result
+            seq = self._words[entry[0]]
+            if seq == RETIRED_SEQ or self._words[H_STATE] == WriterState.RETIRED:
+                self._reopen()
+                continue
+            spins += 1
+            if spins % 32 == 0:
+                os.sched_yield()  # on 2 cores the writer may be waiting for ours
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + SETTLE_CHECK_S
+                    if not pid_alive(int(self._words[H_WRITER_PID])) or (
+                        now - started >= SETTLE_GIVE_UP_S
+                    ):
+                        raise StoreBusyError(
+                            f"the {entry[3]} record in {self.path} is stuck mid-write "
+                            f"(writer pid {self._words[H_WRITER_PID]} is not finishing it); "
+                            "it reads again once a gateway republishes it"
+                        )
+
+    # -- writer health ----------------------------------------------------------
+
+    def writer_status(self, now_ns: int | None = None) -> WriterStatus:
+        """Judge the writer by the header's state, pid and heartbeat age.
+
+        A store that was replaced on disk while this reader held the old one is
+        re-opened first, so a stopped writer's successor is found.
+        """
+        state = self._words[H_STATE]
+        if state != WriterState.LIVE and self._replaced_on_disk():
+            self._reopen()
+            state = self._words[H_STATE]
+        pid = int(self._words[H_WRITER_PID])
+        heartbeat_ns = int(self._signed[H_HEARTBEAT_NS])
+        now = time.time_ns() if now_ns is None else now_ns
+        age = max(0.0, (now - heartbeat_ns) / 1e9)
+        if state == WriterState.STOPPED:
+            health = WriterHealth.STOPPED
+        elif not pid_alive(pid):
+            health = WriterHealth.DEAD
+        elif age > self.stale_after_s:
+            health = WriterHealth.STALE
+        elif state == WriterState.STARTING:
+            health = WriterHealth.STARTING
+        else:
+            health = WriterHealth.LIVE
+        return WriterStatus(health, pid, int(self._words[H_GENERATION]), age)
+
+    def _replaced_on_disk(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except FileNotFoundError:
+            return False
+
+    @property
+    def geometry(self) -> Geometry:
+        return self._geometry

@@ -1,0 +1,377 @@
+"""The store's single writer: owns the lock, the file and every record's seqlock."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import mmap
+import os
+import time
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+
+from mmapstore._layout import (
+    DEFAULT_CAPACITY,
+    DEFAULT_SCALE,
+    DEFAULT_STRATEGY_COUNT,
+    H_CURRENCY_COUNT,
+    H_GENERATION,
+    H_HEARTBEAT_NS,
+    H_STATE,
+    H_WRITER_PID,
+    HEADER_SIZE,
+    INT128_MAX,
+    INT128_MIN,
+    R_SEQ,
+    RETIRED_SEQ,
+    Geometry,
+    WriterState,
+    check_scale,
+    encode_currency_name,
+    pack_entry,
+    pack_header,
+    payload_struct,
+    to_scaled,
+    unpack_entry,
+    unpack_header,
+)
+from mmapstore._paths import lock_path
+from mmapstore.errors import (
+    StoreFormatError,
+    StoreFullError,
+    StoreLockedError,
+    StoreValueError,
+)
+
+logger = logging.getLogger(__name__)
+
+_MASK64 = (1 << 64) - 1
+
+
+class _Mapping:
+    """One open, writable mapping of a store file and its word views."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self.words = memoryview(self.mm).cast("Q")
+        self.inode = os.fstat(fd).st_ino
+
+    def close(self) -> None:
+        self.words.release()
+        self.mm.close()
+
+
+def _open_existing(path: Path) -> tuple[_Mapping, Geometry, str] | None:
+    """Map an existing store read-write, or return None when there is none to reuse."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if size < HEADER_SIZE:
+            logger.warning("store %s is only %d bytes: replacing it", path, size)
+            return None
+        mapping = _Mapping(fd, size)
+    finally:
+        os.close(fd)
+    try:
+        header = unpack_header(mapping.mm, file_size=size, path=str(path))
+    except StoreFormatError as exc:
+        logger.warning("store %s is unreadable (%s): replacing it", path, exc)
+        mapping.close()
+        return None
+    return mapping, header.geometry, header.exchange
+
+
+def _acquire_lock(store: Path) -> int:
+    """Take the writer lock for the life of the returned descriptor.
+
+    Raises:
+        StoreLockedError: another process holds it.
+    """
+    lock_file = lock_path(store)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreLockedError(
+            f"{store} already has a writer (pid {holder}, lock {lock_file}); "
+            "stop that gateway first: there is one writer per exchange"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class StoreWriter:
+    """The one process allowed to change a store file.
+
+    Open it with :meth:`open`; it holds an exclusive lock until :meth:`close`
+    (or until the process dies, when the kernel drops the lock and a new writer
+    may take over). Not thread-safe: one task owns it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        lock_fd: int,
+        mapping: _Mapping,
+        geometry: Geometry,
+        generation: int,
+        clock_ns: Callable[[], int],
+    ) -> None:
+        self._path = path
+        self._lock_fd = lock_fd
+        self._map = mapping
+        self._geometry = geometry
+        self._generation = generation
+        self._clock_ns = clock_ns
+        self._payload = payload_struct(geometry.strategy_count)
+        self._pow10: dict[int, int] = {}
+        self._index: dict[str, int] = {}
+        self._scales: list[int] = []
+        self._closed = False
+        count = mapping.words[H_CURRENCY_COUNT]
+        for i in range(count):
+            name, scale, _ = unpack_entry(mapping.mm, geometry.entry_offset(i))
+            self._index[name] = i
+            self._scales.append(scale)
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        *,
+        exchange: str,
+        strategy_count: int = DEFAULT_STRATEGY_COUNT,
+        capacity: int = DEFAULT_CAPACITY,
+        mode: int = 0o644,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> StoreWriter:
+        """Take the store's lock and map it for writing, creating it if needed.
+
+        An existing file with the same exchange, ``strategy_count`` and enough
+        capacity is reused in place: mapped readers keep working and see the
+        generation go up. Any other file is replaced by a new one and marked
+        retired, so mapped readers re-open the path by themselves.
+
+        The header says ``STARTING`` until :meth:`mark_live`.
+
+        Raises:
+            StoreLockedError: another writer holds the store.
+            StoreValueError: an impossible geometry or exchange name.
+        """
+        path = Path(path)
+        geometry = Geometry(strategy_count, capacity)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = _acquire_lock(path)
+        try:
+            existing = _open_existing(path)
+            previous_generation = 0
+            if existing is not None:
+                old, old_geometry, old_exchange = existing
+                previous_generation = old.words[H_GENERATION]
+                reusable = (
+                    old_exchange == exchange
+                    and old_geometry.strategy_count == strategy_count
+                    and old_geometry.capacity >= capacity
+                )
+                if reusable:
+                    mapping, geometry = old, old_geometry
+                else:
+                    logger.warning(
+                        "store %s has exchange %s, %d slots, capacity %d; "
+                        "re-creating it for %s, %d slots, capacity %d",
+                        path, old_exchange, old_geometry.strategy_count, old_geometry.capacity,
+                        exchange, strategy_count, capacity,
+                    )  # fmt: skip
+                    mapping = _create(path, geometry, exchange, mode, clock_ns())
+                    _retire(old, old_geometry)
+            else:
+                mapping = _create(path, geometry, exchange, mode, clock_ns())
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        words = mapping.words
+        generation = previous_generation + 1
+        words[H_STATE] = WriterState.STARTING
+        words[H_GENERATION] = generation
+        words[H_WRITER_PID] = os.getpid()
+        words[H_HEARTBEAT_NS] = clock_ns() & _MASK64
+        logger.info("store %s: writer pid %d, generation %d", path, os.getpid(), generation)
+        return cls(path, lock_fd, mapping, geometry, generation, clock_ns)
+
+    # -- properties ---------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def strategy_count(self) -> int:
+        return self._geometry.strategy_count
+
+    @property
+    def currencies(self) -> dict[str, int]:
+        """Canonical currency name → record index, in directory order."""
+        return dict(self._index)
+
+    def scale_of(self, currency: str) -> int:
+        return self._scales[self._index[encode_currency_name(currency).decode()]]
+
+    # -- changes ----------------------------------------------------------------
+
+    def add_currency(self, currency: str, scale: int = DEFAULT_SCALE) -> int:
+        """Give ``currency`` a record (all slots zero) and return its index; idempotent.
+
+        Readers find it without re-mapping: the entry is written before the
+        directory count that makes it visible.
+
+        Raises:
+            StoreFullError: the directory is full.
+            StoreValueError: a bad name, or a scale that differs from the existing record's.
+        """
+        name = encode_currency_name(currency).decode()
+        check_scale(scale)
+        index = self._index.get(name)
+        if index is not None:
+            if self._scales[index] != scale:
+                raise StoreValueError(
+                    f"{name} is stored at scale {self._scales[index]}, not {scale}"
+                )
+            return index
+        index = len(self._scales)
+        if index >= self._geometry.capacity:
+            raise StoreFullError(
+                f"{self._path}: all {self._geometry.capacity} currency records are in use"
+            )
+        pack_entry(
+            self._map.mm, self._geometry.entry_offset(index), name, scale,
+            self._geometry.record_offset(index),
+        )  # fmt: skip
+        self._index[name] = index
+        self._scales.append(scale)
+        self._map.words[H_CURRENCY_COUNT] = index + 1
+        return index
+
+    def publish(self, index: int, scaled: Sequence[int], updated_ns: int | None = None) -> int:
+        """Replace record ``index``'s slots with ``scaled`` (integers at the record's scale).
+
+        Returns:
+            The record's new sequence number.
+
+        Raises:
+            StoreValueError: wrong slot count or a value outside 128 bits.
+            IndexError: no such record.
+        """
+        scale = self._scales[index]
+        count = self._geometry.strategy_count
+        if len(scaled) != count:
+            raise StoreValueError(f"expected {count} slot values, got {len(scaled)}")
+        pow10 = self._pow10.get(scale)
+        if pow10 is None:
+            pow10 = self._pow10[scale] = 10**scale
+        halves: list[int] = []
+        for value in scaled:
+            if type(value) is not int or not INT128_MIN <= value <= INT128_MAX:
+                raise StoreValueError(f"slot value {value!r} is not a 128-bit integer")
+            halves.append(value & _MASK64)
+            halves.append(value >> 64)
+        floats = [value / pow10 for value in scaled]  # int / int rounds correctly
+        stamp = self._clock_ns() if updated_ns is None else updated_ns
+        offset = self._geometry.record_offset(index)
+        seq_word = offset // 8 + R_SEQ
+        words = self._map.words
+        seq = words[seq_word]
+        if not seq & 1:  # an odd seq is a dead writer's torn write: finish it, do not re-open it
+            seq += 1
+            words[seq_word] = seq
+        # The payload may be written any way; only the sequence word needs the aligned store.
+        self._payload.pack_into(self._map.mm, offset + 8, stamp, *floats, *halves)
+        words[seq_word] = seq + 1
+        return (seq + 1) // 2
+
+    def publish_decimal(
+        self, currency: str, values: Sequence[Decimal | int | str], updated_ns: int | None = None
+    ) -> int:
+        """Publish exact values for ``currency``, adding its record if needed.
+
+        Raises:
+            StoreValueError: a value with more decimals than the record's scale, or out of range.
+        """
+        index = self._index.get(currency.upper())
+        if index is None:
+            index = self.add_currency(currency)
+        scale = self._scales[index]
+        return self.publish(index, [to_scaled(v, scale) for v in values], updated_ns)
+
+    def heartbeat(self, now_ns: int | None = None) -> None:
+        """Tell readers the writer is alive; call it at least once a second."""
+        self._map.words[H_HEARTBEAT_NS] = (self._clock_ns() if now_ns is None else now_ns) & _MASK64
+
+    def mark_live(self) -> None:
+        """Say the records are current: call once the first full publish is done."""
+        self.heartbeat()
+        self._map.words[H_STATE] = WriterState.LIVE
+
+    def close(self) -> None:
+        """Mark the store stopped, unmap it and release the lock. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.heartbeat()
+            self._map.words[H_STATE] = WriterState.STOPPED
+            self._map.close()
+        finally:
+            os.close(self._lock_fd)
+        logger.info("store %s: writer stopped", self._path)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _create(path: Path, geometry: Geometry, exchange: str, mode: int, now_ns: int) -> _Mapping:
+    """Write a complete new store beside ``path`` and rename it into place.
+
+    Readers therefore never see a half-written header.
+    """
+    header = bytearray(HEADER_SIZE)
+    pack_header(header, geometry, exchange=exchange, created_ns=now_ns)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not narrow who may read balances
+        os.ftruncate(fd, geometry.file_size)
+        os.pwrite(fd, header, 0)
+        mapping = _Mapping(fd, geometry.file_size)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    return mapping
+
+
+def _retire(old: _Mapping, geometry: Geometry) -> None:
+    """Tell readers still mapping a replaced file to re-open the path."""
+    words = old.words
+    words[H_STATE] = WriterState.RETIRED
+    for index in range(geometry.capacity):
+        words[geometry.record_offset(index) // 8 + R_SEQ] = RETIRED_SEQ
+    old.close()
