@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
 from mmapstore import (
     BalanceRecord,
@@ -14,6 +14,7 @@ from mmapstore import (
     StoreReader,
     StrategyCountError,
     WriterStatus,
+    from_scaled,
     store_path,
 )
 
@@ -72,8 +73,7 @@ class Currency(StrEnum):
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class SingleQuote:
+class SingleQuote(NamedTuple):
     """A currency's total balance (slot 0) at one instant.
 
     ``mid`` is the float the seed reads; ``exact`` the same balance as a Decimal.
@@ -83,9 +83,14 @@ class SingleQuote:
     data_type: DataType
     currency: str
     mid: float
-    exact: Decimal
+    scaled: int
+    scale: int
     updated_ns: int
     sequence: int
+
+    @property
+    def exact(self) -> Decimal:
+        return from_scaled(self.scaled, self.scale)
 
     @property
     def timestamp(self) -> float:
@@ -93,17 +98,18 @@ class SingleQuote:
         return self.updated_ns / 1e9
 
 
-# One reader per (exchange, store path): mapping a file once serves every call.
-_readers: dict[tuple[str, str], StoreReader] = {}
+# One reader per (exchange, shm_dir argument, $HFT_SHM_DIR): mapping a file once serves
+# every call, and the key is cheap to build so the cache costs less than a path would.
+_readers: dict[tuple[str, object, str | None], StoreReader] = {}
 
 
 def _shared_reader(exchange: Exchange | str, shm_dir: Path | str | None) -> StoreReader:
-    path = str(store_path(Exchange(exchange).value, shm_dir))
-    key = (str(exchange), path)
+    key = (exchange, shm_dir, os.environ.get("HFT_SHM_DIR"))
     reader = _readers.get(key)
     if reader is None:
         # Raises StoreNotFoundError while the gateway is down; the next call tries again.
-        reader = _readers[key] = StoreReader(path)
+        reader = StoreReader(store_path(Exchange(exchange).value, shm_dir))
+        _readers[key] = reader
     return reader
 
 
@@ -121,15 +127,17 @@ def getSingleQuoteCurrency(  # noqa: N802 - the seed's name
         UnknownCurrencyError: the gateway has no balance of that currency.
         ValueError: an unknown exchange or data type.
     """
-    kind = DataType(data_type)
+    if data_type is not DataType.BALANCE:
+        DataType(data_type)  # raises ValueError for anything but a balance
     reader = _shared_reader(exchange, shm_dir)
     slot = reader.slot(currency, 0)
     return SingleQuote(
         Exchange(exchange),
-        kind,
+        DataType.BALANCE,
         currency.upper(),
         slot.value,
-        slot.exact,
+        slot.scaled,
+        slot.scale,
         slot.updated_ns,
         slot.sequence,
     )

@@ -1,0 +1,56 @@
+"""Fixtures shared by every test package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+STORE_WORKER = Path(__file__).parent / "mmapstore" / "store_worker.py"
+
+
+@pytest.fixture
+def store_file(tmp_path: Path) -> Path:
+    """Where a test's Kraken store lives: its own directory, never /dev/shm."""
+    return tmp_path / "hft.kraken.balance"
+
+
+class Workers:
+    """Starts store worker processes and kills any still running at teardown."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[str]] = []
+
+    def start(self, role: str, *args: str | Path) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, str(STORE_WORKER), role, *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.started.append(process)
+        return process
+
+    def start_ready(self, role: str, *args: str | Path) -> subprocess.Popen[str]:
+        """Start a worker and wait for its READY line."""
+        process = self.start(role, *args)
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line.startswith("READY"):
+            process.kill()
+            _, err = process.communicate(timeout=10)
+            raise AssertionError(f"{role} worker did not start: {line!r} {err}")
+        return process
+
+
+@pytest.fixture
+def workers() -> Iterator[Workers]:
+    pool = Workers()
+    yield pool
+    for process in pool.started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
