@@ -34,7 +34,9 @@ def test_scaled_value_round_trips_through_decimal(scaled: int, scale: int) -> No
 
 
 @given(
-    value=st.decimals(allow_nan=False, allow_infinity=False, places=8, max_value=10**20),
+    value=st.decimals(
+        allow_nan=False, allow_infinity=False, places=8, min_value=-(10**20), max_value=10**20
+    ),
     extra=st.integers(min_value=0, max_value=10),
 )
 def test_decimal_within_scale_round_trips(value: Decimal, extra: int) -> None:
