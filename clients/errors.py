@@ -9,6 +9,14 @@ Reading balances raises the store's errors (``mmapstore.errors``):
     ├── UnknownCurrencyError                           no balance of that currency
     ├── SlotIndexError                                 index out of range
     └── StrategyCountError                             more slots asked for than the store has
+
+Sending commands raises:
+
+    CommandError
+    ├── GatewayUnavailableError   no socket, connection refused or lost: the gateway is not running
+    ├── CommandRefusedError       the gateway answered ok=false; ``code`` and ``message`` say why
+    └── CommandTimeoutError       no reply in time (the command may or may not have been applied:
+                                  resend it with the same request_id to find out)
 """
 
 from __future__ import annotations
@@ -27,8 +35,35 @@ from mmapstore.errors import (
 
 GatewayNotRunningError = StoreNotFoundError
 
+
+class CommandError(Exception):
+    """Root of the errors of sending a command."""
+
+
+class GatewayUnavailableError(CommandError, ConnectionError):
+    """The gateway's socket is missing, refuses connections, or dropped ours."""
+
+
+class CommandRefusedError(CommandError):
+    """The gateway refused the command; nothing changed."""
+
+    def __init__(self, code: str, message: str, reply: dict[str, object]) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.reply = reply
+
+
+class CommandTimeoutError(CommandError, TimeoutError):
+    """No reply in time."""
+
+
 __all__ = [
+    "CommandError",
+    "CommandRefusedError",
+    "CommandTimeoutError",
     "GatewayNotRunningError",
+    "GatewayUnavailableError",
     "SlotIndexError",
     "StoreBusyError",
     "StoreCorruptError",

@@ -1,0 +1,225 @@
+"""The command server: strategies' requests on a Unix socket, each turned into a writer message.
+
+A connection is served until its peer closes it, stays idle too long, or
+sends something no framing can recover from. A bad request gets its error
+reply and the connection goes on; a failing connection is logged and closed
+while the server and every other connection carry on.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from gateway.codes import ErrorCode
+from gateway.errors import CommandProtocolError, GatewayError
+from gateway.events import Reply, error_reply
+from gateway.messages import CommandReceived, QueryReceived, WriterMessage
+from gateway.protocol import (
+    CborFrameDecoder,
+    Frame,
+    FrameError,
+    Framing,
+    JsonLineDecoder,
+    Query,
+    decode_frame,
+    detect_framing,
+    encode_reply,
+    parse_request,
+    request_id_of,
+)
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+
+logger = logging.getLogger(__name__)
+
+RECEIVE_BYTES = 65536
+_PEERCRED = struct.Struct("3i")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: trio.socket.SocketType) -> Peer:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    return Peer(*_PEERCRED.unpack(raw))
+
+
+class CommandServer:
+    """Per-connection conversation; shared state is only the connection count."""
+
+    def __init__(self, config: GatewayConfig, send: trio.MemorySendChannel[WriterMessage]) -> None:
+        self._config = config
+        self._send = send
+        self.connections = 0
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            if self.connections >= self._config.max_connections:
+                logger.warning("refusing a connection: %d already open", self.connections)
+                await self._reply_json(
+                    stream,
+                    error_reply(
+                        ErrorCode.TOO_MANY_CONNECTIONS,
+                        f"the gateway serves at most {self._config.max_connections} connections",
+                    ),
+                )
+                return
+            self.connections += 1
+            try:
+                await self._converse(stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                logger.debug("command connection closed under us: %s", exc)
+            except Exception:
+                # A bug in serving one connection must not take the others down.
+                logger.exception("command connection failed; closing it")
+            finally:
+                self.connections -= 1
+
+    async def _reply_json(self, stream: trio.SocketStream, reply: Reply) -> None:
+        with trio.move_on_after(1):
+            await stream.send_all(encode_reply(reply, Framing.JSON))
+
+    async def _receive(self, stream: trio.SocketStream) -> bytes | None:
+        """The next bytes, b"" at EOF, or None when the connection sat idle too long."""
+        with trio.move_on_after(self._config.idle_timeout_s):
+            return await stream.receive_some(RECEIVE_BYTES)
+        return None
+
+    async def _converse(self, stream: trio.SocketStream) -> None:
+        peer = peer_credentials(stream.socket)
+        if peer.uid not in self._config.allowed_uids:
+            logger.warning("refused command connection from uid %d (pid %d)", peer.uid, peer.pid)
+            await self._reply_json(
+                stream,
+                error_reply(ErrorCode.PERMISSION_DENIED, f"uid {peer.uid} may not send commands"),
+            )
+            return
+        logger.debug("command connection from pid %d uid %d", peer.pid, peer.uid)
+        data = await self._receive(stream)
+        if not data:
+            return
+        framing = detect_framing(data[0])
+        if framing is None:
+            await self._reply_json(
+                stream,
+                error_reply(
+                    ErrorCode.BAD_FRAME,
+                    "a connection must start with JSON ('{') or a CBOR length prefix (0x00)",
+                ),
+            )
+            return
+        decoder = JsonLineDecoder() if framing is Framing.JSON else CborFrameDecoder()
+        frames = decoder.feed(data)
+        while True:
+            for frame in frames:
+                if not await self._answer(stream, frame, framing):
+                    return
+            data = await self._receive(stream)
+            if data is None:
+                logger.info("closing command connection of pid %d: idle", peer.pid)
+                return
+            if not data:
+                for frame in decoder.at_eof():
+                    await self._answer(stream, frame, framing)
+                return
+            frames = decoder.feed(data)
+
+    async def _answer(self, stream: trio.SocketStream, frame: Frame, framing: Framing) -> bool:
+        """Answer one frame; False when the connection must end."""
+        if isinstance(frame, FrameError):
+            await stream.send_all(encode_reply(error_reply(frame.code, frame.message), framing))
+            return not frame.fatal
+        body: dict[str, object] | None = None
+        try:
+            body = decode_frame(frame, framing)
+            request, request_id = parse_request(body, self._config.strategy_count)
+        except CommandProtocolError as exc:
+            request_id = request_id_of(body) if body is not None else None
+            await stream.send_all(
+                encode_reply(error_reply(exc.code, exc.message, request_id), framing)
+            )
+            return True
+        message: CommandReceived | QueryReceived
+        if isinstance(request, Query):
+            message = QueryReceived(request.what, request.currency)
+        else:
+            message = CommandReceived(request, request_id)
+        await self._send.send(message)
+        reply = await message.reply.wait()
+        if request_id is not None and "request_id" not in reply:
+            reply = {**reply, "request_id": request_id}
+        await stream.send_all(encode_reply(reply, framing))
+        return True
+
+
+def _remove_stale_socket(path: os.PathLike[str]) -> None:
+    """Unlink a socket left by a dead gateway; refuse if one is still answering."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(os.fspath(path))
+    except FileNotFoundError:
+        return
+    except ConnectionRefusedError:
+        logger.info("removing stale socket %s", path)
+        os.unlink(path)
+        return
+    except OSError as exc:
+        if exc.errno == errno.ENOTSOCK:
+            raise GatewayError(f"{path} exists and is not a socket; move it away") from exc
+        raise
+    finally:
+        probe.close()
+    raise GatewayError(f"another gateway is answering on {path}")
+
+
+async def serve_commands(
+    config: GatewayConfig,
+    send: trio.MemorySendChannel[WriterMessage],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the command socket until cancelled; the socket file is removed on the way out.
+
+    Supports ``nursery.start``: ``started()`` once the socket accepts connections.
+    Owns ``send`` and closes it on exit.
+
+    Raises:
+        GatewayError: another gateway answers on the socket path.
+    """
+    path = config.socket_path
+    async with send:
+        config.run_dir.mkdir(mode=config.run_dir_mode, parents=True, exist_ok=True)
+        os.chmod(config.run_dir, config.run_dir_mode)
+        _remove_stale_socket(path)
+        listener_socket = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await listener_socket.bind(str(path))
+        inode = os.stat(path).st_ino
+        try:
+            os.chmod(path, config.socket_mode)
+            listener_socket.listen(128)
+            server = CommandServer(config, send)
+            logger.info("command socket %s ready", path)
+            listener = trio.SocketListener(listener_socket)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, server.handle, [listener])
+                task_status.started()
+        finally:
+            # Only our own socket: a successor may already have bound the path.
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass

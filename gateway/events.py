@@ -1,0 +1,218 @@
+"""State-changing events: how each is applied to the ledger and how it is journalled.
+
+The writer applies an event and journals it; a restart replays the journal
+through the very same :func:`apply_event`, so live and replayed state cannot
+diverge. Pure: no I/O, no Trio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Final, assert_never
+
+import cbor2
+
+from gateway.ledger import (
+    BalanceCommand,
+    CommandKind,
+    Fee,
+    Fill,
+    FillOutcome,
+    Ledger,
+    Refused,
+    Side,
+    format_scaled,
+)
+
+Reply = dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandApplied:
+    """An allocate / release / adjust, with its idempotency key if it had one."""
+
+    command: BalanceCommand
+    request_id: str | None = None
+
+    @property
+    def fingerprint(self) -> tuple[object, ...]:
+        c = self.command
+        return (c.kind.value, c.strategy, c.currency, c.index, c.amount)
+
+
+@dataclass(frozen=True, slots=True)
+class FillApplied:
+    fill: Fill
+
+
+@dataclass(frozen=True, slots=True)
+class TotalsSet:
+    """The exchange's totals at bootstrap (scaled)."""
+
+    totals: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Corrected:
+    """A reconcile correction of one currency's total (scaled)."""
+
+    currency: str
+    old_total: int
+    new_total: int
+
+
+Event = CommandApplied | FillApplied | TotalsSet | Corrected
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What applying an event did: currencies to republish, a reply, a fill report."""
+
+    changed: tuple[str, ...]
+    reply: Reply | None = None
+    fill: FillOutcome | None = None
+    durable: bool = True  # False: nothing changed, nothing to journal
+
+
+def ok_reply(ledger: Ledger, currency: str, request_id: str | None) -> Reply:
+    reply: Reply = {
+        "ok": True,
+        "currency": currency,
+        "balances": [format_scaled(v) for v in ledger.slots(currency)],
+    }
+    if request_id is not None:
+        reply["request_id"] = request_id
+    return reply
+
+
+def error_reply(code: str, message: str, request_id: str | None = None) -> Reply:
+    reply: Reply = {"ok": False, "error": {"code": code, "message": message}}
+    if request_id is not None:
+        reply["request_id"] = request_id
+    return reply
+
+
+def apply_event(ledger: Ledger, event: Event) -> Outcome:
+    """Apply one event. Commands answer with a reply; refusals change nothing."""
+    match event:
+        case CommandApplied(command=command, request_id=request_id):
+            if request_id is not None:
+                known = _recall(ledger, event)
+                if known is not None:
+                    return Outcome((), known, durable=False)
+            try:
+                ledger.apply_command(command)
+            except Refused as refusal:
+                reply = error_reply(refusal.code, refusal.message, request_id)
+                if request_id is None:
+                    return Outcome((), reply, durable=False)
+                # A refusal with a key is remembered (and journalled) like a success,
+                # so a retry after a restart gets the same answer.
+                ledger.remember_reply(request_id, event.fingerprint, reply)
+                return Outcome((), reply)
+            reply = ok_reply(ledger, command.currency, request_id)
+            if request_id is not None:
+                ledger.remember_reply(request_id, event.fingerprint, reply)
+            return Outcome((command.currency,), reply)
+        case FillApplied(fill=fill):
+            outcome = ledger.apply_fill(fill)
+            if outcome is None:
+                return Outcome((), durable=False)
+            return Outcome(outcome.changed, fill=outcome)
+        case TotalsSet(totals=totals):
+            return Outcome(tuple(ledger.set_totals(totals)))
+        case Corrected(currency=currency, new_total=new_total):
+            ledger.correct(currency, new_total)
+            return Outcome((currency,))
+        case _:
+            assert_never(event)
+
+
+def _recall(ledger: Ledger, event: CommandApplied) -> Reply | None:
+    assert event.request_id is not None
+    try:
+        return ledger.recall_reply(event.request_id, event.fingerprint)
+    except Refused as refusal:
+        return error_reply(refusal.code, refusal.message, event.request_id)
+
+
+# -- journal encoding -------------------------------------------------------------
+
+_KIND: Final = "t"
+
+
+def encode_event(event: Event) -> bytes:
+    """The event as one CBOR map (decimals as strings, so the bytes are exact)."""
+    body: dict[str, object]
+    match event:
+        case CommandApplied(command=c, request_id=request_id):
+            body = {
+                _KIND: "cmd",
+                "kind": c.kind.value,
+                "strategy": c.strategy,
+                "currency": c.currency,
+                "index": c.index,
+                "amount": c.amount,
+                "rid": request_id,
+            }
+        case FillApplied(fill=f):
+            body = {
+                _KIND: "fill",
+                "id": f.exec_id,
+                "base": f.base,
+                "quote": f.quote,
+                "side": f.side.value,
+                "qty": str(f.qty),
+                "price": str(f.price),
+                "fees": [[fee.asset, str(fee.qty)] for fee in f.fees],
+                "userref": f.userref,
+                "ts": f.timestamp_ns,
+                "order": f.order_id,
+                "clid": f.cl_ord_id,
+            }
+        case TotalsSet(totals=totals):
+            body = {_KIND: "totals", "totals": dict(totals)}
+        case Corrected(currency=currency, old_total=old, new_total=new):
+            body = {_KIND: "correct", "currency": currency, "old": old, "new": new}
+        case _:
+            assert_never(event)
+    return cbor2.dumps(body)
+
+
+def decode_event(data: bytes) -> Event:
+    """Inverse of :func:`encode_event`. Raises ValueError (or a CBOR error) on bad input."""
+    body = cbor2.loads(data)
+    if not isinstance(body, dict):
+        raise ValueError("journal record is not a map")
+    kind = body.get(_KIND)
+    if kind == "cmd":
+        command = BalanceCommand(
+            CommandKind(body["kind"]),
+            body["strategy"],
+            body["currency"],
+            body["index"],
+            body["amount"],
+        )
+        return CommandApplied(command, body["rid"])
+    if kind == "fill":
+        fill = Fill(
+            exec_id=body["id"],
+            base=body["base"],
+            quote=body["quote"],
+            side=Side(body["side"]),
+            qty=Decimal(body["qty"]),
+            price=Decimal(body["price"]),
+            fees=tuple(Fee(asset, Decimal(qty)) for asset, qty in body["fees"]),
+            userref=body["userref"],
+            timestamp_ns=body["ts"],
+            order_id=body["order"],
+            cl_ord_id=body["clid"],
+        )
+        return FillApplied(fill)
+    if kind == "totals":
+        return TotalsSet(dict(body["totals"]))
+    if kind == "correct":
+        return Corrected(body["currency"], body["old"], body["new"])
+    raise ValueError(f"unknown journal record kind {kind!r}")

@@ -1,0 +1,285 @@
+"""The append-only journal and its snapshots under ``$HFT_STATE_DIR``.
+
+Files (all in one directory, 0700):
+
+    snapshot-<seq>.cbor   the whole ledger after the first <seq> events
+    journal-<seq>.log     events from number <seq> on, one record each
+
+A record is ``u32 length | u32 crc32(payload)`` (big-endian) followed by the
+payload (one CBOR event). A snapshot is ``b"HFTSNAP1"`` and the same framing
+around one CBOR map. On open, the newest valid snapshot is loaded and the
+journal replayed after it; a torn or corrupt record ends the journal: it is
+logged and cut off, never misread. Blocking I/O: the writer calls the commit
+and snapshot methods from a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import cbor2
+
+from gateway.errors import JournalCorruptError, JournalWriteError
+
+logger = logging.getLogger(__name__)
+
+RECORD_HEADER: Final = struct.Struct(">II")
+MAX_RECORD_BYTES: Final = 1 << 20
+SNAPSHOT_MAGIC: Final = b"HFTSNAP1"
+_SEQ_DIGITS: Final = 20
+
+
+def frame(payload: bytes) -> bytes:
+    return RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _seq_of(path: Path) -> int:
+    return int(path.stem.split("-", 1)[1])
+
+
+def _named(directory: Path, prefix: str, suffix: str) -> list[Path]:
+    found = [p for p in directory.glob(f"{prefix}-*{suffix}") if p.stem.split("-", 1)[1].isdigit()]
+    return sorted(found, key=_seq_of)
+
+
+@dataclass
+class RestoreReport:
+    """What opening the journal found, for the log and for ``status``."""
+
+    snapshot_seq: int = 0
+    replayed: int = 0
+    dropped_bytes: int = 0
+    dropped_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    records: list[bytes]
+    good_end: int
+    problem: str
+
+
+def scan_records(data: bytes) -> _Scan:
+    """Split ``data`` into record payloads up to the first torn or corrupt one."""
+    records: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < RECORD_HEADER.size:
+            return _Scan(records, pos, "torn record header")
+        length, crc = RECORD_HEADER.unpack_from(data, pos)
+        if length > MAX_RECORD_BYTES:
+            return _Scan(records, pos, f"impossible record length {length}")
+        end = pos + RECORD_HEADER.size + length
+        if end > len(data):
+            return _Scan(records, pos, "torn record")
+        payload = data[pos + RECORD_HEADER.size : end]
+        if zlib.crc32(payload) != crc:
+            return _Scan(records, pos, "checksum mismatch")
+        records.append(payload)
+        pos = end
+    return _Scan(records, pos, "")
+
+
+class Journal:
+    """Appends events durably; see the module docstring for the files.
+
+    Not thread-safe: one owner (the writer task) calls it, one call at a time,
+    in a worker thread or not.
+    """
+
+    def __init__(self, directory: Path, segment: Path, next_seq: int) -> None:
+        self.directory = directory
+        self._segment = segment
+        self._fd = os.open(segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._pending: list[bytes] = []
+        self.next_seq = next_seq  # number of the next event appended
+        self.synced_seq = next_seq  # events before this number are on disk
+        self.events_since_snapshot = 0
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        restore: Callable[[dict[str, object] | None], None],
+        replay: Callable[[bytes], None],
+    ) -> tuple[Journal, RestoreReport]:
+        """Open the journal in ``directory`` and bring the caller's state up to date.
+
+        ``restore`` gets the newest readable snapshot's data (or None), then
+        ``replay`` gets every event payload after it, in order. A torn or corrupt
+        record ends the journal there: the rest of that file is cut off (and
+        logged), later files are set aside as ``*.corrupt``.
+
+        Raises:
+            JournalCorruptError: snapshots exist but none is readable, events
+                between the snapshot and the journal are missing, or ``replay``
+                rejects a record that passed its checksum.
+        """
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        report = RestoreReport()
+        snapshot, snapshot_seq = _load_snapshot(directory)
+        restore(snapshot)
+        report.snapshot_seq = snapshot_seq
+        seq = 0
+        last_segment: Path | None = None
+        segments = list(_segments(directory))
+        for number, segment in enumerate(segments):
+            first = _seq_of(segment)
+            if first > max(seq, snapshot_seq):
+                raise JournalCorruptError(
+                    f"{segment.name} starts at event {first}, but events from "
+                    f"{max(seq, snapshot_seq)} are missing"
+                )
+            seq = first
+            data = segment.read_bytes()
+            scan = scan_records(data)
+            for payload in scan.records:
+                if seq >= snapshot_seq:
+                    try:
+                        replay(payload)
+                    except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError) as exc:
+                        raise JournalCorruptError(
+                            f"{segment.name}: event {seq} passed its checksum but cannot be "
+                            f"applied: {exc}"
+                        ) from exc
+                    report.replayed += 1
+                seq += 1
+            last_segment = segment
+            if scan.problem:
+                report.dropped_bytes = len(data) - scan.good_end
+                report.dropped_reason = scan.problem
+                logger.warning(
+                    "journal %s: %s at byte %d; cutting off the last %d bytes "
+                    "(events after number %d were never acknowledged as durable)",
+                    segment.name, scan.problem, scan.good_end, report.dropped_bytes, seq,
+                )  # fmt: skip
+                with open(segment, "r+b") as f:
+                    f.truncate(scan.good_end)
+                    os.fsync(f.fileno())
+                for later in segments[number + 1 :]:
+                    logger.error("journal %s follows a damaged record: set aside", later.name)
+                    later.rename(later.with_suffix(".corrupt"))
+                break
+        seq = max(seq, snapshot_seq)
+        if last_segment is None or _seq_of(last_segment) < snapshot_seq:
+            last_segment = directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
+        journal = cls(directory, last_segment, seq)
+        _fsync_directory(directory)
+        logger.info(
+            "journal %s: snapshot at event %d, %d events replayed, next event %d",
+            directory, snapshot_seq, report.replayed, seq,
+        )  # fmt: skip
+        return journal, report
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def append(self, payload: bytes) -> None:
+        """Queue one event; it is durable once :meth:`commit` returns."""
+        self._pending.append(frame(payload))
+        self.next_seq += 1
+        self.events_since_snapshot += 1
+
+    def commit(self) -> None:
+        """Write and fsync everything appended so far (blocking: run it in a thread).
+
+        Raises:
+            JournalWriteError: the write or fsync failed; what was appended is
+                not durable and the journal file may hold a partial record,
+                which the next open cuts off.
+        """
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise JournalWriteError(f"journal {self._segment}: {exc.strerror}") from exc
+        self._pending.clear()
+        self.synced_seq = self.next_seq
+
+    def write_snapshot(self, ledger_data: dict[str, object]) -> None:
+        """Write a snapshot at the current event number and drop what it covers.
+
+        Call it with nothing pending (right after a commit). Blocking.
+        """
+        assert not self._pending, "commit before snapshotting"
+        seq = self.next_seq
+        body = cbor2.dumps(ledger_data)
+        path = self.directory / f"snapshot-{seq:0{_SEQ_DIGITS}d}.cbor"
+        tmp = path.with_suffix(".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(SNAPSHOT_MAGIC + frame(body))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            # New events go to a new segment; the old ones are covered by the snapshot.
+            old_segment, old_fd = self._segment, self._fd
+            self._segment = self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
+            self._fd = os.open(
+                self._segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+            os.close(old_fd)
+            _fsync_directory(self.directory)
+        except OSError as exc:
+            raise JournalWriteError(f"snapshot {path}: {exc.strerror}") from exc
+        for stale in [*_named(self.directory, "snapshot", ".cbor"), *_segments(self.directory)]:
+            if _seq_of(stale) < seq and stale != self._segment:
+                stale.unlink()
+        if old_segment.exists() and _seq_of(old_segment) < seq:
+            old_segment.unlink(missing_ok=True)
+        self.events_since_snapshot = 0
+        logger.info("journal %s: snapshot at event %d", self.directory, seq)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def _load_snapshot(directory: Path) -> tuple[dict[str, object] | None, int]:
+    snapshots = _named(directory, "snapshot", ".cbor")
+    for path in reversed(snapshots):
+        try:
+            return _read_snapshot(path), _seq_of(path)
+        except (OSError, ValueError, cbor2.CBORDecodeError) as exc:
+            logger.error("snapshot %s is unusable (%s); trying an older one", path, exc)
+    if snapshots:
+        raise JournalCorruptError(f"no readable snapshot among {[p.name for p in snapshots]}")
+    return None, 0
+
+
+def _read_snapshot(path: Path) -> dict[str, object]:
+    data = path.read_bytes()
+    if not data.startswith(SNAPSHOT_MAGIC):
+        raise ValueError("bad magic")
+    scan = scan_records(data[len(SNAPSHOT_MAGIC) :])
+    if scan.problem or len(scan.records) != 1:
+        raise ValueError(scan.problem or "expected exactly one record")
+    body = cbor2.loads(scan.records[0])
+    if not isinstance(body, dict):
+        raise ValueError("snapshot is not a map")
+    return body
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _segments(directory: Path) -> Iterator[Path]:
+    yield from _named(directory, "journal", ".log")

@@ -1,0 +1,381 @@
+"""The exact ledger: every slot of every currency, owners, applied fills, idempotent replies.
+
+Pure: no I/O, no Trio, no clock. Values are integers scaled by ``10**SCALE``
+(the store's default scale), so the ledger publishes without conversion and
+no arithmetic ever rounds. Every method either applies its event completely
+or raises :class:`Refused` having changed nothing.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from typing import Final
+
+from gateway.codes import ErrorCode
+from mmapstore import DEFAULT_SCALE, StoreValueError, to_scaled
+
+SCALE: Final = DEFAULT_SCALE
+UNIT: Final = 10**SCALE
+TOTAL: Final = 0
+AVAILABLE: Final = 1
+FIRST_STRATEGY: Final = 2
+APPLIED_FILLS_KEPT: Final = 200_000
+REPLIES_KEPT: Final = 100_000
+
+# Fill arithmetic (qty * price) needs more digits than Decimal's default 28.
+_EXACT = decimal.Context(prec=100, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.Inexact])
+_QUANTUM = Decimal(1).scaleb(-SCALE)
+
+
+class Refused(Exception):  # noqa: N818 - a verdict, not a malfunction
+    """The event was refused; the ledger is unchanged."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class CommandKind(StrEnum):
+    ALLOCATE = "allocate"
+    RELEASE = "release"
+    ADJUST = "adjust"
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceCommand:
+    """A validated allocate / release / adjust: amount is scaled, signed only for adjust."""
+
+    kind: CommandKind
+    strategy: str
+    currency: str
+    index: int
+    amount: int
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+@dataclass(frozen=True, slots=True)
+class Fee:
+    asset: str
+    qty: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution, as the exchange adapter parsed it (canonical currency codes)."""
+
+    exec_id: str
+    base: str
+    quote: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    fees: tuple[Fee, ...] = ()
+    userref: int | None = None
+    timestamp_ns: int = 0
+    order_id: str = ""
+    cl_ord_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FillOutcome:
+    """What a fill did: the currencies it changed, and slots it drove negative (reported)."""
+
+    slot: int
+    changed: tuple[str, ...]
+    negative: tuple[tuple[str, int, int], ...]  # (currency, slot, scaled value)
+
+
+@dataclass
+class AppliedFills:
+    """Execution ids already applied, bounded.
+
+    The oldest ids are forgotten past ``capacity``; ``watermark_ns`` remembers
+    the newest timestamp forgotten, and a fill at or before it counts as seen.
+    """
+
+    capacity: int = APPLIED_FILLS_KEPT
+    ids: dict[str, int] = field(default_factory=dict)
+    watermark_ns: int = 0
+
+    def seen(self, exec_id: str, timestamp_ns: int) -> bool:
+        if exec_id in self.ids:
+            return True
+        return 0 < timestamp_ns <= self.watermark_ns
+
+    def add(self, exec_id: str, timestamp_ns: int) -> None:
+        self.ids[exec_id] = timestamp_ns
+        while len(self.ids) > self.capacity:
+            oldest = next(iter(self.ids))
+            self.watermark_ns = max(self.watermark_ns, self.ids.pop(oldest))
+
+
+def scale_exact(value: Decimal | int) -> int:
+    """A command amount as a scaled integer; raises ``Refused`` rather than round."""
+    try:
+        return to_scaled(value, SCALE)
+    except StoreValueError as exc:
+        raise Refused(ErrorCode.INVALID_AMOUNT, str(exc)) from None
+
+
+def scale_fill(value: Decimal) -> int:
+    """A fill quantity as a scaled integer, rounded half-even past 18 decimals.
+
+    Fills are facts and must be applied; a product of quantity and price may
+    carry more decimals than the ledger keeps (the exchange rounds too).
+    """
+    return to_scaled(value.quantize(_QUANTUM, rounding=decimal.ROUND_HALF_EVEN), SCALE)
+
+
+def format_scaled(value: int) -> str:
+    """A scaled value as a plain decimal string (``"100.5"``, ``"-0.000001"``)."""
+    sign = "-" if value < 0 else ""
+    whole, frac = divmod(abs(value), UNIT)
+    text = f"{frac:0{SCALE}d}".rstrip("0")
+    return f"{sign}{whole}.{text}" if text else f"{sign}{whole}"
+
+
+class Ledger:
+    """All balances of one exchange account, split into strategy slots.
+
+    Invariant after every event: ``slot[0] == sum(slot[1:])`` for every currency.
+    """
+
+    def __init__(self, strategy_count: int) -> None:
+        if strategy_count < 2:
+            raise ValueError("a ledger needs at least slots 0 (total) and 1 (available)")
+        self.strategy_count = strategy_count
+        self.balances: dict[str, list[int]] = {}
+        self.owners: dict[int, str] = {}
+        self.applied = AppliedFills()
+        self.replies: dict[str, tuple[tuple[object, ...], dict[str, object]]] = {}
+        self.last_fill_ns = 0
+
+    # -- queries ----------------------------------------------------------------
+
+    def slots(self, currency: str) -> tuple[int, ...]:
+        return tuple(self.balances[currency])
+
+    def check_invariant(self) -> None:
+        for currency, slots in self.balances.items():
+            assert len(slots) == self.strategy_count, currency
+            assert slots[TOTAL] == sum(slots[1:]), (currency, slots)
+
+    def owner(self, index: int) -> str | None:
+        return self.owners.get(index)
+
+    # -- commands ---------------------------------------------------------------
+
+    def apply_command(self, command: BalanceCommand) -> tuple[int, ...]:
+        """Apply allocate / release / adjust; return the currency's new slots.
+
+        Raises:
+            Refused: unknown currency, bad index or amount, another strategy's
+                slot, or a slot that would go below zero.
+        """
+        slots = self.balances.get(command.currency)
+        if slots is None:
+            raise Refused(
+                ErrorCode.UNKNOWN_CURRENCY,
+                f"no {command.currency} balance on this account",
+            )
+        index, amount = command.index, command.amount
+        if command.kind is CommandKind.ADJUST:
+            target = AVAILABLE if index == TOTAL else index
+            if not (index == TOTAL or FIRST_STRATEGY <= index < self.strategy_count):
+                raise Refused(
+                    ErrorCode.INVALID_INDEX,
+                    f"adjust takes index 0 or 2..{self.strategy_count - 1}, not {index}",
+                )
+            if amount == 0:
+                raise Refused(ErrorCode.INVALID_AMOUNT, "adjust needs a non-zero delta")
+            self._check_owner(command.strategy, index)
+            new_total, new_target = slots[TOTAL] + amount, slots[target] + amount
+            if new_total < 0 or new_target < 0:
+                raise Refused(
+                    ErrorCode.INSUFFICIENT_FUNDS,
+                    f"adjust {format_scaled(amount)} {command.currency} would make slot "
+                    f"{TOTAL if new_total < 0 else target} negative",
+                )
+            slots[TOTAL], slots[target] = new_total, new_target
+        else:
+            if not FIRST_STRATEGY <= index < self.strategy_count:
+                raise Refused(
+                    ErrorCode.INVALID_INDEX,
+                    f"{command.kind} takes index 2..{self.strategy_count - 1}, not {index}",
+                )
+            if amount <= 0:
+                raise Refused(ErrorCode.INVALID_AMOUNT, "amount must be positive")
+            self._check_owner(command.strategy, index)
+            source, sink = (
+                (AVAILABLE, index) if command.kind is CommandKind.ALLOCATE else (index, AVAILABLE)
+            )
+            if slots[source] < amount:
+                raise Refused(
+                    ErrorCode.INSUFFICIENT_FUNDS,
+                    f"{command.kind} {format_scaled(amount)} {command.currency}: slot {source} "
+                    f"has only {format_scaled(slots[source])}",
+                )
+            slots[source] -= amount
+            slots[sink] += amount
+        if index >= FIRST_STRATEGY:
+            self._rebind(command.strategy, index)
+        return tuple(slots)
+
+    def _check_owner(self, strategy: str, index: int) -> None:
+        owner = self.owners.get(index)
+        if index >= FIRST_STRATEGY and owner is not None and owner != strategy:
+            raise Refused(
+                ErrorCode.SLOT_OWNED,
+                f"slot {index} belongs to strategy {owner!r} until it is released to zero",
+            )
+
+    def _rebind(self, strategy: str, index: int) -> None:
+        """Bind a slot to its user, or free it once it is zero in every currency."""
+        if all(slots[index] == 0 for slots in self.balances.values()):
+            self.owners.pop(index, None)
+        else:
+            self.owners[index] = strategy
+
+    # -- fills ------------------------------------------------------------------
+
+    def fill_slot(self, userref: int | None) -> int:
+        if userref is not None and FIRST_STRATEGY <= userref < self.strategy_count:
+            return userref
+        return AVAILABLE
+
+    def apply_fill(self, fill: Fill) -> FillOutcome | None:
+        """Apply a fill to slot 0 and its order's slot; None if it was applied before.
+
+        Never refuses: a fill is a fact. Slots it drives negative are reported.
+        """
+        if self.applied.seen(fill.exec_id, fill.timestamp_ns):
+            return None
+        slot = self.fill_slot(fill.userref)
+        cost = _EXACT.multiply(fill.qty, fill.price)
+        sign = 1 if fill.side is Side.BUY else -1
+        deltas: dict[str, int] = {}
+        for currency, delta in (
+            (fill.base, sign * scale_fill(fill.qty)),
+            (fill.quote, -sign * scale_fill(cost)),
+            *((fee.asset, -scale_fill(fee.qty)) for fee in fill.fees),
+        ):
+            deltas[currency] = deltas.get(currency, 0) + delta
+        negative: list[tuple[str, int, int]] = []
+        for currency, delta in deltas.items():
+            slots = self._slots_for(currency)
+            slots[TOTAL] += delta
+            slots[slot] += delta
+            negative.extend((currency, i, slots[i]) for i in (TOTAL, slot) if slots[i] < 0)
+        self.applied.add(fill.exec_id, fill.timestamp_ns)
+        self.last_fill_ns = max(self.last_fill_ns, fill.timestamp_ns)
+        return FillOutcome(slot, tuple(deltas), tuple(negative))
+
+    def _slots_for(self, currency: str) -> list[int]:
+        slots = self.balances.get(currency)
+        if slots is None:
+            slots = self.balances[currency] = [0] * self.strategy_count
+        return slots
+
+    # -- totals from the exchange -------------------------------------------------
+
+    def set_totals(self, totals: Mapping[str, int]) -> list[str]:
+        """Take the exchange's totals (bootstrap): slot 0 = total, slot 1 absorbs the rest.
+
+        Strategy slots keep their values; a currency the exchange no longer
+        lists is taken as zero. Returns the currencies that changed.
+        """
+        changed = []
+        for currency in sorted(set(totals) | set(self.balances)):
+            total = totals.get(currency, 0)
+            slots = self._slots_for(currency)
+            if slots[TOTAL] != total:
+                slots[AVAILABLE] += total - slots[TOTAL]
+                slots[TOTAL] = total
+                changed.append(currency)
+        return changed
+
+    def correct(self, currency: str, total: int) -> tuple[int, int]:
+        """A reconcile correction: slots 0 and 1 move by the difference. Returns (old, new)."""
+        slots = self._slots_for(currency)
+        old = slots[TOTAL]
+        slots[AVAILABLE] += total - old
+        slots[TOTAL] = total
+        return old, total
+
+    # -- idempotency --------------------------------------------------------------
+
+    def remember_reply(
+        self, request_id: str, fingerprint: tuple[object, ...], reply: dict[str, object]
+    ) -> None:
+        self.replies[request_id] = (fingerprint, reply)
+        while len(self.replies) > REPLIES_KEPT:
+            del self.replies[next(iter(self.replies))]
+
+    def recall_reply(
+        self, request_id: str, fingerprint: tuple[object, ...]
+    ) -> dict[str, object] | None:
+        """The first reply to ``request_id``, or None if it is new.
+
+        Raises:
+            Refused: the id was used before for a different request.
+        """
+        known = self.replies.get(request_id)
+        if known is None:
+            return None
+        if known[0] != fingerprint:
+            raise Refused(
+                ErrorCode.IDEMPOTENCY_CONFLICT,
+                f"request_id {request_id!r} was already used for a different request",
+            )
+        return known[1]
+
+    # -- snapshots ------------------------------------------------------------------
+
+    def to_snapshot(self) -> dict[str, object]:
+        """Everything, as plain CBOR-encodable values."""
+        return {
+            "strategy_count": self.strategy_count,
+            "balances": {c: list(s) for c, s in self.balances.items()},
+            "owners": {str(k): v for k, v in self.owners.items()},
+            "applied": [[k, v] for k, v in self.applied.ids.items()],
+            "watermark_ns": self.applied.watermark_ns,
+            "replies": [[k, list(f), r] for k, (f, r) in self.replies.items()],
+            "last_fill_ns": self.last_fill_ns,
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: Mapping[str, object]) -> Ledger:
+        ledger = cls(_int(data["strategy_count"]))
+        balances = data["balances"]
+        assert isinstance(balances, dict)
+        ledger.balances = {str(c): [_int(v) for v in s] for c, s in balances.items()}
+        owners = data["owners"]
+        assert isinstance(owners, dict)
+        ledger.owners = {int(k): str(v) for k, v in owners.items()}
+        ledger.applied.ids = {str(k): _int(v) for k, v in _pairs(data["applied"])}
+        ledger.applied.watermark_ns = _int(data["watermark_ns"])
+        replies = data["replies"]
+        assert isinstance(replies, list)
+        ledger.replies = {str(k): (tuple(f), dict(r)) for k, f, r in replies}
+        ledger.last_fill_ns = _int(data["last_fill_ns"])
+        ledger.check_invariant()
+        return ledger
+
+
+def _int(value: object) -> int:
+    assert isinstance(value, int), value
+    return value
+
+
+def _pairs(value: object) -> Iterable[tuple[object, object]]:
+    assert isinstance(value, list)
+    return ((k, v) for k, v in value)

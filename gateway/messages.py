@@ -1,0 +1,89 @@
+"""The messages producers send to the writer: one closed union, facts in the past tense."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import trio
+
+from gateway.events import Reply
+from gateway.ledger import BalanceCommand, Fill
+
+
+class ReplySlot:
+    """Where the writer leaves one reply and its requester waits for it."""
+
+    __slots__ = ("_event", "_reply")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._reply: Reply | None = None
+
+    def set(self, reply: Reply) -> None:
+        self._reply = reply
+        self._event.set()
+
+    async def wait(self) -> Reply:
+        await self._event.wait()
+        assert self._reply is not None
+        return self._reply
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReceived:
+    """allocate / release / adjust from a strategy; the reply follows its fsync."""
+
+    command: BalanceCommand
+    request_id: str | None
+    reply: ReplySlot = field(default_factory=ReplySlot)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryReceived:
+    """A read of the ledger (``query``) or of the writer's health (``status``)."""
+
+    what: str  # "query" | "status"
+    currency: str | None
+    reply: ReplySlot = field(default_factory=ReplySlot)
+
+
+@dataclass(frozen=True, slots=True)
+class FillReceived:
+    fill: Fill
+
+
+@dataclass(frozen=True, slots=True)
+class BalancesFetched:
+    """The exchange's totals (scaled). ``applied`` is set once they are published."""
+
+    totals: Mapping[str, int]
+    applied: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionProposed:
+    """The reconciler's verdict: ``currency``'s total should be ``new_total``.
+
+    Applied only if slot 0 still equals ``seen_total``: a fill that landed since
+    the reconciler looked makes the proposal stale, and it is dropped.
+    """
+
+    currency: str
+    seen_total: int
+    new_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatTick:
+    """Refresh the store's heartbeat so readers know the writer lives."""
+
+
+WriterMessage = (
+    CommandReceived
+    | QueryReceived
+    | FillReceived
+    | BalancesFetched
+    | CorrectionProposed
+    | HeartbeatTick
+)

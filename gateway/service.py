@@ -1,0 +1,166 @@
+"""The gateway service: owns every task, in the order that keeps state right.
+
+The writer runs in the outer nursery and the producers (fills, bootstrap,
+heartbeat, command server, reconciler) in an inner one, so a shutdown cancels
+the producers and leaves the writer free to drain what they sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+import trio
+
+from gateway.commands import serve_commands
+from gateway.config import HEARTBEAT_INTERVAL_S, GatewayConfig
+from gateway.errors import ConfigError
+from gateway.events import apply_event as apply_journalled
+from gateway.events import decode_event
+from gateway.journal import Journal, RestoreReport
+from gateway.ledger import Ledger, scale_fill
+from gateway.messages import BalancesFetched, HeartbeatTick, WriterMessage
+from gateway.writer import WriterCore, run_writer
+from mmapstore import StoreWriter
+
+logger = logging.getLogger(__name__)
+
+WRITER_QUEUE = 4096
+
+
+class ExchangeSession(Protocol):
+    """What the service needs from an exchange adapter."""
+
+    async def fetch_totals(self) -> Mapping[str, Decimal]:
+        """The account's total balance per canonical currency (one REST snapshot).
+
+        Raises:
+            BootstrapError: after the adapter's own retries are exhausted.
+        """
+        ...
+
+    async def run_fills(
+        self,
+        send: trio.MemorySendChannel[WriterMessage],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Stream fills to ``send`` (owned and closed by it) until cancelled.
+
+        ``started()`` once subscribed, so no fill after that moment is missed.
+        """
+        ...
+
+
+@dataclass
+class Running:
+    """Handed to ``task_status.started()``: the live gateway's parts, for callers and tests."""
+
+    core: WriterCore
+    restore: RestoreReport
+    stop: trio.Event
+
+
+def restore_state(config: GatewayConfig) -> tuple[Ledger, Journal, RestoreReport]:
+    """The ledger as the journal left it (snapshot + replay)."""
+    holder: list[Ledger] = []
+
+    def restore(snapshot: dict[str, object] | None) -> None:
+        if snapshot is None:
+            holder.append(Ledger(config.strategy_count))
+            return
+        ledger = Ledger.from_snapshot(snapshot)
+        if ledger.strategy_count != config.strategy_count:
+            raise ConfigError(
+                f"the saved state has {ledger.strategy_count} slots, the configuration "
+                f"{config.strategy_count}; run with --strategy-count {ledger.strategy_count}"
+            )
+        holder.append(ledger)
+
+    def replay(payload: bytes) -> None:
+        apply_journalled(holder[0], decode_event(payload))
+
+    journal, report = Journal.open(config.state_dir, restore, replay)
+    holder[0].check_invariant()
+    return holder[0], journal, report
+
+
+async def run_heartbeat(send: trio.MemorySendChannel[WriterMessage]) -> None:
+    """Ask the writer to refresh the store's heartbeat, twice a second."""
+    async with send:
+        while True:
+            await send.send(HeartbeatTick())
+            await trio.sleep(HEARTBEAT_INTERVAL_S)
+
+
+async def run_gateway(
+    config: GatewayConfig,
+    exchange: ExchangeSession,
+    *,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the gateway until its ``stop`` event is set (or it fails).
+
+    Supports ``nursery.start``: ``started(Running)`` once balances are published
+    and the command socket accepts. On stop, the producers are cancelled, the
+    writer drains within ``config.shutdown_grace_s``, a snapshot is written and
+    the store is marked stopped.
+
+    Raises:
+        StoreLockedError: another gateway for this exchange is running.
+        BootstrapError: the exchange's balances could not be fetched.
+        JournalCorruptError: the saved state cannot be trusted.
+    """
+    # The store lock first: a second gateway must be refused before it touches the journal.
+    store = StoreWriter.open(
+        config.store_path, exchange=config.exchange, strategy_count=config.strategy_count
+    )
+    try:
+        ledger, journal, report = restore_state(config)
+    except BaseException:
+        store.close()
+        raise
+    core = WriterCore(ledger, journal, store, snapshot_every=config.snapshot_every)
+    core.publish_all()  # restored values, marked "starting" until the bootstrap lands
+    stop = trio.Event()
+    send, receive = trio.open_memory_channel[WriterMessage](WRITER_QUEUE)
+    try:
+        async with trio.open_nursery() as outer:
+            await outer.start(run_writer, receive, core)
+            async with send, trio.open_nursery() as producers:
+                # Subscribe to fills before the REST snapshot, so no fill falls between them.
+                await producers.start(exchange.run_fills, send.clone())
+                totals = await exchange.fetch_totals()
+                bootstrap = BalancesFetched({c: scale_fill(v) for c, v in totals.items()})
+                await send.send(bootstrap)
+                await bootstrap.applied.wait()
+                store.mark_live()
+                producers.start_soon(run_heartbeat, send.clone())
+                await producers.start(serve_commands, config, send.clone())
+                logger.info(
+                    "gateway ready: %d currencies, %d slots", len(ledger.balances),
+                    config.strategy_count,
+                )  # fmt: skip
+                task_status.started(Running(core, report, stop))
+                await stop.wait()
+                logger.info("stopping: closing the command socket and the streams")
+                producers.cancel_scope.cancel()
+            # The writer now drains what the producers sent, then sees the channel end.
+            outer.cancel_scope.deadline = trio.current_time() + config.shutdown_grace_s
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(config.shutdown_grace_s):
+            await _close_core(core)
+
+
+async def _close_core(core: WriterCore) -> None:
+    try:
+        await trio.to_thread.run_sync(core.journal.commit)
+        if core.journal.events_since_snapshot:
+            data = core.ledger.to_snapshot()
+            await trio.to_thread.run_sync(core.journal.write_snapshot, data)
+    finally:
+        core.journal.close()
+        core.store.close()

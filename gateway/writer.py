@@ -1,0 +1,231 @@
+"""The writer task: the only code that changes the ledger, the journal and the store.
+
+It takes whatever is queued as one batch, applies each message, publishes the
+currencies that changed, makes the batch durable with one fsync, and only then
+answers the commands in it (group commit). Fills are visible before their
+fsync: a crash loses none of them, since the exchange's snapshot and trade
+history replay them on restart and the ledger skips those already applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, assert_never
+
+import trio
+
+from gateway.events import (
+    CommandApplied,
+    Corrected,
+    Event,
+    FillApplied,
+    Outcome,
+    Reply,
+    TotalsSet,
+    apply_event,
+    encode_event,
+    error_reply,
+)
+from gateway.ledger import Ledger, format_scaled
+from gateway.messages import (
+    BalancesFetched,
+    CommandReceived,
+    CorrectionProposed,
+    FillReceived,
+    HeartbeatTick,
+    QueryReceived,
+    ReplySlot,
+    WriterMessage,
+)
+
+if TYPE_CHECKING:
+    from gateway.journal import Journal
+    from mmapstore import StoreWriter
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH: Final = 1024
+SNAPSHOT_EVERY_EVENTS: Final = 100_000
+
+
+@dataclass
+class WriterStats:
+    fills_applied: int = 0
+    fills_duplicate: int = 0
+    commands_applied: int = 0
+    commands_refused: int = 0
+    corrections: int = 0
+    batches: int = 0
+
+
+@dataclass
+class _Batch:
+    changed: set[str]
+    replies: list[tuple[ReplySlot, Reply]]
+    published: list[trio.Event]
+
+
+class WriterCore:
+    """The writer's synchronous part: apply, journal, publish. Trio-free but for events."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        journal: Journal,
+        store: StoreWriter,
+        *,
+        snapshot_every: int = SNAPSHOT_EVERY_EVENTS,
+        status_extra: Callable[[], dict[str, object]] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.journal = journal
+        self.store = store
+        self.snapshot_every = snapshot_every
+        self.status_extra = status_extra
+        self.stats = WriterStats()
+        self._store_index: dict[str, int] = {}
+
+    # -- applying ---------------------------------------------------------------
+
+    def _apply(self, event: Event, batch: _Batch) -> Outcome:
+        outcome = apply_event(self.ledger, event)
+        if outcome.durable:
+            self.journal.append(encode_event(event))
+        batch.changed.update(outcome.changed)
+        return outcome
+
+    def apply_batch(self, messages: list[WriterMessage]) -> _Batch:
+        batch = _Batch(set(), [], [])
+        for message in messages:
+            self._handle(message, batch)
+        return batch
+
+    def _handle(self, message: WriterMessage, batch: _Batch) -> None:
+        match message:
+            case CommandReceived(command=command, request_id=request_id, reply=slot):
+                outcome = self._apply(CommandApplied(command, request_id), batch)
+                assert outcome.reply is not None
+                if outcome.reply.get("ok"):
+                    self.stats.commands_applied += 1
+                else:
+                    self.stats.commands_refused += 1
+                batch.replies.append((slot, outcome.reply))
+            case QueryReceived(what=what, currency=currency, reply=slot):
+                # Reads change nothing, so they need no fsync and answer at once.
+                slot.set(self.status() if what == "status" else self.query(currency))
+            case FillReceived(fill=fill):
+                outcome = self._apply(FillApplied(fill), batch)
+                if outcome.fill is None:
+                    self.stats.fills_duplicate += 1
+                    logger.debug("fill %s already applied: skipped", fill.exec_id)
+                    return
+                self.stats.fills_applied += 1
+                for currency, slot_index, value in outcome.fill.negative:
+                    logger.warning(
+                        "fill %s left %s slot %d negative: %s",
+                        fill.exec_id, currency, slot_index, format_scaled(value),
+                    )  # fmt: skip
+            case BalancesFetched(totals=totals, applied=applied):
+                self._apply(TotalsSet(totals), batch)
+                batch.published.append(applied)
+            case CorrectionProposed(currency=currency, seen_total=seen, new_total=new):
+                current = self.ledger.balances.get(currency, [0])[0]
+                if current != seen:
+                    logger.info("correction of %s dropped: the total moved meanwhile", currency)
+                    return
+                if current == new:
+                    return
+                self._apply(Corrected(currency, current, new), batch)
+                self.stats.corrections += 1
+                logger.warning(
+                    "corrected %s total: %s -> %s (slot 1 moved by %s)",
+                    currency, format_scaled(current), format_scaled(new),
+                    format_scaled(new - current),
+                )  # fmt: skip
+            case HeartbeatTick():
+                self.store.heartbeat()
+            case _:
+                assert_never(message)
+
+    # -- publishing -------------------------------------------------------------
+
+    def publish(self, currencies: set[str] | list[str]) -> None:
+        for currency in currencies:
+            index = self._store_index.get(currency)
+            if index is None:
+                index = self._store_index[currency] = self.store.add_currency(currency)
+            self.store.publish(index, self.ledger.balances[currency])
+
+    def publish_all(self) -> None:
+        self.publish(list(self.ledger.balances))
+
+    # -- reads --------------------------------------------------------------------
+
+    def query(self, currency: str | None) -> Reply:
+        if currency is not None and currency not in self.ledger.balances:
+            return error_reply("UNKNOWN_CURRENCY", f"no {currency} balance on this account")
+        currencies = [currency] if currency is not None else sorted(self.ledger.balances)
+        return {
+            "ok": True,
+            "balances": {
+                c: [format_scaled(v) for v in self.ledger.balances[c]] for c in currencies
+            },
+            "owners": {str(k): v for k, v in sorted(self.ledger.owners.items())},
+        }
+
+    def status(self) -> Reply:
+        stats = self.stats
+        status: dict[str, object] = {
+            "pid": os.getpid(),
+            "generation": self.store.generation,
+            "strategy_count": self.ledger.strategy_count,
+            "currencies": len(self.ledger.balances),
+            "journal_events": self.journal.next_seq,
+            "fills_applied": stats.fills_applied,
+            "fills_duplicate": stats.fills_duplicate,
+            "commands_applied": stats.commands_applied,
+            "commands_refused": stats.commands_refused,
+            "corrections": stats.corrections,
+            "last_fill_ns": self.ledger.last_fill_ns,
+        }
+        if self.status_extra is not None:
+            status.update(self.status_extra())
+        return {"ok": True, "status": status}
+
+
+async def run_writer(
+    receive: trio.MemoryReceiveChannel[WriterMessage],
+    core: WriterCore,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Consume ``receive`` until every producer has closed its clone.
+
+    Supports ``nursery.start``; ``started()`` once it is receiving. Returns
+    after the channel ends and the last batch is durable; the caller then
+    closes the core (snapshot, store stopped).
+    """
+    task_status.started()
+    async with receive:
+        async for first in receive:
+            messages = [first]
+            while len(messages) < MAX_BATCH:
+                try:
+                    messages.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            batch = core.apply_batch(messages)
+            core.publish(batch.changed)
+            if core.journal.has_pending:
+                await trio.to_thread.run_sync(core.journal.commit)
+            for slot, reply in batch.replies:
+                slot.set(reply)
+            for published in batch.published:
+                published.set()
+            core.stats.batches += 1
+            if core.journal.events_since_snapshot >= core.snapshot_every:
+                data = core.ledger.to_snapshot()
+                await trio.to_thread.run_sync(core.journal.write_snapshot, data)
