@@ -1,14 +1,216 @@
-"""Command line of the balance gateway (console script ``gateway``)."""
+"""Command line of the balance gateway (console script ``gateway``).
+
+Every command exits non-zero with a one-line reason on failure.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import signal
 import sys
+import time
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from clients import CommandError, CommandRefusedError, StoreError, WriterHealth
+from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, kraken_strategy_balance
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.service import ExchangeSession, run_gateway
+from mmapstore import StoreLockedError, StoreReader, from_scaled, store_path
+
+logger = logging.getLogger("gateway")
+
+EXCHANGES: Final = ("kraken",)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; the subcommands arrive with the gateway's core."""
-    print("gateway: no subcommands yet (the core is being built)", file=sys.stderr)
-    return 2
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def serve(config: GatewayConfig, exchange: ExchangeSession) -> None:
+    """Run the gateway in the foreground until SIGINT or SIGTERM, then stop it cleanly."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            running = await nursery.start(run_gateway, config, exchange)
+            async for signum in signals:
+                logger.info("received %s: shutting down", signal.Signals(signum).name)
+                running.stop.set()
+                break
+
+
+# -- subcommands ---------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    raise SystemExit(
+        "gateway run: the Kraken adapter is not built yet (see the Kraken issue); "
+        "nothing was started"
+    )
+
+
+def _client(args: argparse.Namespace) -> IPCCommandSystem:
+    system = IPCCommandSystem("gateway-cli", run_dir=args.run_dir, timeout_s=args.timeout)
+    system.start()
+    return system
+
+
+def _cmd_cmd(args: argparse.Namespace) -> int:
+    payload = kraken_strategy_balance(
+        strategy=args.strategy,
+        cmd=args.action,
+        currency=args.currency,
+        index=args.index,
+        amount=args.amount,
+        request_id=args.request_id,
+    )
+    system = _client(args)
+    try:
+        reply = system.send_command_blocking(
+            f"{args.exchange}_gateway", KRAKEN_STRATEGY_BALANCE_CMD, payload
+        )
+    except CommandRefusedError as exc:
+        print(json.dumps(exc.reply))
+        raise SystemExit(f"gateway cmd: refused: {exc}") from None
+    finally:
+        system.close()
+    print(json.dumps(reply))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    """Health from both sides: the store's header and the gateway's own status reply."""
+    report: dict[str, object] = {"exchange": args.exchange}
+    healthy = True
+    try:
+        with StoreReader(store_path(args.exchange, args.shm_dir)) as reader:
+            writer = reader.writer_status()
+        report["writer"] = {
+            "health": writer.health.value,
+            "pid": writer.pid,
+            "generation": writer.generation,
+            "heartbeat_age_s": round(writer.heartbeat_age_s, 3),
+        }
+        healthy = writer.health is WriterHealth.LIVE
+    except StoreError as exc:
+        report["writer"] = {"health": "absent", "error": str(exc)}
+        healthy = False
+    system = _client(args)
+    try:
+        reply = system.send_command_blocking(
+            f"{args.exchange}_gateway", KRAKEN_STRATEGY_BALANCE_CMD, {"cmd": "status"}
+        )
+        report["gateway"] = reply.get("status")
+    except CommandError as exc:
+        report["gateway"] = {"error": str(exc)}
+        healthy = False
+    finally:
+        system.close()
+    report["healthy"] = healthy
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    if not healthy:
+        raise SystemExit(f"gateway status: {args.exchange} gateway is not healthy")
+    return 0
+
+
+def _render_balances(reader: StoreReader) -> str:
+    status = reader.writer_status()
+    lines = [
+        f"{reader.exchange}: writer {status.health.value} (pid {status.pid}, generation "
+        f"{status.generation}, heartbeat {status.heartbeat_age_s:.1f} s ago)"
+    ]
+    for currency in reader.currencies():
+        record = reader.record(currency)
+        slots = "  ".join(
+            f"[{i}] {from_scaled(v, record.scale)}" for i, v in enumerate(record.scaled)
+        )
+        lines.append(f"{currency:>8} #{record.sequence:<6} {slots}")
+    return "\n".join(lines)
+
+
+def _cmd_balances(args: argparse.Namespace) -> int:
+    path = store_path(args.exchange, args.shm_dir)
+    try:
+        with StoreReader(path) as reader:
+            if not args.watch:
+                print(_render_balances(reader))
+                return 0
+            while True:
+                print("\033[H\033[2J" + _render_balances(reader), flush=True)
+                time.sleep(args.interval)
+    except StoreError as exc:
+        raise SystemExit(f"gateway balances: {exc}") from None
+    except KeyboardInterrupt:
+        return 0
+
+
+# -- parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Balance gateway")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--exchange", default="kraken", choices=EXCHANGES)
+        p.add_argument("--run-dir", type=Path, default=None, help="default: $HFT_RUN_DIR")
+        p.add_argument("--shm-dir", type=Path, default=None, help="default: $HFT_SHM_DIR")
+        p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
+
+    run = sub.add_parser("run", help="run the gateway in the foreground")
+    common(run)
+    run.add_argument("--strategy-count", type=int, default=None)
+    run.add_argument("--reconcile-interval", type=float, default=None)
+    run.add_argument("--rest-url", default=None)
+    run.add_argument("--ws-url", default=None)
+    run.set_defaults(handler=_cmd_run)
+
+    cmd = sub.add_parser("cmd", help="send one allocate / release / adjust command")
+    common(cmd)
+    cmd.add_argument("action", choices=["allocate", "release", "adjust"])
+    cmd.add_argument("--strategy", required=True)
+    cmd.add_argument("--currency", required=True)
+    cmd.add_argument("--amount", required=True, type=Decimal)
+    cmd.add_argument("--index", required=True, type=int)
+    cmd.add_argument("--request-id", default=None)
+    cmd.set_defaults(handler=_cmd_cmd)
+
+    status = sub.add_parser("status", help="health of the running gateway (exit 0 if healthy)")
+    common(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_cmd_status)
+
+    balances = sub.add_parser("balances", help="read-only view of the shared memory")
+    common(balances)
+    balances.add_argument("--watch", action="store_true")
+    balances.add_argument("--interval", type=float, default=0.5)
+    balances.set_defaults(handler=_cmd_balances)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except (GatewayError, StoreLockedError, CommandError, StoreError) as exc:
+        raise SystemExit(f"gateway {args.command}: {exc}") from None
 
 
 if __name__ == "__main__":

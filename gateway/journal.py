@@ -198,12 +198,8 @@ class Journal:
         """
         if not self._pending:
             return
-        data = b"".join(self._pending)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            _write_all(self._fd, b"".join(self._pending))
             os.fsync(self._fd)
         except OSError as exc:
             raise JournalWriteError(f"journal {self._segment}: {exc.strerror}") from exc
@@ -221,13 +217,15 @@ class Journal:
         path = self.directory / f"snapshot-{seq:0{_SEQ_DIGITS}d}.cbor"
         tmp = path.with_suffix(".tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(SNAPSHOT_MAGIC + frame(body))
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                _write_all(fd, SNAPSHOT_MAGIC + frame(body))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
             # New events go to a new segment; the old ones are covered by the snapshot.
-            old_segment, old_fd = self._segment, self._fd
+            old_fd = self._fd
             self._segment = self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
             self._fd = os.open(
                 self._segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
@@ -237,10 +235,8 @@ class Journal:
         except OSError as exc:
             raise JournalWriteError(f"snapshot {path}: {exc.strerror}") from exc
         for stale in [*_named(self.directory, "snapshot", ".cbor"), *_segments(self.directory)]:
-            if _seq_of(stale) < seq and stale != self._segment:
+            if _seq_of(stale) < seq:
                 stale.unlink()
-        if old_segment.exists() and _seq_of(old_segment) < seq:
-            old_segment.unlink(missing_ok=True)
         self.events_since_snapshot = 0
         logger.info("journal %s: snapshot at event %d", self.directory, seq)
 
@@ -271,6 +267,12 @@ def _read_snapshot(path: Path) -> dict[str, object]:
     if not isinstance(body, dict):
         raise ValueError("snapshot is not a map")
     return body
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _fsync_directory(directory: Path) -> None:

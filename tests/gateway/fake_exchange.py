@@ -1,0 +1,39 @@
+"""An in-process stand-in for the exchange side: fixed totals, fills pushed by the test."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+
+import trio
+
+from gateway.ledger import Fill
+from gateway.messages import FillReceived, WriterMessage
+
+
+class FakeExchange:
+    """Serves ``totals`` as the REST snapshot; ``push_fill`` plays the fill stream."""
+
+    def __init__(self, totals: Mapping[str, Decimal | int | str]) -> None:
+        self.totals = {c: Decimal(v) for c, v in totals.items()}
+        self._send: trio.MemorySendChannel[WriterMessage] | None = None
+        self.fetches = 0
+
+    async def fetch_totals(self) -> Mapping[str, Decimal]:
+        self.fetches += 1
+        return dict(self.totals)
+
+    async def run_fills(
+        self,
+        send: trio.MemorySendChannel[WriterMessage],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with send:
+            self._send = send
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def push_fill(self, fill: Fill) -> None:
+        assert self._send is not None, "the fill stream has not started"
+        await self._send.send(FillReceived(fill))

@@ -1,0 +1,293 @@
+"""The ledger: slot semantics, fills, ownership, and the invariant under any sequence."""
+
+from __future__ import annotations
+
+import copy
+from decimal import Decimal
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from gateway.codes import ErrorCode
+from gateway.events import CommandApplied, apply_event
+from gateway.ledger import (
+    UNIT,
+    BalanceCommand,
+    CommandKind,
+    Fee,
+    Fill,
+    Ledger,
+    Refused,
+    Side,
+    format_scaled,
+)
+
+S = 8
+
+
+def funded(**totals: int) -> Ledger:
+    ledger = Ledger(S)
+    ledger.set_totals({c: v * UNIT for c, v in totals.items()})
+    return ledger
+
+
+def cmd(
+    kind: str, currency: str, index: int, amount: Decimal | int, strategy: str = "a"
+) -> BalanceCommand:
+    return BalanceCommand(CommandKind(kind), strategy, currency, index, int(Decimal(amount) * UNIT))
+
+
+def units(ledger: Ledger, currency: str) -> list[Decimal]:
+    return [Decimal(v) / UNIT for v in ledger.slots(currency)]
+
+
+def test_allocate_moves_from_available_to_strategy() -> None:
+    ledger = funded(USD=1000)
+    ledger.apply_command(cmd("allocate", "USD", 2, 100))
+    assert units(ledger, "USD")[:3] == [1000, 900, 100]
+    assert ledger.owner(2) == "a"
+
+
+def test_release_moves_back_and_frees_the_slot_at_zero() -> None:
+    ledger = funded(USD=1000)
+    ledger.apply_command(cmd("allocate", "USD", 2, 100))
+    ledger.apply_command(cmd("release", "USD", 2, 40))
+    assert ledger.owner(2) == "a"
+    ledger.apply_command(cmd("release", "USD", 2, 60))
+    assert units(ledger, "USD")[:3] == [1000, 1000, 0]
+    assert ledger.owner(2) is None
+    ledger.apply_command(cmd("allocate", "USD", 2, 1, strategy="b"))
+    assert ledger.owner(2) == "b"
+
+
+def test_slot_stays_bound_while_nonzero_in_any_currency() -> None:
+    ledger = funded(USD=1000, BTC=10)
+    ledger.apply_command(cmd("allocate", "USD", 2, 100))
+    ledger.apply_command(cmd("allocate", "BTC", 2, 1))
+    ledger.apply_command(cmd("release", "USD", 2, 100))
+    assert ledger.owner(2) == "a"
+    with pytest.raises(Refused) as refused:
+        ledger.apply_command(cmd("allocate", "USD", 2, 1, strategy="b"))
+    assert refused.value.code is ErrorCode.SLOT_OWNED
+
+
+def test_adjust_index_0_moves_total_and_available() -> None:
+    ledger = funded(USD=1000)
+    ledger.apply_command(cmd("adjust", "USD", 0, -250))
+    assert units(ledger, "USD")[:2] == [750, 750]
+
+
+def test_adjust_strategy_slot_moves_total_and_that_slot() -> None:
+    ledger = funded(USD=1000)
+    ledger.apply_command(cmd("allocate", "USD", 3, 100))
+    ledger.apply_command(cmd("adjust", "USD", 3, -30))
+    assert units(ledger, "USD")[:4] == [970, 900, 0, 70]
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        (cmd("allocate", "USD", 2, 1001), ErrorCode.INSUFFICIENT_FUNDS),
+        (cmd("release", "USD", 2, 1), ErrorCode.INSUFFICIENT_FUNDS),
+        (cmd("adjust", "USD", 0, -1001), ErrorCode.INSUFFICIENT_FUNDS),
+        (cmd("adjust", "USD", 2, -1), ErrorCode.INSUFFICIENT_FUNDS),
+        (cmd("allocate", "USD", 1, 1), ErrorCode.INVALID_INDEX),
+        (cmd("allocate", "USD", 8, 1), ErrorCode.INVALID_INDEX),
+        (cmd("adjust", "USD", 1, 1), ErrorCode.INVALID_INDEX),
+        (cmd("allocate", "USD", 2, 0), ErrorCode.INVALID_AMOUNT),
+        (cmd("allocate", "USD", 2, -5), ErrorCode.INVALID_AMOUNT),
+        (cmd("adjust", "USD", 0, 0), ErrorCode.INVALID_AMOUNT),
+        (cmd("allocate", "EUR", 2, 1), ErrorCode.UNKNOWN_CURRENCY),
+    ],
+)
+def test_refusal_leaves_ledger_unchanged(command: BalanceCommand, code: ErrorCode) -> None:
+    ledger = funded(USD=1000)
+    before = copy.deepcopy(ledger.to_snapshot())
+    with pytest.raises(Refused) as refused:
+        ledger.apply_command(command)
+    assert refused.value.code is code
+    assert ledger.to_snapshot() == before
+
+
+def test_buy_fill_attributed_by_userref_with_fee_in_quote() -> None:
+    ledger = funded(USD=100000, BTC=10)
+    fill = Fill(
+        "T1", "BTC", "USD", Side.BUY, Decimal("0.5"), Decimal("26599.9"),
+        (Fee("USD", Decimal("0.3458")),), userref=2,
+    )  # fmt: skip
+    outcome = ledger.apply_fill(fill)
+    assert outcome is not None
+    assert outcome.slot == 2
+    assert units(ledger, "BTC")[:3] == [Decimal("10.5"), 10, Decimal("0.5")]
+    cost = Decimal("13299.95") + Decimal("0.3458")
+    assert units(ledger, "USD")[:3] == [100000 - cost, 100000, -cost]
+    assert ("USD", 2, -int(cost * UNIT)) in outcome.negative  # reported, not refused
+    ledger.check_invariant()
+
+
+def test_sell_fill_with_fee_in_base_goes_to_slot_1_without_userref() -> None:
+    ledger = funded(USD=0, ETH=100)
+    fill = Fill(
+        "T2", "ETH", "USD", Side.SELL, Decimal("2"), Decimal("1500.25"),
+        (Fee("ETH", Decimal("0.001")),), userref=None,
+    )  # fmt: skip
+    outcome = ledger.apply_fill(fill)
+    assert outcome is not None and outcome.slot == 1
+    assert units(ledger, "ETH")[:2] == [Decimal("97.999"), Decimal("97.999")]
+    assert units(ledger, "USD")[:2] == [Decimal("3000.5"), Decimal("3000.5")]
+
+
+@pytest.mark.parametrize("userref", [0, 1, 8, 99, -2])
+def test_fill_with_userref_outside_strategy_slots_goes_to_slot_1(userref: int) -> None:
+    ledger = funded(USD=1000, BTC=1)
+    fill = Fill("T3", "BTC", "USD", Side.BUY, Decimal(1), Decimal(1), userref=userref)
+    outcome = ledger.apply_fill(fill)
+    assert outcome is not None and outcome.slot == 1
+
+
+def test_fill_applied_once_only() -> None:
+    ledger = funded(USD=1000, BTC=1)
+    fill = Fill("T4", "BTC", "USD", Side.BUY, Decimal(1), Decimal(10), userref=2)
+    assert ledger.apply_fill(fill) is not None
+    assert ledger.apply_fill(fill) is None
+    assert units(ledger, "USD")[0] == 990
+
+
+def test_fill_of_new_currency_adds_it() -> None:
+    ledger = funded(USD=1000)
+    ledger.apply_fill(Fill("T5", "SOL", "USD", Side.BUY, Decimal(3), Decimal(20)))
+    assert units(ledger, "SOL")[:2] == [3, 3]
+
+
+def test_applied_fill_ids_are_bounded_with_a_watermark() -> None:
+    ledger = Ledger(S)
+    ledger.applied.capacity = 10
+    for i in range(25):
+        ledger.apply_fill(
+            Fill(f"T{i}", "BTC", "USD", Side.BUY, Decimal(1), Decimal(1), timestamp_ns=i + 1)
+        )
+    assert len(ledger.applied.ids) == 10
+    # Forgotten ids are still recognised by their age.
+    old = Fill("T3", "BTC", "USD", Side.BUY, Decimal(1), Decimal(1), timestamp_ns=4)
+    assert ledger.apply_fill(old) is None
+    assert units(ledger, "BTC")[0] == 25
+
+
+def test_set_totals_keeps_strategy_slots_and_zeroes_vanished_currency() -> None:
+    ledger = funded(USD=1000, DOGE=5)
+    ledger.apply_command(cmd("allocate", "USD", 2, 300))
+    changed = ledger.set_totals({"USD": 1200 * UNIT, "BTC": 2 * UNIT})
+    assert sorted(changed) == ["BTC", "DOGE", "USD"]
+    assert units(ledger, "USD")[:3] == [1200, 900, 300]
+    assert units(ledger, "DOGE")[:2] == [0, 0]
+    assert units(ledger, "BTC")[:2] == [2, 2]
+
+
+def test_correction_moves_only_total_and_available() -> None:
+    ledger = funded(USD=1000)
+    ledger.apply_command(cmd("allocate", "USD", 2, 300))
+    assert ledger.correct("USD", 1500 * UNIT) == (1000 * UNIT, 1500 * UNIT)
+    assert units(ledger, "USD")[:3] == [1500, 1200, 300]
+
+
+def test_idempotent_command_returns_first_reply_and_conflict_is_refused() -> None:
+    ledger = funded(USD=1000)
+    first = apply_event(ledger, CommandApplied(cmd("allocate", "USD", 2, 10), "r1"))
+    again = apply_event(ledger, CommandApplied(cmd("allocate", "USD", 2, 10), "r1"))
+    assert again.reply == first.reply and not again.durable
+    assert units(ledger, "USD")[2] == 10
+    other = apply_event(ledger, CommandApplied(cmd("allocate", "USD", 2, 11), "r1"))
+    assert other.reply is not None and other.reply["ok"] is False
+    assert other.reply["error"] == {
+        "code": "IDEMPOTENCY_CONFLICT",
+        "message": "request_id 'r1' was already used for a different request",
+    }
+
+
+def test_snapshot_round_trip() -> None:
+    ledger = funded(USD=1000, BTC=3)
+    ledger.apply_command(cmd("allocate", "USD", 2, 10))
+    ledger.apply_fill(Fill("T9", "BTC", "USD", Side.SELL, Decimal(1), Decimal(5), timestamp_ns=7))
+    ledger.remember_reply("r", ("x",), {"ok": True})
+    copy_ = Ledger.from_snapshot(ledger.to_snapshot())
+    assert copy_.to_snapshot() == ledger.to_snapshot()
+
+
+@pytest.mark.parametrize(
+    ("scaled", "text"),
+    [(0, "0"), (UNIT, "1"), (-UNIT // 2, "-0.5"), (1, "0.000000000000000001"), (123 * UNIT, "123")],
+)
+def test_format_scaled(scaled: int, text: str) -> None:
+    assert format_scaled(scaled) == text
+
+
+# -- any sequence of events ---------------------------------------------------------
+
+currencies = st.sampled_from(["USD", "BTC", "ETH"])
+amounts = st.decimals(min_value=Decimal("-500"), max_value=Decimal(500), places=6)
+indices = st.integers(min_value=-1, max_value=S)
+strategies = st.sampled_from(["a", "b", "c"])
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """Random commands, fills, totals and corrections; the invariant always holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ledger = funded(USD=1000, BTC=10)
+        self.fill_ids = 0
+
+    @rule(
+        kind=st.sampled_from(list(CommandKind)),
+        strategy=strategies,
+        currency=currencies,
+        index=indices,
+        amount=amounts,
+    )
+    def command(
+        self, kind: CommandKind, strategy: str, currency: str, index: int, amount: Decimal
+    ) -> None:
+        command = BalanceCommand(kind, strategy, currency, index, int(amount * UNIT))
+        before = copy.deepcopy(self.ledger.to_snapshot())
+        try:
+            self.ledger.apply_command(command)
+        except Refused:
+            assert self.ledger.to_snapshot() == before
+
+    @rule(
+        base=currencies,
+        side=st.sampled_from(list(Side)),
+        qty=st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal(5), places=8),
+        price=st.decimals(min_value=Decimal("0.01"), max_value=Decimal(50000), places=2),
+        fee=st.decimals(min_value=Decimal(0), max_value=Decimal(3), places=4),
+        userref=st.one_of(st.none(), st.integers(min_value=-1, max_value=S + 1)),
+        replay=st.booleans(),
+    )
+    def fill(
+        self, base: str, side: Side, qty: Decimal, price: Decimal, fee: Decimal,
+        userref: int | None, replay: bool,
+    ) -> None:  # fmt: skip
+        if not replay:
+            self.fill_ids += 1
+        fill = Fill(
+            f"T{self.fill_ids}", base, "USDT", side, qty, price, (Fee("USDT", fee),), userref
+        )
+        self.ledger.apply_fill(fill)
+
+    @rule(currency=currencies, total=st.integers(min_value=0, max_value=10**6))
+    def correction(self, currency: str, total: int) -> None:
+        self.ledger.correct(currency, total * UNIT)
+
+    @rule(usd=st.integers(min_value=0, max_value=10**6), btc=st.integers(0, 100))
+    def totals(self, usd: int, btc: int) -> None:
+        self.ledger.set_totals({"USD": usd * UNIT, "BTC": btc * UNIT})
+
+    @invariant()
+    def slot_zero_is_the_sum(self) -> None:
+        self.ledger.check_invariant()
+
+
+TestLedgerMachine = LedgerMachine.TestCase
+TestLedgerMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
