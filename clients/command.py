@@ -328,6 +328,22 @@ class IPCCommandSystem:
             # Closing a Trio stream needs its loop; dropping the socket is enough here.
             connection.reader.socket.close()
 
+    async def aclose(self) -> None:
+        """Close the connections of the running event loop (Trio or asyncio), gracefully."""
+        library = sniffio.current_async_library()
+        loop_key: object = (
+            trio.lowlevel.current_root_task() if library == "trio" else asyncio.get_running_loop()
+        )
+        for service, key in list(self._connections):
+            if key is not loop_key:
+                continue
+            connection = self._connections.pop((service, key))
+            if isinstance(connection.reader, trio.SocketStream):
+                await connection.reader.aclose()
+            elif connection.writer is not None:
+                connection.writer.close()
+                await connection.writer.wait_closed()
+
     def close(self) -> None:
         """Close every connection this system holds."""
         for service, loop_key in list(self._connections):
