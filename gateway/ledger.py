@@ -137,8 +137,12 @@ def scale_fill(value: Decimal) -> int:
 
 def format_scaled(value: int) -> str:
     """A scaled value as a plain decimal string (``"100.5"``, ``"-0.000001"``)."""
+    if value == 0:  # most slots of most replies
+        return "0"
     sign = "-" if value < 0 else ""
     whole, frac = divmod(abs(value), UNIT)
+    if not frac:
+        return f"{sign}{whole}"
     text = f"{frac:0{SCALE}d}".rstrip("0")
     return f"{sign}{whole}.{text}" if text else f"{sign}{whole}"
 

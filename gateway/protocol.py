@@ -166,6 +166,11 @@ def _reject_constant(name: str) -> object:
     raise CommandProtocolError(ErrorCode.INVALID_AMOUNT, f"{name} is not a finite amount")
 
 
+# One decoder for every request: JSON numbers become Decimal (never float), NaN is refused.
+_JSON: Final = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+_JSON_OUT: Final = json.JSONEncoder(separators=(",", ":"))
+
+
 def decode_frame(frame: bytes, framing: Framing) -> dict[str, object]:
     """One frame's map. JSON numbers become Decimal or int exactly, never float.
 
@@ -173,13 +178,10 @@ def decode_frame(frame: bytes, framing: Framing) -> dict[str, object]:
         CommandProtocolError: BAD_FRAME (not JSON/CBOR, not a map), INVALID_AMOUNT (NaN).
     """
     try:
-        if framing is Framing.JSON:
-            body = json.loads(frame, parse_float=Decimal, parse_constant=_reject_constant)
-        else:
-            body = cbor2.loads(frame)
+        body = _JSON.decode(frame.decode()) if framing is Framing.JSON else cbor2.loads(frame)
     except CommandProtocolError:
         raise
-    except (ValueError, cbor2.CBORDecodeError, RecursionError) as exc:
+    except (ValueError, UnicodeDecodeError, cbor2.CBORDecodeError, RecursionError) as exc:
         kind = "JSON" if framing is Framing.JSON else "CBOR"
         raise CommandProtocolError(ErrorCode.BAD_FRAME, f"not valid {kind}: {exc}") from None
     if not isinstance(body, dict):
@@ -189,7 +191,7 @@ def decode_frame(frame: bytes, framing: Framing) -> dict[str, object]:
 
 def encode_reply(reply: Reply, framing: Framing) -> bytes:
     if framing is Framing.JSON:
-        return json.dumps(reply, separators=(",", ":")).encode() + b"\n"
+        return _JSON_OUT.encode(reply).encode() + b"\n"
     body = cbor2.dumps(reply)
     return LENGTH_PREFIX.pack(len(body)) + body
 
@@ -255,11 +257,12 @@ def parse_request(body: dict[str, object], strategy_count: int) -> tuple[Request
 
 
 def _check_fields(body: dict[str, object], allowed: frozenset[str]) -> None:
-    unknown = sorted(str(k) for k in body if k not in allowed)
+    unknown = body.keys() - allowed
     if unknown:
+        names = ", ".join(sorted(map(str, unknown)))
         raise CommandProtocolError(
             ErrorCode.INVALID_REQUEST,
-            f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
+            f"unknown field(s) {names}; allowed: {', '.join(sorted(allowed))}",
         )
 
 
