@@ -241,8 +241,10 @@ def main() -> None:
         "|---|---:|---:|---:|",
     ]
     for series in (floor, blocking, trio_client, eight_tasks, eight_procs):
-        rate = f"{statistics.median(series.rates):,.0f}" if series.rates else ""
-        lines.append(f"| {series.name} | {series.median():.0f} | {series.p99():.0f} | {rate} |")
+        rate_cell = f"{statistics.median(series.rates):,.0f}" if series.rates else ""
+        lines.append(
+            f"| {series.name} | {series.median():.0f} | {series.p99():.0f} | {rate_cell} |"
+        )
     lines += [
         "",
         f"Durable allocate over the floor: blocking {blocking.median() - floor.median():+.0f} µs, "
