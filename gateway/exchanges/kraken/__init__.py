@@ -1,0 +1,1 @@
+"""The Kraken adapter: REST (signing, balances, tokens, trades), WS v2 executions, asset codes."""

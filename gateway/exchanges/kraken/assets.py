@@ -1,0 +1,110 @@
+"""Kraken asset and pair codes, normalised to canonical tickers. Pure.
+
+Kraken names one asset three ways: REST keys (``XXBT``, ``ZUSD``, ``USDT``),
+their ``altname`` (``XBT``, ``USD``) and WS v2 codes (``BTC``, ``USD``). The
+map is built from the public ``Assets`` and ``AssetPairs`` answers, never by
+stripping letters (``XTZ`` and ``ZEC`` start with X and Z, and are Tezos and
+Zcash). The only renames are the ones WS v2 makes: ``XBT`` → ``BTC``,
+``XDG`` → ``DOGE``.
+
+Balances with a suffix (``XBT.F`` auto-earning, ``ETH2.S`` staked, ``DOT.P``,
+``USD.HOLD`` …) are not tradable spot funds. They keep their suffix
+(``BTC.F``, ``ETH2.S``), so they appear as currencies of their own and never
+mix into the spot balance a strategy trades with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+# WS v2 (and every exchange but Kraken's REST) calls these by their common tickers.
+V2_RENAMES: Final = {"XBT": "BTC", "XDG": "DOGE"}
+
+
+def canonical_from_altname(altname: str) -> str:
+    """``XBT`` → ``BTC``; ``XBT.F`` → ``BTC.F``; ``USD`` → ``USD``."""
+    base, dot, suffix = altname.upper().partition(".")
+    return V2_RENAMES.get(base, base) + dot + suffix
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One tradable pair, in canonical codes."""
+
+    rest_name: str  # the AssetPairs key, e.g. XXBTZUSD
+    base: str  # e.g. BTC
+    quote: str  # e.g. USD
+
+    @property
+    def symbol(self) -> str:
+        """The WS v2 symbol, e.g. ``BTC/USD``."""
+        return f"{self.base}/{self.quote}"
+
+
+@dataclass
+class AssetMap:
+    """REST asset keys and pair names → canonical codes."""
+
+    assets: dict[str, str] = field(default_factory=dict)  # REST key → canonical
+    pairs: dict[str, Pair] = field(default_factory=dict)  # REST pair key or altname → Pair
+    decimals: dict[str, int] = field(default_factory=dict)  # canonical → Kraken's decimals
+
+    @classmethod
+    def from_rest(
+        cls, assets: Mapping[str, Mapping[str, object]], pairs: Mapping[str, Mapping[str, object]]
+    ) -> AssetMap:
+        """Build the map from the ``result`` objects of ``Assets`` and ``AssetPairs``."""
+        mapping = cls()
+        for key, info in assets.items():
+            altname = str(info.get("altname") or key)
+            canonical = canonical_from_altname(altname)
+            mapping.assets[key] = canonical
+            mapping.assets.setdefault(altname, canonical)
+            decimals = info.get("decimals")
+            if isinstance(decimals, int):
+                mapping.decimals[canonical] = decimals
+        for key, info in pairs.items():
+            base = mapping.asset(str(info["base"]))
+            quote = mapping.asset(str(info["quote"]))
+            pair = Pair(key, base, quote)
+            mapping.pairs[key] = pair
+            pair_altname = info.get("altname")
+            if isinstance(pair_altname, str):
+                mapping.pairs.setdefault(pair_altname, pair)
+        return mapping
+
+    def asset(self, rest_key: str) -> str:
+        """Canonical code of a REST asset key (or altname, or suffixed balance key).
+
+        An unknown key keeps its own name (upper-cased, v2 renames applied): a
+        new asset must show up, not vanish.
+        """
+        known = self.assets.get(rest_key)
+        if known is not None:
+            return known
+        base, dot, suffix = rest_key.partition(".")
+        if dot:
+            return self.asset(base).partition(".")[0] + dot + suffix.upper()
+        return canonical_from_altname(rest_key)
+
+    def pair(self, name: str) -> Pair:
+        """The pair of a REST pair key or altname (``XXBTZUSD``, ``XBTUSD``).
+
+        Raises:
+            KeyError: an unknown pair.
+        """
+        return self.pairs[name]
+
+    @staticmethod
+    def split_symbol(symbol: str) -> tuple[str, str]:
+        """A WS v2 symbol ``BTC/USD`` → (base, quote), canonical.
+
+        Raises:
+            ValueError: not of the form ``BASE/QUOTE``.
+        """
+        base, slash, quote = symbol.partition("/")
+        if not slash or not base or not quote:
+            raise ValueError(f"not a BASE/QUOTE symbol: {symbol!r}")
+        return canonical_from_altname(base), canonical_from_altname(quote)

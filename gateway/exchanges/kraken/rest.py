@@ -1,0 +1,241 @@
+"""Kraken's REST API over httpx (on Trio): signing, errors, retries, timeouts.
+
+Every call has a timeout; retryable failures (rate limits, ``EService``,
+timeouts, 5xx) are retried with capped, jittered exponential backoff; every
+other error is raised at once. The API secret is never logged or shown.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Final
+from urllib.parse import urlencode
+
+import httpx
+import trio
+
+from gateway.exchanges.kraken.errors import (
+    KrakenError,
+    KrakenProtocolError,
+    KrakenTransportError,
+    api_error,
+)
+from gateway.exchanges.kraken.parsing import loads
+from gateway.exchanges.kraken.signing import NonceSource, sign
+
+logger = logging.getLogger(__name__)
+
+KRAKEN_REST_URL: Final = "https://api.kraken.com"
+USER_AGENT: Final = "hft-balance-gateway/0.1"
+Request = Callable[[], Awaitable[httpx.Response]]
+Params = Sequence[tuple[str, str | int | Decimal]] | Mapping[str, str | int | Decimal]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    base_s: float = 0.5
+    cap_s: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Full-jitter backoff: uniform in [half, all] of the capped exponential."""
+        ceiling = min(self.cap_s, self.base_s * 2**attempt)
+        return random.uniform(ceiling / 2, ceiling)
+
+
+class KrakenRestClient:
+    """One API key's REST client. Use as ``async with``; it owns its HTTP connection pool."""
+
+    def __init__(
+        self,
+        base_url: str = KRAKEN_REST_URL,
+        *,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        nonces: NonceSource | None = None,
+        timeout_s: float = 10.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._api_secret = api_secret
+        self._nonces = nonces or NonceSource()
+        self.retry = retry or RetryPolicy()
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_s),
+            headers={"User-Agent": USER_AGENT},
+            transport=transport,
+        )
+        self.calls = 0
+        self.failures = 0
+
+    def __repr__(self) -> str:
+        return f"KrakenRestClient({self.base_url!r}, api_key={'set' if self._api_key else None})"
+
+    async def __aenter__(self) -> KrakenRestClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- the two kinds of call ------------------------------------------------------
+
+    async def public(self, method: str, params: Params = ()) -> object:
+        """GET ``/0/public/<method>``; returns ``result``."""
+        path = f"/0/public/{method}"
+        query = urlencode(list(params.items()) if isinstance(params, Mapping) else params)
+        return await self._with_retry(
+            method, lambda: self._http.get(path + ("?" + query if query else ""))
+        )
+
+    async def private(self, method: str, params: Params = ()) -> object:
+        """POST ``/0/private/<method>``, signed; returns ``result``.
+
+        Raises:
+            KrakenAuthError: no credentials, or Kraken refused them.
+            KrakenError: as mapped from the answer, after retries where retryable.
+        """
+        if not self._api_key or not self._api_secret:
+            raise api_error(["EAPI:Invalid key"], method)
+        path = f"/0/private/{method}"
+        pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
+
+        def request() -> Awaitable[httpx.Response]:
+            nonce = self._nonces.next()  # a fresh nonce for every attempt
+            body = urlencode([("nonce", nonce), *pairs])
+            assert self._api_key is not None and self._api_secret is not None
+            headers = {
+                "API-Key": self._api_key,
+                "API-Sign": sign(path, nonce, body, self._api_secret),
+                "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+            }
+            return self._http.post(path, content=body.encode(), headers=headers)
+
+        return await self._with_retry(method, request)
+
+    async def _with_retry(self, method: str, request: Request) -> object:
+        for attempt in range(self.retry.attempts):
+            try:
+                return await self._once(method, request)
+            except KrakenError as exc:
+                self.failures += 1
+                if not exc.retryable or attempt + 1 == self.retry.attempts:
+                    raise
+                delay = self.retry.delay(attempt)
+                logger.warning(
+                    "Kraken %s failed (%s); retry %d in %.1f s", method, exc, attempt + 1, delay
+                )
+                await trio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _once(self, method: str, request: Request) -> object:
+        self.calls += 1
+        try:
+            response = await request()
+        except httpx.TimeoutException as exc:
+            raise KrakenTransportError(f"{method}: timed out") from exc
+        except httpx.TransportError as exc:
+            raise KrakenTransportError(f"{method}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 500:
+            raise KrakenTransportError(f"{method}: HTTP {response.status_code}")
+        if response.status_code != 200:
+            raise KrakenProtocolError(f"{method}: HTTP {response.status_code}")
+        body = loads(response.content)
+        if not isinstance(body, dict):
+            raise KrakenProtocolError(f"{method}: the answer is not an object")
+        errors = body.get("error") or []
+        if not isinstance(errors, list):
+            raise KrakenProtocolError(f"{method}: 'error' is not a list")
+        hard = [str(e) for e in errors if not str(e).startswith("W")]
+        if hard:
+            raise api_error(hard, method)
+        if "result" not in body:
+            raise KrakenProtocolError(f"{method}: no result")
+        return body["result"]
+
+    # -- the endpoints the gateway uses ---------------------------------------------------
+
+    async def balance_ex(self) -> dict[str, dict[str, object]]:
+        result = await self.private("BalanceEx")
+        if not isinstance(result, dict) or not all(isinstance(v, dict) for v in result.values()):
+            raise KrakenProtocolError("BalanceEx: result is not an object of objects")
+        return result
+
+    async def balance(self) -> dict[str, object]:
+        result = await self.private("Balance")
+        if not isinstance(result, dict):
+            raise KrakenProtocolError("Balance: result is not an object")
+        return result
+
+    async def websockets_token(self) -> str:
+        result = await self.private("GetWebSocketsToken")
+        token = result.get("token") if isinstance(result, dict) else None
+        if not isinstance(token, str) or not token:
+            raise KrakenProtocolError("GetWebSocketsToken: no token")
+        return token
+
+    async def assets(self) -> dict[str, dict[str, object]]:
+        result = await self.public("Assets")
+        if not isinstance(result, dict):
+            raise KrakenProtocolError("Assets: result is not an object")
+        return result
+
+    async def asset_pairs(self) -> dict[str, dict[str, object]]:
+        result = await self.public("AssetPairs")
+        if not isinstance(result, dict):
+            raise KrakenProtocolError("AssetPairs: result is not an object")
+        return result
+
+    async def trades_history(
+        self, *, start: Decimal | None = None, ofs: int = 0
+    ) -> tuple[dict[str, dict[str, object]], int]:
+        """One page of trades (newest first, 50 a page): (trades by txid, total count)."""
+        params: list[tuple[str, str | int | Decimal]] = [("ofs", ofs)]
+        if start is not None:
+            params.append(("start", start))
+        result = await self.private("TradesHistory", params)
+        trades = result.get("trades") if isinstance(result, dict) else None
+        count = result.get("count") if isinstance(result, dict) else None
+        if not isinstance(trades, dict) or not isinstance(count, int):
+            raise KrakenProtocolError("TradesHistory: result lacks trades or count")
+        return trades, count
+
+    async def query_orders(self, txids: Sequence[str]) -> dict[str, dict[str, object]]:
+        result = await self.private("QueryOrders", [("txid", ",".join(txids))])
+        if not isinstance(result, dict):
+            raise KrakenProtocolError("QueryOrders: result is not an object")
+        return result
+
+    async def add_order(
+        self,
+        *,
+        pair: str,
+        side: str,
+        volume: Decimal | str,
+        ordertype: str = "market",
+        price: Decimal | str | None = None,
+        userref: int | None = None,
+        cl_ord_id: str | None = None,
+    ) -> dict[str, object]:
+        params: list[tuple[str, str | int | Decimal]] = [
+            ("ordertype", ordertype), ("pair", pair), ("type", side), ("volume", str(volume)),
+        ]  # fmt: skip
+        if price is not None:
+            params.append(("price", str(price)))
+        if userref is not None:
+            params.append(("userref", userref))
+        if cl_ord_id is not None:
+            params.append(("cl_ord_id", cl_ord_id))
+        result = await self.private("AddOrder", params)
+        if not isinstance(result, dict):
+            raise KrakenProtocolError("AddOrder: result is not an object")
+        return result
