@@ -1,0 +1,360 @@
+"""The simulator's exchange: one account, its balances, orders, trades and executions.
+
+Plain Python, no I/O: the servers in ``gateway.sim.server`` speak Kraken's
+protocols around it. Asset and pair codes are Kraken's own (REST ``XXBT``,
+WS v2 ``BTC``), so a client must normalise them as it would for Kraken.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import itertools
+import json
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+from typing import Final
+
+from gateway.exchanges.kraken.parsing import format_timestamp
+from gateway.exchanges.kraken.signing import sign
+
+# REST key → (altname, decimals, WS v2 code)
+ASSETS: Final = {
+    "XXBT": ("XBT", 10, "BTC"),
+    "XETH": ("ETH", 10, "ETH"),
+    "ZUSD": ("USD", 4, "USD"),
+    "ZEUR": ("EUR", 4, "EUR"),
+    "USDT": ("USDT", 8, "USDT"),
+    "USDC": ("USDC", 8, "USDC"),
+}
+V2_TO_REST: Final = {v2: key for key, (_, _, v2) in ASSETS.items()}
+
+
+@dataclass(frozen=True)
+class SimPair:
+    key: str
+    altname: str
+    base: str  # REST asset key
+    quote: str
+    price: Decimal
+
+    @property
+    def symbol(self) -> str:
+        return f"{ASSETS[self.base][2]}/{ASSETS[self.quote][2]}"
+
+
+PAIRS: Final = {
+    p.key: p
+    for p in (
+        SimPair("XXBTZUSD", "XBTUSD", "XXBT", "ZUSD", Decimal("60000.0")),
+        SimPair("XETHZUSD", "XETHUSD", "XETH", "ZUSD", Decimal("3000.00")),
+        SimPair("XBTUSDT", "XBTUSDT", "XXBT", "USDT", Decimal("60010.0")),
+        SimPair("ETHUSDT", "ETHUSDT", "XETH", "USDT", Decimal("3001.00")),
+        SimPair("XBTUSDC", "XBTUSDC", "XXBT", "USDC", Decimal("60005.0")),
+    )
+}
+DEFAULT_BALANCES: Final = {
+    "USD": Decimal(100000),
+    "USDT": Decimal(100000),
+    "USDC": Decimal(100000),
+    "BTC": Decimal(10),
+    "ETH": Decimal(100),
+}
+TAKER_FEE: Final = Decimal("0.0026")
+SNAPSHOT_TRADES: Final = 50
+TRADES_PAGE: Final = 50
+TOKEN_TTL_S: Final = 900
+
+
+class SimError(Exception):
+    """A request refused with one of Kraken's error strings."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+_ids = itertools.count(1)
+
+
+def kraken_id(prefix: str) -> str:
+    """An id shaped like Kraken's (``OK4GJX-KSTLS-7DZZO5``), unique in this process."""
+    raw = f"{next(_ids):06d}{secrets.token_hex(6).upper()}"
+    return f"{prefix}{raw[:5]}-{raw[5:10]}-{raw[10:16]}"
+
+
+def dumps(value: object) -> str:
+    """JSON with Decimals as exact JSON numbers, as Kraken's engine sends them."""
+    marked = json.dumps(value, default=lambda d: f"\0{d}\0" if isinstance(d, Decimal) else None)
+    return re.sub(r'"\\u0000([^"\\]*)\\u0000"', r"\1", marked)
+
+
+@dataclass
+class Trade:
+    txid: str
+    order_id: str
+    pair: SimPair
+    side: str
+    qty: Decimal
+    price: Decimal
+    cost: Decimal
+    fee: Decimal
+    userref: int | None
+    cl_ord_id: str | None
+    time_ns: int
+    trade_id: int
+
+    def execution(self) -> dict[str, object]:
+        """The WS v2 ``executions`` item of this trade."""
+        item: dict[str, object] = {
+            "order_id": self.order_id,
+            "order_userref": self.userref or 0,
+            "exec_id": self.txid,
+            "exec_type": "trade",
+            "trade_id": self.trade_id,
+            "symbol": self.pair.symbol,
+            "side": self.side,
+            "last_qty": self.qty,
+            "last_price": self.price,
+            "liquidity_ind": "t",
+            "cost": self.cost,
+            "order_type": "market",
+            "timestamp": format_timestamp(self.time_ns),
+            "order_status": "filled",
+            "cum_qty": self.qty,
+            "cum_cost": self.cost,
+            "avg_price": self.price,
+            "fee_usd_equiv": self.fee,
+            "fees": [{"asset": ASSETS[self.pair.quote][2], "qty": self.fee}],
+        }
+        if self.cl_ord_id is not None:
+            del item["order_userref"]
+            item["cl_ord_id"] = self.cl_ord_id
+        return item
+
+    def rest(self) -> dict[str, object]:
+        """The ``TradesHistory`` entry of this trade."""
+        return {
+            "ordertxid": self.order_id,
+            "postxid": kraken_id("P"),
+            "pair": self.pair.key,
+            "time": Decimal(self.time_ns).scaleb(-9).quantize(Decimal("0.000001")),
+            "type": self.side,
+            "ordertype": "market",
+            "price": str(self.price),
+            "cost": str(self.cost),
+            "fee": str(self.fee),
+            "vol": str(self.qty),
+            "margin": "0.00000",
+            "misc": "",
+            "trade_id": self.trade_id,
+        }
+
+
+@dataclass
+class SimExchange:
+    """The account behind one API key."""
+
+    api_key: str = field(default_factory=lambda: secrets.token_urlsafe(42))
+    api_secret: str = field(
+        default_factory=lambda: base64.b64encode(secrets.token_bytes(64)).decode()
+    )
+    balances: dict[str, Decimal] = field(default_factory=dict)  # REST key → amount
+    prices: dict[str, Decimal] = field(
+        default_factory=lambda: {k: p.price for k, p in PAIRS.items()}
+    )
+    last_nonce: int = 0
+    tokens: dict[str, float] = field(default_factory=dict)
+    orders: dict[str, dict[str, object]] = field(default_factory=dict)
+    trades: list[Trade] = field(default_factory=list)
+    recent: deque[Trade] = field(default_factory=lambda: deque(maxlen=SNAPSHOT_TRADES))
+    trade_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
+
+    @classmethod
+    def funded(cls, balances: Mapping[str, Decimal] | None = None, **keys: str) -> SimExchange:
+        exchange = cls(**keys)  # type: ignore[arg-type]
+        for code, amount in (balances or DEFAULT_BALANCES).items():
+            exchange.balances[V2_TO_REST.get(code.upper(), code.upper())] = Decimal(amount)
+        return exchange
+
+    # -- authentication -------------------------------------------------------------
+
+    def authenticate(
+        self, path: str, headers: Mapping[str, str], body: bytes, form: Mapping[str, str]
+    ) -> None:
+        """Check key, signature and nonce as Kraken does.
+
+        Raises:
+            SimError: ``EAPI:Invalid key`` / ``EAPI:Invalid signature`` / ``EAPI:Invalid nonce``.
+        """
+        if headers.get("api-key") != self.api_key:
+            raise SimError("EAPI:Invalid key")
+        nonce_text = form.get("nonce", "")
+        if not nonce_text.isdigit():
+            raise SimError("EAPI:Invalid nonce")
+        expected = sign(path, nonce_text, body, self.api_secret)
+        if not hmac.compare_digest(expected, headers.get("api-sign", "")):
+            raise SimError("EAPI:Invalid signature")
+        nonce = int(nonce_text)
+        if nonce <= self.last_nonce:
+            raise SimError("EAPI:Invalid nonce")
+        self.last_nonce = nonce
+
+    def new_token(self) -> str:
+        token = secrets.token_urlsafe(32)
+        self.tokens[token] = time.monotonic() + TOKEN_TTL_S
+        return token
+
+    def token_valid(self, token: object) -> bool:
+        return isinstance(token, str) and self.tokens.get(token, 0) > time.monotonic()
+
+    # -- money ----------------------------------------------------------------------
+
+    def move(self, asset_code: str, amount: Decimal) -> None:
+        """A deposit (positive) or withdrawal (negative) that only REST sees."""
+        key = V2_TO_REST.get(asset_code.upper(), asset_code.upper())
+        new = self.balances.get(key, Decimal(0)) + amount
+        if new < 0:
+            raise SimError("EFunding:Insufficient funds")
+        self.balances[key] = new
+
+    def balance_ex(self) -> dict[str, dict[str, str]]:
+        return {
+            key: {"balance": _fmt(amount, key), "hold_trade": _fmt(Decimal(0), key)}
+            for key, amount in self.balances.items()
+        }
+
+    def execute(
+        self,
+        pair_name: str,
+        side: str,
+        volume: Decimal,
+        *,
+        ordertype: str = "market",
+        price: Decimal | None = None,
+        userref: int | None = None,
+        cl_ord_id: str | None = None,
+        now_ns: int | None = None,
+    ) -> Trade | None:
+        """Place an order. Market orders, and limit orders that cross, fill at once.
+
+        Returns the trade, or None for a limit order left open.
+
+        Raises:
+            SimError: unknown pair, bad arguments, insufficient funds.
+        """
+        pair = PAIRS.get(pair_name) or next(
+            (p for p in PAIRS.values() if p.altname == pair_name), None
+        )
+        if pair is None:
+            raise SimError("EQuery:Unknown asset pair")
+        if side not in ("buy", "sell") or volume <= 0 or ordertype not in ("market", "limit"):
+            raise SimError("EGeneral:Invalid arguments")
+        if userref is not None and cl_ord_id is not None:
+            raise SimError("EGeneral:Invalid arguments:cl_ord_id and userref are exclusive")
+        market = self.prices[pair.key]
+        order_id = kraken_id("O")
+        order: dict[str, object] = {
+            "userref": userref,
+            "cl_ord_id": cl_ord_id,
+            "status": "open",
+            "vol": str(volume),
+            "descr": {"pair": pair.altname, "type": side, "ordertype": ordertype},
+        }
+        crosses = ordertype == "market" or (
+            price is not None and (price >= market if side == "buy" else price <= market)
+        )
+        if not crosses:
+            self.orders[order_id] = order
+            return None
+        # The account moves by exactly qty * price (what the gateway's ledger computes);
+        # the fee is rounded down to the quote asset's decimals and reported as charged.
+        cost = volume * market
+        fee = (cost * TAKER_FEE).quantize(Decimal(1).scaleb(-ASSETS[pair.quote][1]), ROUND_DOWN)
+        base, quote = pair.base, pair.quote
+        base_delta, quote_delta = (volume, -cost - fee) if side == "buy" else (-volume, cost - fee)
+        if self.balances.get(base, Decimal(0)) + base_delta < 0 or (
+            self.balances.get(quote, Decimal(0)) + quote_delta < 0
+        ):
+            raise SimError("EOrder:Insufficient funds")
+        self.balances[base] = self.balances.get(base, Decimal(0)) + base_delta
+        self.balances[quote] = self.balances.get(quote, Decimal(0)) + quote_delta
+        order["status"] = "closed"
+        order["vol_exec"] = str(volume)
+        self.orders[order_id] = order
+        trade = Trade(
+            kraken_id("T"),
+            order_id,
+            pair,
+            side,
+            volume,
+            market,
+            cost,
+            fee,
+            userref,
+            cl_ord_id,
+            now_ns if now_ns is not None else time.time_ns(),
+            next(self.trade_ids),
+        )
+        self.trades.append(trade)
+        self.recent.append(trade)
+        return trade
+
+    def trades_history(self, start: Decimal | None, ofs: int) -> dict[str, object]:
+        """Newest first, one page of 50, optionally only trades after ``start`` (seconds)."""
+        chosen = [
+            t
+            for t in reversed(self.trades)
+            if start is None or Decimal(t.time_ns).scaleb(-9) > start
+        ]
+        page = chosen[ofs : ofs + TRADES_PAGE]
+        return {"trades": {t.txid: t.rest() for t in page}, "count": len(chosen)}
+
+    def query_orders(self, txids: list[str]) -> dict[str, object]:
+        missing = [t for t in txids if t not in self.orders]
+        if missing:
+            raise SimError("EOrder:Invalid order")
+        return {t: self.orders[t] for t in txids}
+
+
+def _fmt(amount: Decimal, key: str) -> str:
+    """At least the asset's decimals, as Kraken shows them, and never fewer than exact."""
+    decimals = ASSETS.get(key, ("", 10, ""))[1]
+    exponent = amount.as_tuple().exponent
+    assert isinstance(exponent, int)
+    return f"{amount.quantize(Decimal(1).scaleb(min(-decimals, exponent))):f}"
+
+
+def public_assets() -> dict[str, object]:
+    return {
+        key: {
+            "aclass": "currency",
+            "altname": alt,
+            "decimals": dec,
+            "display_decimals": min(dec, 5),
+            "status": "enabled",
+        }
+        for key, (alt, dec, _) in ASSETS.items()
+    }
+
+
+def public_asset_pairs() -> dict[str, object]:
+    return {
+        p.key: {
+            "altname": p.altname,
+            "wsname": f"{ASSETS[p.base][0]}/{ASSETS[p.quote][0]}",
+            "base": p.base,
+            "quote": p.quote,
+            "pair_decimals": 1,
+            "lot_decimals": 8,
+            "cost_decimals": 5,
+            "ordermin": "0.0001",
+            "status": "online",
+        }
+        for p in PAIRS.values()
+    }

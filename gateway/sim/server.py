@@ -1,0 +1,507 @@
+"""The Kraken-compatible simulator's servers: REST (HTTP/1.1 via h11) and WS v2, on loopback.
+
+REST answers like Kraken (HTTP 200 with an ``error`` array) under
+``/0/public/<Method>`` and ``/0/private/<Method>``, checking key, signature
+and nonce. The WS endpoint serves the private ``executions`` channel with a
+snapshot, updates, heartbeats, ping/pong and the ``status`` message.
+Control endpoints under ``/sim/`` (JSON over POST) inject faults and drive
+trading for tests, the demo and benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from functools import partial
+from pathlib import Path
+from typing import Final
+from urllib.parse import parse_qsl, urlsplit
+
+import h11
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from gateway.sim.exchange import (
+    PAIRS,
+    SimError,
+    SimExchange,
+    Trade,
+    dumps,
+    public_asset_pairs,
+    public_assets,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES: Final = 1 << 20
+HEARTBEAT_S: Final = 1.0
+SUBSCRIBER_QUEUE: Final = 100_000
+
+
+@dataclass
+class FaultPlan:
+    """REST calls to fail next: ``count`` more, with a Kraken error string or an HTTP status."""
+
+    count: int = 0
+    error: str = "EService:Unavailable"
+    status: int | None = None
+
+
+@dataclass
+class Simulator:
+    """The running simulator: exchange state plus its connections."""
+
+    exchange: SimExchange
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    subscribers: set[trio.MemorySendChannel[str]] = field(default_factory=set)
+    ws_scopes: set[trio.CancelScope] = field(default_factory=set)
+    generator: trio.CancelScope | None = None
+    generated: list[int] = field(default_factory=list)  # send times (ns) of generated fills
+    ws_connections: int = 0
+
+    def broadcast(self, trades: list[Trade]) -> None:
+        """Push trades to every ``executions`` subscriber, one update message each."""
+        for trade in trades:
+            message = dumps(
+                {
+                    "channel": "executions",
+                    "type": "update",
+                    "data": [trade.execution()],
+                    "sequence": trade.trade_id,
+                }
+            )
+            for channel in list(self.subscribers):
+                try:
+                    channel.send_nowait(message)
+                except trio.WouldBlock:
+                    logger.warning("a WS subscriber is too slow: dropping its connection")
+                    self.subscribers.discard(channel)
+                    channel.close()
+                except trio.ClosedResourceError:
+                    self.subscribers.discard(channel)
+
+    def drop_websockets(self) -> int:
+        dropped = len(self.ws_scopes)
+        for scope in list(self.ws_scopes):
+            scope.cancel()
+        return dropped
+
+
+# -- REST ------------------------------------------------------------------------------
+
+
+Handler = Callable[[Simulator, dict[str, str], bytes], object]
+
+
+def _form(body: bytes) -> dict[str, str]:
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def _decimal(value: str | None, name: str) -> Decimal:
+    try:
+        number = Decimal(value or "")
+    except InvalidOperation:
+        raise SimError(f"EGeneral:Invalid arguments:{name}") from None
+    if not number.is_finite():
+        raise SimError(f"EGeneral:Invalid arguments:{name}")
+    return number
+
+
+def _private(sim: Simulator, method: str, form: dict[str, str]) -> object:
+    exchange = sim.exchange
+    if method == "Balance":
+        return {k: v["balance"] for k, v in exchange.balance_ex().items()}
+    if method == "BalanceEx":
+        return exchange.balance_ex()
+    if method == "GetWebSocketsToken":
+        return {"token": exchange.new_token(), "expires": 900}
+    if method == "AddOrder":
+        userref = form.get("userref")
+        trade = exchange.execute(
+            form.get("pair", ""),
+            form.get("type", ""),
+            _decimal(form.get("volume"), "volume"),
+            ordertype=form.get("ordertype", "market"),
+            price=_decimal(form["price"], "price") if "price" in form else None,
+            userref=int(userref) if userref not in (None, "") else None,
+            cl_ord_id=form.get("cl_ord_id") or None,
+        )
+        if trade is not None:
+            sim.broadcast([trade])
+            return {
+                "descr": {"order": f"{trade.side} {trade.qty} {trade.pair.altname} @ market"},
+                "txid": [trade.order_id],
+            }
+        return {"descr": {"order": "limit order placed"}, "txid": [list(exchange.orders)[-1]]}
+    if method == "TradesHistory":
+        start = _decimal(form["start"], "start") if form.get("start") else None
+        return exchange.trades_history(start, int(form.get("ofs") or 0))
+    if method == "QueryOrders":
+        return exchange.query_orders([t for t in form.get("txid", "").split(",") if t])
+    raise SimError("EGeneral:Unknown method")
+
+
+def _public(method: str) -> object:
+    if method == "Time":
+        now = time.time()
+        return {
+            "unixtime": int(now),
+            "rfc1123": time.strftime("%a, %d %b %y %H:%M:%S +0000", time.gmtime(now)),
+        }
+    if method == "Assets":
+        return public_assets()
+    if method == "AssetPairs":
+        return public_asset_pairs()
+    raise SimError("EGeneral:Unknown method")
+
+
+async def _control(
+    sim: Simulator, name: str, body: dict[str, object], nursery: trio.Nursery
+) -> object:
+    exchange = sim.exchange
+    if name in ("deposit", "withdraw"):
+        amount = _decimal(str(body.get("amount")), "amount")
+        exchange.move(str(body.get("asset", "")), amount if name == "deposit" else -amount)
+        return {"balances": exchange.balance_ex()}
+    if name == "drop-websockets":
+        return {"dropped": sim.drop_websockets()}
+    if name == "fail-rest":
+        status = body.get("status")
+        sim.faults = FaultPlan(
+            int(str(body.get("count", 1))),
+            str(body.get("error", "EService:Unavailable")),
+            int(str(status)) if status is not None else None,
+        )
+        return {"failing": sim.faults.count}
+    if name == "trade-generator":
+        if sim.generator is not None:
+            sim.generator.cancel()
+            sim.generator = None
+        rate = float(str(body.get("rate", 0)))
+        if rate > 0:
+            sim.generated.clear()
+            sim.generator = trio.CancelScope()
+            nursery.start_soon(_generate_trades, sim, sim.generator, rate, body)
+        return {"rate": rate}
+    if name == "generated":
+        return {"sent_ns": sim.generated}
+    if name == "state":
+        return {
+            "balances": exchange.balance_ex(),
+            "trades": len(exchange.trades),
+            "ws_connections": sim.ws_connections,
+            "subscribers": len(sim.subscribers),
+        }
+    raise SimError(f"EGeneral:Unknown control {name}")
+
+
+async def _generate_trades(
+    sim: Simulator, scope: trio.CancelScope, rate: float, body: dict[str, object]
+) -> None:
+    """Trade at ``rate`` fills/s: market orders on the given pairs and userrefs.
+
+    Buys and sells alternate so the account never runs dry. With ``probe``,
+    every fill is a buy of ``qty`` on one pair and userref, and its send time
+    is recorded (``/sim/generated``) so a benchmark can time each one.
+    """
+    userrefs = [int(u) for u in body.get("userrefs", [2, 3, 4])]  # type: ignore[attr-defined]
+    pairs = [str(p) for p in body.get("pairs", ["XXBTZUSD", "XETHZUSD", "XBTUSDT", "ETHUSDT"])]  # type: ignore[attr-defined]
+    probe = bool(body.get("probe", False))
+    qty = Decimal(str(body.get("qty", "0.001")))
+    limit = int(str(body.get("count", 0)))
+    batch = max(1, int(rate / 1000))  # at most ~1000 wake-ups a second
+    interval = batch / rate
+    rng = random.Random(int(str(body.get("seed", 7))))
+    made = 0
+    next_at = trio.current_time()
+    with scope:
+        while limit == 0 or made < limit:
+            trades = []
+            for _ in range(batch):
+                if probe:
+                    trade = sim.exchange.execute(pairs[0], "buy", qty, userref=userrefs[0])
+                else:
+                    pair = rng.choice(pairs)
+                    side = "buy" if made % 2 == 0 else "sell"
+                    volume = qty * rng.randint(1, 5)
+                    try:
+                        trade = sim.exchange.execute(
+                            pair, side, volume, userref=rng.choice(userrefs)
+                        )
+                    except SimError:
+                        continue
+                assert trade is not None
+                trades.append(trade)
+                made += 1
+                if probe:
+                    sim.generated.append(trade.time_ns)
+            sim.broadcast(trades)
+            next_at += interval
+            await trio.sleep_until(next_at)
+
+
+async def _respond(
+    stream: trio.SocketStream, conn: h11.Connection, status: int, payload: object
+) -> None:
+    data = (payload if isinstance(payload, str) else dumps(payload)).encode()
+    headers = [("content-type", "application/json"), ("content-length", str(len(data)))]
+    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+    await stream.send_all(conn.send(h11.Data(data=data)) or b"")
+    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+
+async def _serve_http_connection(
+    sim: Simulator, nursery: trio.Nursery, stream: trio.SocketStream
+) -> None:
+    conn = h11.Connection(h11.SERVER)
+    async with stream:
+        while True:
+            request: h11.Request | None = None
+            body = bytearray()
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(65536)
+                    conn.receive_data(data)
+                    if not data and conn.their_state is not h11.DONE:
+                        return
+                    continue
+                if isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > MAX_BODY_BYTES:
+                        return
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    return
+            assert request is not None
+            headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+            status, payload = await _route(
+                sim, nursery, request.method.decode(), request.target.decode(), headers, bytes(body)
+            )
+            await _respond(stream, conn, status, payload)
+            if conn.our_state is h11.MUST_CLOSE:
+                return
+            conn.start_next_cycle()
+
+
+async def _route(
+    sim: Simulator,
+    nursery: trio.Nursery,
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    body: bytes,
+) -> tuple[int, object]:
+    path = urlsplit(target).path
+    parts = path.strip("/").split("/")
+    try:
+        if parts[0] == "sim" and len(parts) == 2:
+            request = json.loads(body or b"{}")
+            return 200, await _control(
+                sim, parts[1], request if isinstance(request, dict) else {}, nursery
+            )
+        if len(parts) != 3 or parts[0] != "0" or parts[1] not in ("public", "private"):
+            return 404, {"error": ["EGeneral:Unknown method"]}
+        if sim.faults.count > 0:
+            sim.faults.count -= 1
+            if sim.faults.status is not None:
+                return sim.faults.status, "<html><body>upstream unavailable</body></html>"
+            return 200, {"error": [sim.faults.error]}
+        if parts[1] == "public":
+            return 200, {"error": [], "result": _public(parts[2])}
+        if method != "POST":
+            return 200, {"error": ["EGeneral:Invalid arguments"]}
+        form = _form(body)
+        sim.exchange.authenticate(path, headers, body, form)
+        return 200, {"error": [], "result": _private(sim, parts[2], form)}
+    except SimError as exc:
+        return 200, {"error": [exc.error]}
+    except (ValueError, KeyError) as exc:
+        return 200, {"error": [f"EGeneral:Invalid arguments:{exc}"]}
+
+
+# -- WS v2 ---------------------------------------------------------------------------------
+
+
+async def _serve_ws(sim: Simulator, request: WebSocketRequest) -> None:
+    ws = await request.accept()
+    sim.ws_connections += 1
+    send, receive = trio.open_memory_channel[str](SUBSCRIBER_QUEUE)
+    # /sim/drop-websockets cancels this scope: the connection ends mid-stream.
+    with trio.CancelScope() as scope:
+        sim.ws_scopes.add(scope)
+        try:
+            status = {
+                "api_version": "v2",
+                "connection_id": random.getrandbits(64),
+                "system": "online",
+                "version": "2.0.0",
+            }
+            await ws.send_message(dumps({"channel": "status", "type": "update", "data": [status]}))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_ws_sender, ws, receive, nursery.cancel_scope)
+                await _ws_reader(sim, ws, send)
+                nursery.cancel_scope.cancel()
+        except ConnectionClosed:
+            pass  # closed before the nursery started
+        finally:
+            sim.ws_scopes.discard(scope)
+            sim.subscribers.discard(send)
+            sim.ws_connections -= 1
+
+
+async def _ws_sender(
+    ws: WebSocketConnection, receive: trio.MemoryReceiveChannel[str], done: trio.CancelScope
+) -> None:
+    """Forward queued messages; a heartbeat when nothing else went out for a second."""
+    try:
+        while True:
+            with trio.move_on_after(HEARTBEAT_S) as idle:
+                message = await receive.receive()
+            await ws.send_message('{"channel":"heartbeat"}' if idle.cancelled_caught else message)
+    except (ConnectionClosed, trio.EndOfChannel):
+        done.cancel()
+
+
+async def _ws_reader(
+    sim: Simulator, ws: WebSocketConnection, send: trio.MemorySendChannel[str]
+) -> None:
+    while True:
+        try:
+            text = await ws.get_message()
+        except ConnectionClosed:
+            return
+        try:
+            message = json.loads(text)
+        except ValueError:
+            send.send_nowait(dumps({"error": "EGeneral:Invalid arguments", "success": False}))
+            continue
+        method = message.get("method") if isinstance(message, dict) else None
+        req_id = message.get("req_id") if isinstance(message, dict) else None
+        params = message.get("params") or {} if isinstance(message, dict) else {}
+        if method == "ping":
+            send.send_nowait(
+                dumps({"method": "pong", "req_id": req_id, "time_in": _now(), "time_out": _now()})
+            )
+        elif method == "subscribe" and params.get("channel") == "executions":
+            if not sim.exchange.token_valid(params.get("token")):
+                send.send_nowait(
+                    dumps(
+                        {
+                            "method": "subscribe",
+                            "success": False,
+                            "error": "EAccount:Invalid permissions",
+                            "req_id": req_id,
+                        }
+                    )
+                )
+                continue
+            send.send_nowait(
+                dumps(
+                    {
+                        "method": "subscribe",
+                        "success": True,
+                        "req_id": req_id,
+                        "time_in": _now(),
+                        "time_out": _now(),
+                        "result": {
+                            "channel": "executions",
+                            "maxratecount": 125,
+                            "snap_orders": bool(params.get("snap_orders", True)),
+                            "snap_trades": bool(params.get("snap_trades", False)),
+                        },
+                    }
+                )
+            )
+            snapshot = (
+                [t.execution() for t in sim.exchange.recent] if params.get("snap_trades") else []
+            )
+            send.send_nowait(
+                dumps(
+                    {"channel": "executions", "type": "snapshot", "data": snapshot, "sequence": 1}
+                )
+            )
+            sim.subscribers.add(send)
+        elif method == "unsubscribe":
+            sim.subscribers.discard(send)
+            send.send_nowait(dumps({"method": "unsubscribe", "success": True, "req_id": req_id}))
+        else:
+            send.send_nowait(
+                dumps(
+                    {
+                        "method": method,
+                        "success": False,
+                        "error": "EGeneral:Invalid arguments",
+                        "req_id": req_id,
+                    }
+                )
+            )
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+
+
+# -- the whole thing ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimAddress:
+    rest_url: str
+    ws_url: str
+    api_key: str
+    api_secret: str
+
+
+async def run_simulator(
+    sim: Simulator,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ws_port: int = 0,
+    ready_file: Path | None = None,
+    task_status: trio.TaskStatus[SimAddress] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve REST and WS until cancelled. ``started(SimAddress)`` once both listen.
+
+    ``ready_file`` (if given) gets the same facts as JSON, written atomically.
+    """
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            partial(trio.serve_tcp, host=host),
+            lambda stream: _serve_http_connection(sim, nursery, stream),
+            port,
+        )
+        rest_port = listeners[0].socket.getsockname()[1]
+        ws_server = await nursery.start(
+            lambda task_status: serve_websocket(
+                lambda request: _serve_ws(sim, request),
+                host,
+                ws_port,
+                ssl_context=None,
+                task_status=task_status,
+            )
+        )
+        address = SimAddress(
+            f"http://{host}:{rest_port}",
+            f"ws://{host}:{ws_server.port}/v2",
+            sim.exchange.api_key,
+            sim.exchange.api_secret,
+        )
+        if ready_file is not None:
+            tmp = ready_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(address.__dict__))
+            tmp.replace(ready_file)
+        logger.info("simulator ready: REST %s, WS %s", address.rest_url, address.ws_url)
+        task_status.started(address)
+
+
+__all__ = ["PAIRS", "SimAddress", "Simulator", "run_simulator"]
