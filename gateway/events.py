@@ -63,7 +63,14 @@ class Corrected:
     new_total: int
 
 
-Event = CommandApplied | FillApplied | TotalsSet | Corrected
+@dataclass(frozen=True, slots=True)
+class LedgerOpened:
+    """A new ledger began at ``epoch_ns``; fills older than that are history."""
+
+    epoch_ns: int
+
+
+Event = CommandApplied | FillApplied | TotalsSet | Corrected | LedgerOpened
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +133,9 @@ def apply_event(ledger: Ledger, event: Event) -> Outcome:
         case Corrected(currency=currency, new_total=new_total):
             ledger.correct(currency, new_total)
             return Outcome((currency,))
+        case LedgerOpened(epoch_ns=epoch_ns):
+            ledger.epoch_ns = epoch_ns
+            return Outcome(())
         case _:
             assert_never(event)
 
@@ -176,6 +186,8 @@ def encode_event(event: Event) -> bytes:
             body = {_KIND: "totals", "totals": dict(totals)}
         case Corrected(currency=currency, old_total=old, new_total=new):
             body = {_KIND: "correct", "currency": currency, "old": old, "new": new}
+        case LedgerOpened(epoch_ns=epoch_ns):
+            body = {_KIND: "opened", "epoch": epoch_ns}
         case _:
             assert_never(event)
     return cbor2.dumps(body)
@@ -215,4 +227,6 @@ def decode_event(data: bytes) -> Event:
         return TotalsSet(dict(body["totals"]))
     if kind == "correct":
         return Corrected(body["currency"], body["old"], body["new"])
+    if kind == "opened":
+        return LedgerOpened(body["epoch"])
     raise ValueError(f"unknown journal record kind {kind!r}")

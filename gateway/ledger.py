@@ -162,6 +162,8 @@ class Ledger:
         self.applied = AppliedFills()
         self.replies: dict[str, tuple[tuple[object, ...], dict[str, object]]] = {}
         self.last_fill_ns = 0
+        # When this ledger began: older fills are already in the exchange's balances.
+        self.epoch_ns = 0
 
     # -- queries ----------------------------------------------------------------
 
@@ -263,6 +265,11 @@ class Ledger:
         """
         if self.applied.seen(fill.exec_id, fill.timestamp_ns):
             return None
+        if 0 < fill.timestamp_ns < self.epoch_ns:
+            # History from before the ledger existed (a first snapshot): the bootstrap
+            # balances include it, and no strategy slot held anything then.
+            self.applied.add(fill.exec_id, fill.timestamp_ns)
+            return None
         slot = self.fill_slot(fill.userref)
         cost = _EXACT.multiply(fill.qty, fill.price)
         sign = 1 if fill.side is Side.BUY else -1
@@ -354,6 +361,7 @@ class Ledger:
             "watermark_ns": self.applied.watermark_ns,
             "replies": [[k, list(f), r] for k, (f, r) in self.replies.items()],
             "last_fill_ns": self.last_fill_ns,
+            "epoch_ns": self.epoch_ns,
         }
 
     @classmethod
@@ -371,6 +379,7 @@ class Ledger:
         assert isinstance(replies, list)
         ledger.replies = {str(k): (tuple(f), dict(r)) for k, f, r in replies}
         ledger.last_fill_ns = _int(data["last_fill_ns"])
+        ledger.epoch_ns = _int(data.get("epoch_ns", 0))
         ledger.check_invariant()
         return ledger
 

@@ -8,6 +8,7 @@ the producers and leaves the writer free to drain what they sent.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -124,6 +125,8 @@ async def run_gateway(
         store.close()
         raise
     core = WriterCore(ledger, journal, store, snapshot_every=config.snapshot_every)
+    if ledger.epoch_ns == 0:
+        core.open_ledger(time.time_ns())
     core.publish_all()  # restored values, marked "starting" until the bootstrap lands
     stop = trio.Event()
     send, receive = trio.open_memory_channel[WriterMessage](WRITER_QUEUE)

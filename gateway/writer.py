@@ -24,6 +24,7 @@ from gateway.events import (
     Corrected,
     Event,
     FillApplied,
+    LedgerOpened,
     Outcome,
     Reply,
     TotalsSet,
@@ -161,6 +162,13 @@ class WriterCore:
             if index is None:
                 index = self._store_index[currency] = self.store.add_currency(currency)
             self.store.publish(index, self.ledger.balances[currency])
+
+    def open_ledger(self, epoch_ns: int) -> None:
+        """Mark a new ledger's beginning, durably (call before any fill can arrive)."""
+        event = LedgerOpened(epoch_ns)
+        apply_event(self.ledger, event)
+        self.journal.append(encode_event(event))
+        self.journal.commit()
 
     def publish_all(self) -> None:
         self.publish(list(self.ledger.balances))

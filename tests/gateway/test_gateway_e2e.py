@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -257,7 +258,7 @@ async def test_fills_reach_shared_memory_and_are_applied_once(
 ) -> None:
     fill = Fill(
         "TGBB7L-HT5LX-J3BZ4A", "BTC", "USD", Side.SELL, Decimal("0.005"), Decimal("26599.9"),
-        (Fee("USD", Decimal("0.3458")),), userref=3, timestamp_ns=1,
+        (Fee("USD", Decimal("0.3458")),), userref=3, timestamp_ns=time.time_ns(),
     )  # fmt: skip
     with StoreReader(config.store_path) as reader:
         before = reader.record("USD").sequence

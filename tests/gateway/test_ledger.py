@@ -155,6 +155,21 @@ def test_fill_applied_once_only() -> None:
     assert units(ledger, "USD")[0] == 990
 
 
+def test_fill_older_than_the_ledger_is_history_not_applied() -> None:
+    ledger = funded(USD=1000, BTC=1)
+    ledger.epoch_ns = 1_000
+    old = Fill(
+        "T-old", "BTC", "USD", Side.BUY, Decimal(1), Decimal(10), userref=2, timestamp_ns=999
+    )
+    assert ledger.apply_fill(old) is None
+    assert units(ledger, "BTC")[:3] == [1, 1, 0]
+    new = Fill(
+        "T-new", "BTC", "USD", Side.BUY, Decimal(1), Decimal(10), userref=2, timestamp_ns=1_001
+    )
+    assert ledger.apply_fill(new) is not None
+    assert units(ledger, "BTC")[:3] == [2, 1, 1]
+
+
 def test_fill_of_new_currency_adds_it() -> None:
     ledger = funded(USD=1000)
     ledger.apply_fill(Fill("T5", "SOL", "USD", Side.BUY, Decimal(3), Decimal(20)))
