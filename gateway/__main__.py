@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -22,7 +24,12 @@ from clients import CommandError, CommandRefusedError, StoreError, WriterHealth
 from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, kraken_strategy_balance
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
+from gateway.exchanges.kraken.rest import KRAKEN_REST_URL, KrakenRestClient
+from gateway.exchanges.kraken.session import KRAKEN_WS_URL, KrakenSession
+from gateway.exchanges.kraken.signing import NonceSource
 from gateway.service import ExchangeSession, run_gateway
+from gateway.sim.exchange import SimExchange
+from gateway.sim.server import Simulator, run_simulator
 from mmapstore import StoreLockedError, StoreReader, from_scaled, store_path
 
 logger = logging.getLogger("gateway")
@@ -52,11 +59,73 @@ async def serve(config: GatewayConfig, exchange: ExchangeSession) -> None:
 # -- subcommands ---------------------------------------------------------------------
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    raise SystemExit(
-        "gateway run: the Kraken adapter is not built yet (see the Kraken issue); "
-        "nothing was started"
+def _run_config(args: argparse.Namespace) -> GatewayConfig:
+    return GatewayConfig.from_env(
+        exchange=args.exchange,
+        strategy_count=args.strategy_count,
+        reconcile_interval_s=args.reconcile_interval,
+        recheck_s=args.recheck_interval,
+        shm_dir=args.shm_dir,
+        run_dir=args.run_dir,
+        state_root=args.state_dir,
     )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    api_key = os.environ.get("KRAKEN_API_KEY", "")
+    api_secret = os.environ.get("KRAKEN_API_SECRET", "")
+    if not api_key or not api_secret:
+        raise SystemExit(
+            "gateway run: KRAKEN_API_KEY and KRAKEN_API_SECRET must be set "
+            "(the gateway never runs without credentials)"
+        )
+    config = _run_config(args)
+
+    async def main() -> None:
+        nonces = NonceSource(config.state_dir / "kraken.nonce")
+        async with KrakenRestClient(
+            args.rest_url, api_key=api_key, api_secret=api_secret, nonces=nonces
+        ) as rest:
+            await serve(config, KrakenSession(rest, args.ws_url))
+
+    trio.run(main)
+    return 0
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    balances = None
+    if args.balances:
+        try:
+            balances = {k: Decimal(str(v)) for k, v in json.loads(args.balances).items()}
+        except (ValueError, ArithmeticError, AttributeError) as exc:
+            raise SystemExit(f"gateway sim: --balances must be a JSON object: {exc}") from exc
+    keys = {}
+    if args.api_key:
+        keys["api_key"] = args.api_key
+    if args.api_secret:
+        keys["api_secret"] = args.api_secret
+    simulator = Simulator(SimExchange.funded(balances, **keys))
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                address = await nursery.start(
+                    partial(
+                        run_simulator,
+                        host=args.host,
+                        port=args.port,
+                        ws_port=args.ws_port,
+                        ready_file=args.ready_file,
+                    ),
+                    simulator,
+                )
+                print(json.dumps(address.__dict__), flush=True)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(main)
+    return 0
 
 
 def _client(args: argparse.Namespace) -> IPCCommandSystem:
@@ -175,10 +244,22 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the gateway in the foreground")
     common(run)
     run.add_argument("--strategy-count", type=int, default=None)
-    run.add_argument("--reconcile-interval", type=float, default=None)
-    run.add_argument("--rest-url", default=None)
-    run.add_argument("--ws-url", default=None)
+    run.add_argument("--reconcile-interval", type=float, default=None, help="seconds (60)")
+    run.add_argument("--recheck-interval", type=float, default=None, help="seconds (3)")
+    run.add_argument("--state-dir", type=Path, default=None, help="default: $HFT_STATE_DIR")
+    run.add_argument("--rest-url", default=KRAKEN_REST_URL)
+    run.add_argument("--ws-url", default=KRAKEN_WS_URL)
     run.set_defaults(handler=_cmd_run)
+
+    sim = sub.add_parser("sim", help="run the Kraken-compatible simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=0, help="REST port (0: any free one)")
+    sim.add_argument("--ws-port", type=int, default=0, help="WS port (0: any free one)")
+    sim.add_argument("--api-key", default=None)
+    sim.add_argument("--api-secret", default=None)
+    sim.add_argument("--balances", default=None, help='JSON, e.g. \'{"USD": 1000, "BTC": 1}\'')
+    sim.add_argument("--ready-file", type=Path, default=None)
+    sim.set_defaults(handler=_cmd_sim)
 
     cmd = sub.add_parser("cmd", help="send one allocate / release / adjust command")
     common(cmd)

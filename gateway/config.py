@@ -10,6 +10,7 @@ from typing import Final
 
 from clients.command import default_run_dir
 from gateway.errors import ConfigError
+from gateway.reconciler import RECHECK_S
 from mmapstore import DEFAULT_STRATEGY_COUNT, store_path
 
 RECONCILE_INTERVAL_S: Final = 60.0
@@ -43,14 +44,15 @@ class GatewayConfig:
     max_connections: int = MAX_CONNECTIONS
     idle_timeout_s: float = IDLE_TIMEOUT_S
     reconcile_interval_s: float = RECONCILE_INTERVAL_S
+    recheck_s: float = RECHECK_S
     shutdown_grace_s: float = SHUTDOWN_GRACE_S
     snapshot_every: int = 100_000
 
     def __post_init__(self) -> None:
         if not 2 <= self.strategy_count <= 1024:
             raise ConfigError(f"strategy_count must be 2..1024, not {self.strategy_count}")
-        if self.reconcile_interval_s <= 0:
-            raise ConfigError("reconcile interval must be positive")
+        if self.reconcile_interval_s < 0 or self.recheck_s <= 0:
+            raise ConfigError("reconcile intervals must be positive (0 turns reconciling off)")
         if self.max_connections < 1:
             raise ConfigError("max_connections must be at least 1")
 
@@ -80,4 +82,6 @@ class GatewayConfig:
             "run_dir": default_run_dir(env),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "state_root" in overrides and overrides["state_root"] is not None:
+            values["state_root"] = Path(str(overrides["state_root"]))
         return cls(**values)  # type: ignore[arg-type]

@@ -91,7 +91,7 @@ class FillOutcome:
 
     slot: int
     changed: tuple[str, ...]
-    negative: tuple[tuple[str, int, int], ...]  # (currency, slot, scaled value)
+    negative: tuple[tuple[str, int, int], ...]  # (currency, slot, value) that just went below 0
 
 
 @dataclass
@@ -285,7 +285,10 @@ class Ledger:
             slots = self._slots_for(currency)
             slots[TOTAL] += delta
             slots[slot] += delta
-            negative.extend((currency, i, slots[i]) for i in (TOTAL, slot) if slots[i] < 0)
+            # Reported once, when a slot crosses below zero, not on every fill after.
+            negative.extend(
+                (currency, i, slots[i]) for i in (TOTAL, slot) if slots[i] < 0 <= slots[i] - delta
+            )
         self.applied.add(fill.exec_id, fill.timestamp_ns)
         self.last_fill_ns = max(self.last_fill_ns, fill.timestamp_ns)
         return FillOutcome(slot, tuple(deltas), tuple(negative))

@@ -9,27 +9,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from typing import Protocol
 
 import trio
 
 from gateway.commands import serve_commands
 from gateway.config import HEARTBEAT_INTERVAL_S, GatewayConfig
-from gateway.errors import ConfigError
+from gateway.errors import BootstrapError, ConfigError, ExchangeError
 from gateway.events import apply_event as apply_journalled
 from gateway.events import decode_event
 from gateway.journal import Journal, RestoreReport
 from gateway.ledger import Ledger, scale_fill
 from gateway.messages import BalancesFetched, HeartbeatTick, WriterMessage
+from gateway.reconciler import ReconcileStatus, run_reconciler
 from gateway.writer import WriterCore, run_writer
 from mmapstore import StoreWriter
 
 logger = logging.getLogger(__name__)
 
 WRITER_QUEUE = 4096
+BOOTSTRAP_ATTEMPTS = 3
 
 
 class ExchangeSession(Protocol):
@@ -47,12 +50,18 @@ class ExchangeSession(Protocol):
         self,
         send: trio.MemorySendChannel[WriterMessage],
         *,
+        last_fill_ns: Callable[[], int],
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Stream fills to ``send`` (owned and closed by it) until cancelled.
 
-        ``started()`` once subscribed, so no fill after that moment is missed.
+        ``started()`` once subscribed and caught up (fills missed since
+        ``last_fill_ns()`` sent), so no fill after that moment is missed.
         """
+        ...
+
+    def status(self) -> dict[str, object]:
+        """The exchange side's health for ``status`` (websocket state, REST errors …)."""
         ...
 
 
@@ -124,7 +133,14 @@ async def run_gateway(
     except BaseException:
         store.close()
         raise
-    core = WriterCore(ledger, journal, store, snapshot_every=config.snapshot_every)
+    reconcile_status = ReconcileStatus()
+    core = WriterCore(
+        ledger,
+        journal,
+        store,
+        snapshot_every=config.snapshot_every,
+        status_extra=lambda: {**exchange.status(), **reconcile_status.as_dict()},
+    )
     if ledger.epoch_ns == 0:
         core.open_ledger(time.time_ns())
     core.publish_all()  # restored values, marked "starting" until the bootstrap lands
@@ -135,13 +151,26 @@ async def run_gateway(
             await outer.start(run_writer, receive, core)
             async with send, trio.open_nursery() as producers:
                 # Subscribe to fills before the REST snapshot, so no fill falls between them.
-                await producers.start(exchange.run_fills, send.clone())
-                totals = await exchange.fetch_totals()
-                bootstrap = BalancesFetched({c: scale_fill(v) for c, v in totals.items()})
-                await send.send(bootstrap)
-                await bootstrap.applied.wait()
+                await producers.start(
+                    partial(exchange.run_fills, last_fill_ns=lambda: ledger.last_fill_ns),
+                    send.clone(),
+                )
+                await _bootstrap(exchange, send, core)
                 store.mark_live()
                 producers.start_soon(run_heartbeat, send.clone())
+                if config.reconcile_interval_s > 0:
+                    await producers.start(
+                        partial(
+                            run_reconciler,
+                            fills_applied=lambda: core.stats.fills_applied,
+                            ledger_totals=lambda: {c: s[0] for c, s in ledger.balances.items()},
+                            interval_s=config.reconcile_interval_s,
+                            recheck_s=config.recheck_s,
+                            status=reconcile_status,
+                        ),
+                        exchange,
+                        send.clone(),
+                    )
                 await producers.start(serve_commands, config, send.clone())
                 logger.info(
                     "gateway ready: %d currencies, %d slots", len(ledger.balances),
@@ -156,6 +185,32 @@ async def run_gateway(
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(config.shutdown_grace_s):
             await _close_core(core)
+
+
+async def _bootstrap(
+    exchange: ExchangeSession, send: trio.MemorySendChannel[WriterMessage], core: WriterCore
+) -> None:
+    """Take the exchange's totals as the ledger's, once no fill raced the request.
+
+    A fill applied while the REST call was in flight may or may not be in its
+    answer, so such an answer is fetched again (a few times, then taken: the
+    reconciler mends what is left).
+
+    Raises:
+        BootstrapError: the totals could not be fetched.
+    """
+    for attempt in range(BOOTSTRAP_ATTEMPTS):
+        before = core.stats.fills_applied
+        try:
+            totals = await exchange.fetch_totals()
+        except ExchangeError as exc:
+            raise BootstrapError(f"could not fetch the exchange's balances: {exc}") from exc
+        if core.stats.fills_applied == before or attempt + 1 == BOOTSTRAP_ATTEMPTS:
+            break
+        logger.info("bootstrap: a fill landed during the balance request; fetching again")
+    bootstrap = BalancesFetched({c: scale_fill(v) for c, v in totals.items()})
+    await send.send(bootstrap)
+    await bootstrap.applied.wait()
 
 
 async def _close_core(core: WriterCore) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 
 import trio
@@ -27,12 +27,16 @@ class FakeExchange:
         self,
         send: trio.MemorySendChannel[WriterMessage],
         *,
+        last_fill_ns: Callable[[], int],
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with send:
             self._send = send
             task_status.started()
             await trio.sleep_forever()
+
+    def status(self) -> dict[str, object]:
+        return {"websocket": "fake", "fetches": self.fetches}
 
     async def push_fill(self, fill: Fill) -> None:
         assert self._send is not None, "the fill stream has not started"
