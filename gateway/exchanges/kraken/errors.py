@@ -78,8 +78,11 @@ class KrakenProtocolError(KrakenError):
 def api_error(errors: Sequence[str], method: str) -> KrakenAPIError:
     """The typed error for an ``error`` array (its most telling entry decides)."""
 
+    # Kraken is not consistent with spaces ("EService: Throttled: 1700000000").
+    compact = [e.replace(" ", "") for e in errors]
+
     def has(prefixes: tuple[str, ...]) -> bool:
-        return any(e.startswith(p) for e in errors for p in prefixes)
+        return any(e.startswith(p.replace(" ", "")) for e in compact for p in prefixes)
 
     if has(_AUTH):
         return KrakenAuthError(errors, method)

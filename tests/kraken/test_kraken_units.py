@@ -1,0 +1,220 @@
+"""Kraken adapter, pure parts: signing, nonces, asset codes, execution and trade parsing."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from gateway.exchanges.kraken.assets import AssetMap, canonical_from_altname
+from gateway.exchanges.kraken.errors import KrakenProtocolError
+from gateway.exchanges.kraken.parsing import (
+    WsAck,
+    WsExecutions,
+    WsHeartbeat,
+    WsStatus,
+    format_timestamp,
+    parse_rest_trade,
+    parse_timestamp_ns,
+    parse_ws_message,
+)
+from gateway.exchanges.kraken.signing import NONCE_RESERVE, NonceSource, sign
+from gateway.ledger import UNIT, Fee, Fill, Ledger, Side
+from gateway.sim.exchange import public_asset_pairs, public_assets
+
+SECRET = "kQH5HW/8p1uGOVjbgWA7FunAmGO8lsSUXNsu3eow76sz84Q18fWxnyRzBHCd3pd5nE9qa99HAZtuZuj6F1huXg=="
+NONCE = 1616492376594
+
+# Kraken's own example message, verbatim from the reference.
+KRAKEN_EXECUTION_EXAMPLE = """{"channel":"executions","type":"update","sequence":10,"data":[{
+ "order_id":"OK4GJX-KSTLS-7DZZO5","order_userref":3,
+ "exec_id":"TGBB7L-HT5LX-J3BZ4A","exec_type":"trade","trade_id":62887576,
+ "symbol":"BTC/USD","side":"sell","last_qty":0.005,"last_price":26599.9,
+ "liquidity_ind":"t","cost":132.9995,"order_type":"limit",
+ "timestamp":"2023-09-22T10:33:05.709993Z","order_status":"partially_filled",
+ "cum_qty":0.005,"cum_cost":132.9995,"avg_price":26599.9,
+ "fee_usd_equiv":0.3458,"fees":[{"asset":"USD","qty":0.3458}]}]}"""
+
+
+def test_signature_matches_krakens_published_vector() -> None:
+    body = f"nonce={NONCE}&ordertype=limit&pair=XBTUSD&price=37500&type=buy&volume=1.25"
+    assert sign("/0/private/AddOrder", NONCE, body, SECRET) == (
+        "4/dpxb3iT4tp/ZCVEwSnEsLxx0bqyhLpdfOpc6fn7OR8+UClSV5n9E6aSS8MPtnRfp32bAb0nmbRn6H8ndwLUQ=="
+    )
+
+
+BALANCE_SIGN = (
+    "1nH4vwR+8FHiYh1QT649xXkGd3JR3x0DWkgv3u9Ed/Qqv6KPtgQpEU4m+Emb/VgpEji3j1XNwI+HCbfXxmrTOg=="
+)
+TOKEN_SIGN = (
+    "+mRDmY9Ks0Moc1zjv/BjfvYa98buO0x1yHChZR5onlfAzAUbfIYlLggUZzdQ0RsmXm4Sh+Q8iAIZdo2wSeHeiA=="
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [("/0/private/Balance", BALANCE_SIGN), ("/0/private/GetWebSocketsToken", TOKEN_SIGN)],
+)
+def test_signature_of_balance_and_token_requests(path: str, expected: str) -> None:
+    assert sign(path, NONCE, f"nonce={NONCE}", SECRET) == expected
+
+
+def test_nonces_increase_even_when_the_clock_stands_still() -> None:
+    nonces = NonceSource(clock_us=lambda: 1000)
+    assert [nonces.next() for _ in range(3)] == [1000, 1001, 1002]
+
+
+def test_nonces_increase_across_a_restart_with_the_clock_set_back(tmp_path: Path) -> None:
+    path = tmp_path / "kraken.nonce"
+    first = NonceSource(path, clock_us=lambda: 5_000_000)
+    issued = [first.next() for _ in range(10)]
+    # The next run's clock is an hour behind: its nonces must still be larger.
+    second = NonceSource(path, clock_us=lambda: 5_000_000 - 3_600_000_000)
+    assert second.next() > max(issued)
+    assert int(path.read_text()) >= max(issued) + NONCE_RESERVE // 2
+
+
+ASSETS = {
+    "XXBT": {"altname": "XBT", "decimals": 10},
+    "ZUSD": {"altname": "USD", "decimals": 4},
+    "USDT": {"altname": "USDT", "decimals": 8},
+    "XXDG": {"altname": "XDG", "decimals": 8},
+    "XTZ": {"altname": "XTZ", "decimals": 8},
+    "ZEUR": {"altname": "EUR", "decimals": 4},
+    "XBT.M": {"altname": "XBT.M", "decimals": 10},
+    "ETH2.S": {"altname": "ETH2.S", "decimals": 10},
+}
+PAIRS = {
+    "XXBTZUSD": {"altname": "XBTUSD", "base": "XXBT", "quote": "ZUSD"},
+    "XBTUSDT": {"altname": "XBTUSDT", "base": "XXBT", "quote": "USDT"},
+    "XDGEUR": {"altname": "XDGEUR", "base": "XXDG", "quote": "ZEUR"},
+}
+
+
+@pytest.mark.parametrize(
+    ("rest_key", "canonical"),
+    [
+        ("XXBT", "BTC"), ("ZUSD", "USD"), ("USDT", "USDT"), ("XXDG", "DOGE"), ("ZEUR", "EUR"),
+        ("XTZ", "XTZ"),  # Tezos: an X that is not a prefix
+        ("XBT.M", "BTC.M"), ("ETH2.S", "ETH2.S"),  # suffixed balances stay apart
+        ("XBT.F", "BTC.F"), ("USD.HOLD", "USD.HOLD"), ("DOT.S", "DOT.S"),  # not in Assets
+        ("NEWCOIN", "NEWCOIN"),  # an unknown asset shows up under its own name
+    ],
+)  # fmt: skip
+def test_asset_codes_normalise_through_the_assets_map(rest_key: str, canonical: str) -> None:
+    assert AssetMap.from_rest(ASSETS, PAIRS).asset(rest_key) == canonical
+
+
+def test_pairs_resolve_by_key_or_altname() -> None:
+    assets = AssetMap.from_rest(ASSETS, PAIRS)
+    assert assets.pair("XXBTZUSD").symbol == "BTC/USD"
+    assert assets.pair("XBTUSD") == assets.pair("XXBTZUSD")
+    assert assets.pair("XDGEUR").symbol == "DOGE/EUR"
+    assert AssetMap.split_symbol("XBT/USD") == ("BTC", "USD")
+    assert canonical_from_altname("xdg") == "DOGE"
+
+
+def test_simulator_assets_normalise_like_krakens() -> None:
+    assets = AssetMap.from_rest(public_assets(), public_asset_pairs())  # type: ignore[arg-type]
+    assert {assets.asset(k) for k in ("XXBT", "XETH", "ZUSD", "USDT", "USDC")} == {
+        "BTC", "ETH", "USD", "USDT", "USDC",
+    }  # fmt: skip
+
+
+def test_krakens_execution_example_parses_exactly() -> None:
+    message = parse_ws_message(KRAKEN_EXECUTION_EXAMPLE)
+    assert isinstance(message, WsExecutions)
+    assert not message.snapshot and message.sequence == 10
+    (fill,) = message.fills
+    assert fill == Fill(
+        exec_id="TGBB7L-HT5LX-J3BZ4A",
+        base="BTC",
+        quote="USD",
+        side=Side.SELL,
+        qty=Decimal("0.005"),
+        price=Decimal("26599.9"),
+        fees=(Fee("USD", Decimal("0.3458")),),
+        userref=3,
+        timestamp_ns=1695378785709993000,
+        order_id="OK4GJX-KSTLS-7DZZO5",
+        cl_ord_id=None,
+    )
+
+
+def test_only_trades_become_fills() -> None:
+    text = KRAKEN_EXECUTION_EXAMPLE.replace('"exec_type":"trade"', '"exec_type":"filled"')
+    message = parse_ws_message(text)
+    assert isinstance(message, WsExecutions) and message.fills == ()
+
+
+@pytest.mark.parametrize(
+    ("replace", "by"),
+    [('"last_qty":0.005', '"last_qty":"abc"'), ('"side":"sell"', '"side":"short"'),
+     ('"symbol":"BTC/USD"', '"symbol":"BTCUSD"'), ('"timestamp":"2023', '"timestamp":"x2023'),
+     ('"order_userref":3', '"order_userref":"3"')],
+)  # fmt: skip
+def test_malformed_executions_are_refused(replace: str, by: str) -> None:
+    with pytest.raises(KrakenProtocolError):
+        parse_ws_message(KRAKEN_EXECUTION_EXAMPLE.replace(replace, by))
+
+
+def test_control_messages_parse() -> None:
+    assert parse_ws_message('{"channel":"heartbeat"}') == WsHeartbeat()
+    status = (
+        '{"channel":"status","type":"update",'
+        '"data":[{"system":"maintenance","connection_id":13834774380200032777}]}'
+    )
+    assert parse_ws_message(status) == WsStatus("maintenance")
+    ack = '{"method":"subscribe","success":false,"error":"EAccount:Invalid permissions","req_id":1}'
+    assert parse_ws_message(ack) == WsAck("subscribe", False, "EAccount:Invalid permissions")
+    with pytest.raises(KrakenProtocolError):
+        parse_ws_message("not json")
+
+
+def test_timestamps_round_trip_at_microseconds() -> None:
+    ns = parse_timestamp_ns("2023-09-22T10:33:05.709993Z")
+    assert format_timestamp(ns) == "2023-09-22T10:33:05.709993Z"
+
+
+def _ledger() -> Ledger:
+    ledger = Ledger(8)
+    ledger.set_totals({"USD": 100000 * UNIT, "BTC": 10 * UNIT, "ETH": 100 * UNIT})
+    return ledger
+
+
+def test_parsed_sell_books_both_currencies_and_the_quote_fee() -> None:
+    message = parse_ws_message(KRAKEN_EXECUTION_EXAMPLE)
+    assert isinstance(message, WsExecutions)
+    ledger = _ledger()
+    ledger.apply_fill(message.fills[0])
+    usd, btc = ledger.slots("USD"), ledger.slots("BTC")
+    assert btc[0] == 10 * UNIT - 5 * UNIT // 1000 and btc[3] == -5 * UNIT // 1000
+    proceeds = int((Decimal("132.9995") - Decimal("0.3458")) * UNIT)
+    assert usd[0] == 100000 * UNIT + proceeds and usd[3] == proceeds
+
+
+def test_parsed_buy_with_fee_in_base_books_the_fee_in_base() -> None:
+    text = KRAKEN_EXECUTION_EXAMPLE.replace('"side":"sell"', '"side":"buy"').replace(
+        '"fees":[{"asset":"USD","qty":0.3458}]', '"fees":[{"asset":"BTC","qty":0.00001}]'
+    )
+    message = parse_ws_message(text)
+    assert isinstance(message, WsExecutions)
+    ledger = _ledger()
+    ledger.apply_fill(message.fills[0])
+    assert ledger.slots("BTC")[3] == int(Decimal("0.00499") * UNIT)
+    assert ledger.slots("USD")[3] == -int(Decimal("132.9995") * UNIT)
+    ledger.check_invariant()
+
+
+def test_rest_trade_parses_with_userref_from_its_order() -> None:
+    assets = AssetMap.from_rest(ASSETS, PAIRS)
+    trade = {
+        "ordertxid": "OQCLML-BW3P3-BUCMWZ", "pair": "XXBTZUSD", "time": Decimal("1688667796.8802"),
+        "type": "buy", "price": "30010.00000", "cost": "600.20000", "fee": "0.00000",
+        "vol": "0.02000000",
+    }  # fmt: skip
+    fill = parse_rest_trade("TCWJEG-FL4SZ-3FKGH6", trade, assets, {"OQCLML-BW3P3-BUCMWZ": 4})
+    assert (fill.base, fill.quote, fill.side, fill.userref) == ("BTC", "USD", Side.BUY, 4)
+    assert fill.qty == Decimal("0.02") and fill.price == Decimal("30010")
+    assert fill.fees == () and fill.timestamp_ns == 1688667796880200000
