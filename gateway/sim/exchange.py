@@ -315,6 +315,17 @@ class SimExchange:
         page = chosen[ofs : ofs + TRADES_PAGE]
         return {"trades": {t.txid: t.rest() for t in page}, "count": len(chosen)}
 
+    def deltas_by_userref(self) -> dict[str, dict[str, str]]:
+        """What each userref's trades moved, per WS v2 asset code (fees included)."""
+        totals: dict[str, dict[str, Decimal]] = {}
+        for trade in self.trades:
+            moved = totals.setdefault(str(trade.userref), {})
+            base, quote = ASSETS[trade.pair.base][2], ASSETS[trade.pair.quote][2]
+            sign = 1 if trade.side == "buy" else -1
+            moved[base] = moved.get(base, Decimal(0)) + sign * trade.qty
+            moved[quote] = moved.get(quote, Decimal(0)) - sign * trade.cost - trade.fee
+        return {ref: {c: str(v) for c, v in moved.items()} for ref, moved in totals.items()}
+
     def query_orders(self, txids: list[str]) -> dict[str, object]:
         missing = [t for t in txids if t not in self.orders]
         if missing:

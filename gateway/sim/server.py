@@ -193,6 +193,7 @@ async def _control(
     if name == "state":
         return {
             "balances": exchange.balance_ex(),
+            "by_userref": exchange.deltas_by_userref(),
             "trades": len(exchange.trades),
             "ws_connections": sim.ws_connections,
             "subscribers": len(sim.subscribers),

@@ -42,7 +42,9 @@ HEARTBEAT_TIMEOUT_S: Final = 10.0
 SUBSCRIBE_TIMEOUT_S: Final = 10.0
 STARTUP_ATTEMPTS: Final = 5
 MAX_CATCH_UP_PAGES: Final = 200
+CATCH_UP_PAGE: Final = 50  # TradesHistory's page size
 QUERY_ORDERS_CHUNK: Final = 20
+CATCH_UP_OVERLAP_NS: Final = 1_000_000_000
 
 
 class StreamStale(Exception):  # noqa: N818 - a condition that ends one connection
@@ -239,12 +241,17 @@ class KrakenSession:
     async def _catch_up(self, since_ns: int) -> list[Fill]:
         """Every trade after ``since_ns`` from REST, oldest first, with its order's userref."""
         assets = await self.assets()
-        start = Decimal(since_ns).scaleb(-9)
+        # TradesHistory's start is exclusive and whole trades may share a timestamp: ask
+        # from a second earlier; the writer skips what it already applied.
+        start = Decimal(since_ns - CATCH_UP_OVERLAP_NS).scaleb(-9)
         trades: dict[str, dict[str, object]] = {}
+        # Pages come newest first. Trades made meanwhile push older ones to later
+        # offsets, so pages overlap (the dict merges them) but never leave a hole;
+        # a short page is the end.
         for page in range(MAX_CATCH_UP_PAGES):
             batch, count = await self.rest.trades_history(start=start, ofs=len(trades))
             trades.update(batch)
-            if not batch or len(trades) >= count:
+            if len(batch) < CATCH_UP_PAGE or len(trades) >= count:
                 break
             if page + 1 == MAX_CATCH_UP_PAGES:
                 logger.error("catch-up stopped after %d pages of trades", MAX_CATCH_UP_PAGES)
