@@ -3,9 +3,14 @@
 It takes whatever is queued as one batch, applies each message, publishes the
 currencies that changed, makes the batch durable with one fsync, and only then
 answers the commands in it (group commit: messages that queued up while the
-previous fsync ran share the next one). Fills are visible before their
-fsync: a crash loses none of them, since the exchange's snapshot and trade
-history replay them on restart and the ledger skips those already applied.
+previous fsync ran share the next one).
+
+Fills never wait for a disk: a batch of fills alone is published and left in
+the journal's buffer, to be written with the next batch that needs an fsync
+(a command, a correction, or the heartbeat tick twice a second). A crash can
+lose at most that half second of fill records, and loses no fill: the
+exchange's snapshot and trade history replay them on restart, and the ledger
+skips those it already has.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class _Batch:
     changed: set[str]
     replies: list[tuple[ReplySlot, Reply]]
     published: list[trio.Event]
+    # Fills alone do not need it: see the module docstring.
+    needs_sync: bool = False
 
 
 class WriterCore:
@@ -117,6 +124,7 @@ class WriterCore:
                 else:
                     self.stats.commands_refused += 1
                 batch.replies.append((slot, outcome.reply))
+                batch.needs_sync = True
             case QueryReceived(what=what, currency=currency, reply=slot):
                 # Reads change nothing, so they need no fsync and answer at once.
                 slot.set(self.status() if what == "status" else self.query(currency))
@@ -135,6 +143,7 @@ class WriterCore:
             case BalancesFetched(totals=totals, applied=applied):
                 self._apply(TotalsSet(totals), batch)
                 batch.published.append(applied)
+                batch.needs_sync = True
             case CorrectionProposed(currency=currency, seen_total=seen, new_total=new):
                 current = self.ledger.balances.get(currency, [0])[0]
                 if current != seen:
@@ -143,6 +152,7 @@ class WriterCore:
                 if current == new:
                     return
                 self._apply(Corrected(currency, current, new), batch)
+                batch.needs_sync = True
                 self.stats.corrections += 1
                 logger.warning(
                     "corrected %s total: %s -> %s (slot 1 moved by %s)",
@@ -151,6 +161,7 @@ class WriterCore:
                 )  # fmt: skip
             case HeartbeatTick():
                 self.store.heartbeat()
+                batch.needs_sync = True  # bounds how long fills stay unsynced
             case _:
                 assert_never(message)
 
@@ -231,7 +242,7 @@ async def run_writer(
                     break
             batch = core.apply_batch(messages)
             core.publish(batch.changed)
-            if core.journal.has_pending:
+            if batch.needs_sync and core.journal.has_pending:
                 # Inline, not in a worker thread: the thread hop costs ~110 µs of wake-ups
                 # per round trip here and cut throughput by 40% (measured, docs/performance.md).
                 # The loop stalls for the fsync, but every state change waits for it anyway.

@@ -61,7 +61,9 @@ class Simulator:
     subscribers: set[trio.MemorySendChannel[str]] = field(default_factory=set)
     ws_scopes: set[trio.CancelScope] = field(default_factory=set)
     generator: trio.CancelScope | None = None
-    generated: list[int] = field(default_factory=list)  # send times (ns) of generated fills
+    # Probe mode: when each execution update left for the socket (ns), in order.
+    sent_ns: list[int] = field(default_factory=list)
+    record_sends: bool = False
     ws_connections: int = 0
 
     def broadcast(self, trades: list[Trade]) -> None:
@@ -184,12 +186,13 @@ async def _control(
             sim.generator = None
         rate = float(str(body.get("rate", 0)))
         if rate > 0:
-            sim.generated.clear()
+            sim.sent_ns.clear()
+            sim.record_sends = bool(body.get("probe", False))
             sim.generator = trio.CancelScope()
             nursery.start_soon(_generate_trades, sim, sim.generator, rate, body)
         return {"rate": rate}
     if name == "generated":
-        return {"sent_ns": sim.generated}
+        return {"sent_ns": sim.sent_ns}
     if name == "state":
         return {
             "balances": exchange.balance_ex(),
@@ -208,7 +211,8 @@ async def _generate_trades(
 
     Buys and sells alternate so the account never runs dry. With ``probe``,
     every fill is a buy of ``qty`` on one pair and userref, and its send time
-    is recorded (``/sim/generated``) so a benchmark can time each one.
+    is recorded as it is handed to the socket (``/sim/generated``), so a
+    benchmark can time each one from the moment it is sent.
     """
     userrefs = [int(u) for u in body.get("userrefs", [2, 3, 4])]  # type: ignore[attr-defined]
     pairs = [str(p) for p in body.get("pairs", ["XXBTZUSD", "XETHZUSD", "XBTUSDT", "ETHUSDT"])]  # type: ignore[attr-defined]
@@ -239,8 +243,6 @@ async def _generate_trades(
                 assert trade is not None
                 trades.append(trade)
                 made += 1
-                if probe:
-                    sim.generated.append(trade.time_ns)
             sim.broadcast(trades)
             next_at += interval
             await trio.sleep_until(next_at)
@@ -348,7 +350,7 @@ async def _serve_ws(sim: Simulator, request: WebSocketRequest) -> None:
             }
             await ws.send_message(dumps({"channel": "status", "type": "update", "data": [status]}))
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_ws_sender, ws, receive, nursery.cancel_scope)
+                nursery.start_soon(_ws_sender, sim, ws, receive, nursery.cancel_scope)
                 await _ws_reader(sim, ws, send)
                 nursery.cancel_scope.cancel()
         except ConnectionClosed:
@@ -360,16 +362,27 @@ async def _serve_ws(sim: Simulator, request: WebSocketRequest) -> None:
 
 
 async def _ws_sender(
-    ws: WebSocketConnection, receive: trio.MemoryReceiveChannel[str], done: trio.CancelScope
+    sim: Simulator,
+    ws: WebSocketConnection,
+    receive: trio.MemoryReceiveChannel[str],
+    done: trio.CancelScope,
 ) -> None:
     """Forward queued messages; a heartbeat when nothing else went out for a second."""
     try:
         while True:
             with trio.move_on_after(HEARTBEAT_S) as idle:
                 message = await receive.receive()
-            await ws.send_message('{"channel":"heartbeat"}' if idle.cancelled_caught else message)
+            if idle.cancelled_caught:
+                await ws.send_message('{"channel":"heartbeat"}')
+                continue
+            if sim.record_sends and message.startswith(_UPDATE_PREFIX):
+                sim.sent_ns.append(time.time_ns())
+            await ws.send_message(message)
     except (ConnectionClosed, trio.EndOfChannel):
         done.cancel()
+
+
+_UPDATE_PREFIX: Final = '{"channel": "executions", "type": "update"'
 
 
 async def _ws_reader(
