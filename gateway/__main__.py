@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Final
 
 import trio
+from rich.console import Console
+from rich.live import Live
 
 from clients import CommandError, CommandRefusedError, StoreError, WriterHealth
 from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, kraken_strategy_balance
 from gateway.config import GatewayConfig
+from gateway.demo import run_demo
 from gateway.errors import GatewayError
 from gateway.exchanges.kraken.rest import KRAKEN_REST_URL, KrakenRestClient
 from gateway.exchanges.kraken.session import KRAKEN_WS_URL, KrakenSession
@@ -30,7 +33,8 @@ from gateway.exchanges.kraken.signing import NonceSource
 from gateway.service import ExchangeSession, run_gateway
 from gateway.sim.exchange import SimExchange
 from gateway.sim.server import Simulator, run_simulator
-from mmapstore import StoreLockedError, StoreReader, from_scaled, store_path
+from gateway.view import gather, render, render_panel
+from mmapstore import StoreLockedError, StoreReader, store_path
 
 logger = logging.getLogger("gateway")
 
@@ -43,17 +47,32 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # One line per HTTP request is noise at info; failures surface as our own warnings.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 async def serve(config: GatewayConfig, exchange: ExchangeSession) -> None:
-    """Run the gateway in the foreground until SIGINT or SIGTERM, then stop it cleanly."""
+    """Run the gateway in the foreground until SIGINT or SIGTERM, then stop it cleanly.
+
+    Signals stay caught until the gateway has stopped: a second one during the
+    shutdown is logged, not allowed to kill the process half-way.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             running = await nursery.start(run_gateway, config, exchange)
-            async for signum in signals:
-                logger.info("received %s: shutting down", signal.Signals(signum).name)
-                running.stop.set()
-                break
+
+            async def stop_on_signals() -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if running.stop.is_set():
+                        logger.info("received %s: already stopping", name)
+                    else:
+                        logger.info("received %s: shutting down", name)
+                        running.stop.set()
+
+            nursery.start_soon(stop_on_signals)
+            await running.stopped.wait()
+            nursery.cancel_scope.cancel()
 
 
 # -- subcommands ---------------------------------------------------------------------
@@ -196,35 +215,31 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _render_balances(reader: StoreReader) -> str:
-    status = reader.writer_status()
-    lines = [
-        f"{reader.exchange}: writer {status.health.value} (pid {status.pid}, generation "
-        f"{status.generation}, heartbeat {status.heartbeat_age_s:.1f} s ago)"
-    ]
-    for currency in reader.currencies():
-        record = reader.record(currency)
-        slots = "  ".join(
-            f"[{i}] {from_scaled(v, record.scale)}" for i, v in enumerate(record.scaled)
-        )
-        lines.append(f"{currency:>8} #{record.sequence:<6} {slots}")
-    return "\n".join(lines)
-
-
 def _cmd_balances(args: argparse.Namespace) -> int:
     path = store_path(args.exchange, args.shm_dir)
+    system = IPCCommandSystem("gateway-view", run_dir=args.run_dir, timeout_s=0.5)
+    system.start()
+    service = f"{args.exchange}_gateway"
+    console = Console()
     try:
         with StoreReader(path) as reader:
             if not args.watch:
-                print(_render_balances(reader))
+                console.print(render(gather(reader, system, service)))
                 return 0
-            while True:
-                print("\033[H\033[2J" + _render_balances(reader), flush=True)
-                time.sleep(args.interval)
+            with Live(console=console, refresh_per_second=8) as live:
+                while True:
+                    live.update(render_panel(gather(reader, system, service), str(path)))
+                    time.sleep(args.interval)
     except StoreError as exc:
         raise SystemExit(f"gateway balances: {exc}") from None
     except KeyboardInterrupt:
         return 0
+    finally:
+        system.close()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(args.duration)
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -279,8 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     balances = sub.add_parser("balances", help="read-only view of the shared memory")
     common(balances)
     balances.add_argument("--watch", action="store_true")
-    balances.add_argument("--interval", type=float, default=0.5)
+    balances.add_argument("--interval", type=float, default=0.2)
     balances.set_defaults(handler=_cmd_balances)
+
+    demo = sub.add_parser("demo", help="simulator + gateway + live view (Ctrl-C stops)")
+    demo.add_argument(
+        "--duration", type=float, default=None, help="run headless this long, then print a summary"
+    )
+    demo.set_defaults(handler=_cmd_demo)
     return parser
 
 

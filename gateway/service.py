@@ -71,7 +71,8 @@ class Running:
 
     core: WriterCore
     restore: RestoreReport
-    stop: trio.Event
+    stop: trio.Event  # set it to stop the gateway
+    stopped: trio.Event  # set once it has stopped: journal flushed, store marked stopped
 
 
 def restore_state(config: GatewayConfig) -> tuple[Ledger, Journal, RestoreReport]:
@@ -144,7 +145,7 @@ async def run_gateway(
     if ledger.epoch_ns == 0:
         core.open_ledger(time.time_ns())
     core.publish_all()  # restored values, marked "starting" until the bootstrap lands
-    stop = trio.Event()
+    stop, stopped = trio.Event(), trio.Event()
     send, receive = trio.open_memory_channel[WriterMessage](WRITER_QUEUE)
     try:
         async with trio.open_nursery() as outer:
@@ -176,7 +177,7 @@ async def run_gateway(
                     "gateway ready: %d currencies, %d slots", len(ledger.balances),
                     config.strategy_count,
                 )  # fmt: skip
-                task_status.started(Running(core, report, stop))
+                task_status.started(Running(core, report, stop, stopped))
                 await stop.wait()
                 logger.info("stopping: closing the command socket and the streams")
                 producers.cancel_scope.cancel()
@@ -185,6 +186,7 @@ async def run_gateway(
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(config.shutdown_grace_s):
             await _close_core(core)
+        stopped.set()
 
 
 async def _bootstrap(

@@ -38,6 +38,7 @@ from mmapstore import StoreReader, store_path  # noqa: E402
 
 PROBE_SLOT = 5
 FLOOR_MAX_RATE = 10_000
+SUSTAINED_P99_US = 20_000
 UPDATE_PREFIX = '{"channel": "executions", "type": "update"'
 PROBE_QTY = Decimal("0.00000001")
 SCALED_PER_FILL = 10**10  # 1e-8 at scale 18
@@ -100,6 +101,15 @@ def run_floor(rate: int, seconds: float) -> dict[str, float]:
         "median_us": statistics.median(ordered),
         "p99_us": ordered[int(len(ordered) * 0.99)],
     }
+
+
+def sustained(result: dict[str, float]) -> bool:
+    """Every fill delivered, at the offered pace, without the lag running away."""
+    return (
+        result["delivered"] == result["fills"]
+        and result["achieved_per_s"] >= 0.95 * result["rate"]
+        and result["p99_us"] < SUSTAINED_P99_US
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -234,7 +244,7 @@ def main() -> None:
     try:
         rates = [int(r) for r in args.rates.split(",")]
         if args.saturation:
-            rates += [r for r in (2000, 5000, 15000, 20000, 30000) if r not in rates]
+            rates += [r for r in (2000, 3000, 5000, 7500, 15000) if r not in rates]
         for rate in sorted(rates):
             print(f"{rate} fills/s for {args.seconds} s ...", flush=True)
             result = run_rate(stack, rate, args.seconds)
@@ -243,6 +253,9 @@ def main() -> None:
                 result["floor_median_us"] = floor["median_us"]
                 result["floor_p99_us"] = floor["p99_us"]
             results.append(result)
+            if not sustained(result):
+                print(f"{rate} fills/s is past what the gateway sustains; stopping here")
+                break
             time.sleep(1)
     finally:
         stack.close()

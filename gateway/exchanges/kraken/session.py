@@ -41,7 +41,8 @@ SNAPSHOT_TRADES: Final = 50
 HEARTBEAT_TIMEOUT_S: Final = 10.0
 SUBSCRIBE_TIMEOUT_S: Final = 10.0
 STARTUP_ATTEMPTS: Final = 5
-MAX_CATCH_UP_PAGES: Final = 200
+# A bound against a runaway loop, not a limit on gaps: 10,000 pages are 500,000 trades.
+MAX_CATCH_UP_PAGES: Final = 10_000
 CATCH_UP_PAGE: Final = 50  # TradesHistory's page size
 QUERY_ORDERS_CHUNK: Final = 20
 CATCH_UP_OVERLAP_NS: Final = 1_000_000_000
@@ -253,6 +254,8 @@ class KrakenSession:
             trades.update(batch)
             if len(batch) < CATCH_UP_PAGE or len(trades) >= count:
                 break
+            if page % 20 == 19:
+                logger.info("catching up: %d of %d trades fetched", len(trades), count)
             if page + 1 == MAX_CATCH_UP_PAGES:
                 logger.error("catch-up stopped after %d pages of trades", MAX_CATCH_UP_PAGES)
         order_ids = sorted({str(t.get("ordertxid")) for t in trades.values() if t.get("ordertxid")})
