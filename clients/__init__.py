@@ -45,7 +45,7 @@ from clients.reader import (
     get_single_quote_currency,
     getSingleQuoteCurrency,
 )
-from mmapstore import BalanceRecord, WriterHealth, WriterStatus
+from mmapstore import BalanceRecord, Condition, WriterHealth, WriterStatus
 
 __all__ = [
     "KRAKEN_STRATEGY_BALANCE_CMD",
@@ -53,6 +53,7 @@ __all__ = [
     "CommandError",
     "CommandRefusedError",
     "CommandTimeoutError",
+    "Condition",
     "Currency",
     "DataType",
     "Exchange",

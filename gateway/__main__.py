@@ -34,7 +34,7 @@ from gateway.service import ExchangeSession, run_gateway
 from gateway.sim.exchange import SimExchange
 from gateway.sim.server import Simulator, run_simulator
 from gateway.view import gather, render, render_panel
-from mmapstore import StoreLockedError, StoreReader, store_path
+from mmapstore import Condition, StoreLockedError, StoreReader, store_path
 
 logger = logging.getLogger("gateway")
 
@@ -188,8 +188,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
             "pid": writer.pid,
             "generation": writer.generation,
             "heartbeat_age_s": round(writer.heartbeat_age_s, 3),
+            "conditions": [c.name for c in Condition if c in writer.conditions],
         }
-        healthy = writer.health is WriterHealth.LIVE
+        # Live, with fills arriving and commands durable; a failing REST alone is a warning.
+        healthy = writer.health is WriterHealth.LIVE and not (
+            writer.conditions & (Condition.FEED_DOWN | Condition.JOURNAL_DOWN)
+        )
     except StoreError as exc:
         report["writer"] = {"health": "absent", "error": str(exc)}
         healthy = False

@@ -15,6 +15,7 @@ and snapshot methods from a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -98,6 +99,7 @@ class Journal:
         self.directory = directory
         self._segment = segment
         self._fd = os.open(segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._good_size = os.fstat(self._fd).st_size  # the end of the last durable record
         self._pending: list[bytes] = []
         self.next_seq = next_seq  # number of the next event appended
         self.synced_seq = next_seq  # events before this number are on disk
@@ -192,19 +194,31 @@ class Journal:
         """Write and fsync everything appended so far (blocking: run it in a thread).
 
         Raises:
-            JournalWriteError: the write or fsync failed; what was appended is
-                not durable and the journal file may hold a partial record,
-                which the next open cuts off.
+            JournalWriteError: the write or fsync failed (disk full, read-only,
+                I/O error). What was appended since the last commit is dropped,
+                and the file is cut back to its last durable record, so a later
+                commit never follows a torn one.
         """
         if not self._pending:
             return
+        data = b"".join(self._pending)
         try:
-            _write_all(self._fd, b"".join(self._pending))
+            _write_all(self._fd, data)
             os.fsync(self._fd)
         except OSError as exc:
+            self.discard_pending()
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._good_size)
             raise JournalWriteError(f"journal {self._segment}: {exc.strerror}") from exc
+        self._good_size += len(data)
         self._pending.clear()
         self.synced_seq = self.next_seq
+
+    def discard_pending(self) -> None:
+        """Forget what was appended since the last commit (it was never durable)."""
+        self.events_since_snapshot -= len(self._pending)
+        self._pending.clear()
+        self.next_seq = self.synced_seq
 
     def write_snapshot(self, ledger_data: dict[str, object]) -> None:
         """Write a snapshot at the current event number and drop what it covers.
@@ -225,14 +239,17 @@ class Journal:
                 os.close(fd)
             os.replace(tmp, path)
             # New events go to a new segment; the old ones are covered by the snapshot.
-            old_fd = self._fd
-            self._segment = self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
-            self._fd = os.open(
-                self._segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            new_segment = self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
+            new_fd = os.open(
+                new_segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
-            os.close(old_fd)
+            os.close(self._fd)
+            self._segment, self._fd = new_segment, new_fd
+            self._good_size = os.fstat(new_fd).st_size
             _fsync_directory(self.directory)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
             raise JournalWriteError(f"snapshot {path}: {exc.strerror}") from exc
         for stale in [*_named(self.directory, "snapshot", ".cbor"), *_segments(self.directory)]:
             if _seq_of(stale) < seq:

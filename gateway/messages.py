@@ -75,6 +75,18 @@ class CorrectionProposed:
 
 
 @dataclass(frozen=True, slots=True)
+class ExchangeHealthChanged:
+    """The fill stream connected or dropped, or REST started or stopped failing.
+
+    None leaves that part as it was. The writer shows it in the store's header,
+    so strategies can tell balances that may be stale.
+    """
+
+    feed_live: bool | None = None
+    rest_ok: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HeartbeatTick:
     """Refresh the store's heartbeat so readers know the writer lives."""
 
@@ -85,5 +97,6 @@ WriterMessage = (
     | FillReceived
     | BalancesFetched
     | CorrectionProposed
+    | ExchangeHealthChanged
     | HeartbeatTick
 )

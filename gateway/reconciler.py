@@ -28,7 +28,7 @@ import trio
 
 from gateway.errors import ExchangeError
 from gateway.ledger import format_scaled, scale_fill
-from gateway.messages import CorrectionProposed, WriterMessage
+from gateway.messages import CorrectionProposed, ExchangeHealthChanged, WriterMessage
 
 if TYPE_CHECKING:
     from gateway.service import ExchangeSession
@@ -117,6 +117,8 @@ async def run_reconciler(
             try:
                 totals = await exchange.fetch_totals()
             except ExchangeError as exc:
+                if errors_in_a_row == 0:
+                    await send.send(ExchangeHealthChanged(rest_ok=False))
                 errors_in_a_row += 1
                 status.rest_errors += 1
                 status.state = "rest-error"
@@ -126,6 +128,8 @@ async def run_reconciler(
                     "reconcile: REST failed (%s); nothing changed; next try in %.0f s", exc, delay
                 )
                 continue
+            if errors_in_a_row:
+                await send.send(ExchangeHealthChanged(rest_ok=True))
             errors_in_a_row = 0
             status.passes += 1
             status.last_pass_ns = clock_ns()

@@ -19,11 +19,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, assert_never
 
 import trio
 
+from gateway.codes import ErrorCode
+from gateway.errors import JournalWriteError
 from gateway.events import (
     CommandApplied,
     Corrected,
@@ -42,12 +44,14 @@ from gateway.messages import (
     BalancesFetched,
     CommandReceived,
     CorrectionProposed,
+    ExchangeHealthChanged,
     FillReceived,
     HeartbeatTick,
     QueryReceived,
     ReplySlot,
     WriterMessage,
 )
+from mmapstore import Condition
 
 if TYPE_CHECKING:
     from gateway.journal import Journal
@@ -66,6 +70,7 @@ class WriterStats:
     fills_duplicate: int = 0
     commands_applied: int = 0
     commands_refused: int = 0
+    commands_unavailable: int = 0
     corrections: int = 0
     batches: int = 0
 
@@ -77,6 +82,9 @@ class _Batch:
     published: list[trio.Event]
     # Fills alone do not need it: see the module docstring.
     needs_sync: bool = False
+    # How to take back each command applied in this batch, should its commit fail.
+    undo: list[tuple[ReplySlot, Callable[[], None]]] = field(default_factory=list)
+    recover: bool = False
 
 
 class WriterCore:
@@ -98,12 +106,17 @@ class WriterCore:
         self.status_extra = status_extra
         self.stats = WriterStats()
         self._store_index: dict[str, int] = {}
+        self.conditions = Condition(0)
+        # Why the journal cannot be written, while it cannot: commands are refused.
+        self.journal_error: str | None = None
 
     # -- applying ---------------------------------------------------------------
 
     def _apply(self, event: Event, batch: _Batch) -> Outcome:
         outcome = apply_event(self.ledger, event)
-        if outcome.durable:
+        # While the journal is down, what still happens (fills, corrections) is not
+        # journalled: the exchange replays fills, and recovery starts with a snapshot.
+        if outcome.durable and self.journal_error is None:
             self.journal.append(encode_event(event))
         batch.changed.update(outcome.changed)
         return outcome
@@ -117,7 +130,14 @@ class WriterCore:
     def _handle(self, message: WriterMessage, batch: _Batch) -> None:
         match message:
             case CommandReceived(command=command, request_id=request_id, reply=slot):
+                if self.journal_error is not None:
+                    self.stats.commands_unavailable += 1
+                    batch.replies.append((slot, self._unavailable(request_id)))
+                    return
+                undo = self._checkpoint(command.currency, request_id)
                 outcome = self._apply(CommandApplied(command, request_id), batch)
+                if outcome.durable:
+                    batch.undo.append((slot, undo))
                 assert outcome.reply is not None
                 if outcome.reply.get("ok"):
                     self.stats.commands_applied += 1
@@ -159,11 +179,95 @@ class WriterCore:
                     currency, format_scaled(current), format_scaled(new),
                     format_scaled(new - current),
                 )  # fmt: skip
+            case ExchangeHealthChanged(feed_live=feed_live, rest_ok=rest_ok):
+                if feed_live is not None:
+                    self._set_condition(Condition.FEED_DOWN, not feed_live)
+                if rest_ok is not None:
+                    self._set_condition(Condition.REST_DOWN, not rest_ok)
             case HeartbeatTick():
                 self.store.heartbeat()
                 batch.needs_sync = True  # bounds how long fills stay unsynced
+                batch.recover = self.journal_error is not None
             case _:
                 assert_never(message)
+
+    # -- the journal failing and recovering ---------------------------------------------
+
+    def _checkpoint(self, currency: str, request_id: str | None) -> Callable[[], None]:
+        """What a command may change, kept so that it can be put back."""
+        ledger = self.ledger
+        slots = list(ledger.balances[currency]) if currency in ledger.balances else None
+        owners = dict(ledger.owners)
+        prior = ledger.replies.get(request_id) if request_id is not None else None
+
+        def undo() -> None:
+            if slots is None:
+                ledger.balances.pop(currency, None)
+            else:
+                ledger.balances[currency] = list(slots)
+            ledger.owners = dict(owners)
+            if request_id is not None:
+                if prior is None:
+                    ledger.replies.pop(request_id, None)
+                else:
+                    ledger.replies[request_id] = prior
+
+        return undo
+
+    def _unavailable(self, request_id: str | None) -> Reply:
+        return error_reply(
+            ErrorCode.UNAVAILABLE,
+            f"the state directory cannot be written ({self.journal_error}); nothing was "
+            "changed: retry once it is writable again",
+            request_id,
+        )
+
+    def _set_condition(self, condition: Condition, on: bool) -> None:
+        updated = self.conditions | condition if on else self.conditions & ~condition
+        if updated != self.conditions:
+            self.conditions = updated
+            self.store.set_conditions(updated)
+
+    def fail_batch(self, batch: _Batch, error: JournalWriteError) -> None:
+        """The batch's commit failed: take its commands back and refuse them.
+
+        Fills and corrections stay applied (they are facts the exchange will
+        show again); nothing of the batch is in the journal.
+        """
+        self.journal_error = str(error)
+        self._set_condition(Condition.JOURNAL_DOWN, True)
+        reverted = {slot for slot, _ in batch.undo}
+        for _, undo in reversed(batch.undo):
+            undo()
+        self.stats.commands_applied -= len(reverted)
+        self.stats.commands_unavailable += len(reverted)
+        batch.replies = [
+            (slot, self._unavailable(_request_id(reply)) if slot in reverted else reply)
+            for slot, reply in batch.replies
+        ]
+        logger.error(
+            "journal write failed (%s): %d command(s) taken back and refused; "
+            "fills are still applied; commands are refused until the state directory "
+            "is writable again", error, len(reverted),
+        )  # fmt: skip
+
+    def fail_journal(self, error: JournalWriteError) -> None:
+        self.journal_error = str(error)
+        self._set_condition(Condition.JOURNAL_DOWN, True)
+        logger.error("journal write failed (%s): commands are refused until it works", error)
+
+    def try_recover(self) -> bool:
+        """Write a snapshot of everything; if it lands, the journal is back."""
+        try:
+            self.journal.write_snapshot(self.ledger.to_snapshot())
+        except JournalWriteError:
+            return False
+        logger.warning(
+            "state directory writable again (%s gone): accepting commands", self.journal_error
+        )
+        self.journal_error = None
+        self._set_condition(Condition.JOURNAL_DOWN, False)
+        return True
 
     # -- publishing -------------------------------------------------------------
 
@@ -212,11 +316,19 @@ class WriterCore:
             "commands_refused": stats.commands_refused,
             "corrections": stats.corrections,
             "batches": stats.batches,
+            "commands_unavailable": stats.commands_unavailable,
+            "journal": "ok" if self.journal_error is None else f"failing: {self.journal_error}",
+            "conditions": [c.name for c in Condition if c in self.conditions],
             "last_fill_ns": self.ledger.last_fill_ns,
         }
         if self.status_extra is not None:
             status.update(self.status_extra())
         return {"ok": True, "status": status}
+
+
+def _request_id(reply: Reply) -> str | None:
+    request_id = reply.get("request_id")
+    return request_id if isinstance(request_id, str) else None
 
 
 async def run_writer(
@@ -242,12 +354,18 @@ async def run_writer(
                     break
             batch = core.apply_batch(messages)
             core.publish(batch.changed)
-            if batch.needs_sync and core.journal.has_pending:
+            if batch.recover and core.try_recover():
+                pass
+            elif batch.needs_sync and core.journal.has_pending:
                 # Inline, not in a worker thread: the thread hop costs ~110 µs of wake-ups
                 # per round trip here and cut throughput by 40% (measured, docs/performance.md).
                 # The loop stalls for the fsync, but every state change waits for it anyway.
                 started = time.perf_counter()
-                core.journal.commit()
+                try:
+                    core.journal.commit()
+                except JournalWriteError as error:
+                    core.fail_batch(batch, error)
+                    core.publish(batch.changed)  # the taken-back commands' currencies
                 stalled = time.perf_counter() - started
                 if stalled > SLOW_COMMIT_S:
                     logger.warning("journal fsync took %.0f ms: the disk is slow", stalled * 1e3)
@@ -256,6 +374,9 @@ async def run_writer(
             for published in batch.published:
                 published.set()
             core.stats.batches += 1
-            if core.journal.events_since_snapshot >= core.snapshot_every:
+            if core.journal.events_since_snapshot >= core.snapshot_every and not core.journal_error:
                 data = core.ledger.to_snapshot()
-                await trio.to_thread.run_sync(core.journal.write_snapshot, data)
+                try:
+                    await trio.to_thread.run_sync(core.journal.write_snapshot, data)
+                except JournalWriteError as error:
+                    core.fail_journal(error)

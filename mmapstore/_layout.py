@@ -13,7 +13,7 @@ import mmap
 import struct
 from dataclasses import dataclass
 from decimal import Decimal
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import Final, TypeAlias
 
 from mmapstore.errors import StoreCorruptError, StoreValueError, StoreVersionError
@@ -57,6 +57,14 @@ class WriterState(IntEnum):
     RETIRED = 3
 
 
+class Condition(IntFlag):
+    """The header's ``flags`` word: what the writer knows is wrong right now."""
+
+    FEED_DOWN = 1  # the exchange's fill stream is not connected: balances may be stale
+    JOURNAL_DOWN = 2  # the state directory cannot be written: commands are refused
+    REST_DOWN = 4  # the exchange's REST API is failing: no reconciliation
+
+
 # Header: the static part is written once, before the file is renamed into place.
 _HEADER_STATIC = struct.Struct("<8sIIIIII")  # magic .. directory_entry_size, offsets 0..31
 _HEADER_OFFSETS = struct.Struct("<QQ")  # directory_offset, records_offset at 32
@@ -68,6 +76,7 @@ H_GENERATION: Final = 7  # byte 56
 H_WRITER_PID: Final = 8  # byte 64
 H_HEARTBEAT_NS: Final = 9  # byte 72
 H_STATE: Final = 10  # byte 80
+H_FLAGS: Final = 17  # byte 136 (Condition)
 
 _ENTRY = struct.Struct("<20sIQ")  # name, scale, record_offset
 

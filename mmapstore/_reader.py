@@ -15,6 +15,7 @@ from typing import Final, NamedTuple, TypeVar
 
 from mmapstore._layout import (
     H_CURRENCY_COUNT,
+    H_FLAGS,
     H_GENERATION,
     H_HEARTBEAT_NS,
     H_STATE,
@@ -23,6 +24,7 @@ from mmapstore._layout import (
     R_SEQ,
     R_UPDATED_NS,
     RETIRED_SEQ,
+    Condition,
     Geometry,
     WriterState,
     from_scaled,
@@ -48,6 +50,9 @@ SETTLE_CHECK_S: Final = 0.05
 SETTLE_GIVE_UP_S: Final = 2.0
 
 
+NO_CONDITIONS: Final = Condition(0)
+
+
 class WriterHealth(Enum):
     """What a reader can tell about the store's writer."""
 
@@ -66,10 +71,16 @@ class WriterStatus:
     pid: int
     generation: int
     heartbeat_age_s: float
+    conditions: Condition = NO_CONDITIONS
 
     @property
     def alive(self) -> bool:
         return self.health in (WriterHealth.LIVE, WriterHealth.STARTING)
+
+    @property
+    def balances_may_be_stale(self) -> bool:
+        """The writer is not live, or it is but the exchange's fill stream is down."""
+        return not self.alive or Condition.FEED_DOWN in self.conditions
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,7 +412,8 @@ class StoreReader:
             health = WriterHealth.STARTING
         else:
             health = WriterHealth.LIVE
-        return WriterStatus(health, pid, int(self._words[H_GENERATION]), age)
+        conditions = Condition(int(self._words[H_FLAGS]) & 0b111)
+        return WriterStatus(health, pid, int(self._words[H_GENERATION]), age, conditions)
 
     def _replaced_on_disk(self) -> bool:
         try:

@@ -17,6 +17,7 @@ from mmapstore._layout import (
     DEFAULT_SCALE,
     DEFAULT_STRATEGY_COUNT,
     H_CURRENCY_COUNT,
+    H_FLAGS,
     H_GENERATION,
     H_HEARTBEAT_NS,
     H_STATE,
@@ -26,6 +27,7 @@ from mmapstore._layout import (
     INT128_MIN,
     R_SEQ,
     RETIRED_SEQ,
+    Condition,
     Geometry,
     WriterState,
     check_scale,
@@ -200,6 +202,7 @@ class StoreWriter:
         words = mapping.words
         generation = previous_generation + 1
         words[H_STATE] = WriterState.STARTING
+        words[H_FLAGS] = 0
         words[H_GENERATION] = generation
         words[H_WRITER_PID] = os.getpid()
         words[H_HEARTBEAT_NS] = clock_ns() & _MASK64
@@ -317,6 +320,10 @@ class StoreWriter:
     def heartbeat(self, now_ns: int | None = None) -> None:
         """Tell readers the writer is alive; call it at least once a second."""
         self._map.words[H_HEARTBEAT_NS] = (self._clock_ns() if now_ns is None else now_ns) & _MASK64
+
+    def set_conditions(self, conditions: Condition) -> None:
+        """Publish what is wrong right now (readers see it in ``writer_status()``)."""
+        self._map.words[H_FLAGS] = int(conditions)
 
     def mark_live(self) -> None:
         """Say the records are current: call once the first full publish is done."""

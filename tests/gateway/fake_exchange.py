@@ -8,7 +8,7 @@ from decimal import Decimal
 import trio
 
 from gateway.ledger import Fill
-from gateway.messages import FillReceived, WriterMessage
+from gateway.messages import ExchangeHealthChanged, FillReceived, WriterMessage
 
 
 class FakeExchange:
@@ -32,6 +32,7 @@ class FakeExchange:
     ) -> None:
         async with send:
             self._send = send
+            await send.send(ExchangeHealthChanged(feed_live=True))
             task_status.started()
             await trio.sleep_forever()
 

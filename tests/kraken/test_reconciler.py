@@ -12,7 +12,7 @@ import trio.testing
 
 from gateway.errors import ExchangeError
 from gateway.ledger import UNIT
-from gateway.messages import CorrectionProposed, WriterMessage
+from gateway.messages import CorrectionProposed, ExchangeHealthChanged, WriterMessage
 from gateway.reconciler import ReconcileStatus, differences, judge, run_reconciler
 
 INTERVAL = 60.0
@@ -60,6 +60,7 @@ class Harness:
         self.fills = 0
         self.send, self.receive = trio.open_memory_channel[WriterMessage](100)
         self.status = ReconcileStatus()
+        self.health: list[ExchangeHealthChanged] = []
 
     def corrections(self) -> list[CorrectionProposed]:
         found: list[CorrectionProposed] = []
@@ -68,6 +69,9 @@ class Harness:
                 message = self.receive.receive_nowait()
             except trio.WouldBlock:
                 return found
+            if isinstance(message, ExchangeHealthChanged):
+                self.health.append(message)
+                continue
             assert isinstance(message, CorrectionProposed)
             found.append(message)
 
@@ -179,6 +183,11 @@ async def test_rest_failures_change_nothing_and_back_off(
     assert harness.status.state == "verified"
     assert harness.corrections() == []
     assert harness.status.last_error == "EService:Unavailable"
+    # Readers were told REST was down, once, and that it is back.
+    assert harness.health == [
+        ExchangeHealthChanged(rest_ok=False),
+        ExchangeHealthChanged(rest_ok=True),
+    ]
 
 
 @pytest.mark.parametrize("passes", [1, 3, 10])

@@ -32,7 +32,7 @@ from gateway.exchanges.kraken.parsing import (
 )
 from gateway.exchanges.kraken.rest import KrakenRestClient, RetryPolicy
 from gateway.ledger import Fill
-from gateway.messages import FillReceived, WriterMessage
+from gateway.messages import ExchangeHealthChanged, FillReceived, WriterMessage
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +169,8 @@ class KrakenSession:
                             f"could not subscribe to Kraken executions at {self.ws_url}: {exc}"
                         ) from exc
                     logger.warning("Kraken executions stream failed: %s", self.last_error)
+                if live_once:
+                    await send.send(ExchangeHealthChanged(feed_live=False))
                 self.ws_state = "reconnecting"
                 self.reconnects += 1
                 delay = 0.0 if attempt == 0 else self.reconnect.delay(attempt)
@@ -207,6 +209,7 @@ class KrakenSession:
                         snapshot_seen = True
             self.ws_state = "live"
             logger.info("Kraken executions stream live (%s)", self.ws_url)
+            await send.send(ExchangeHealthChanged(feed_live=True))
             on_live()
             while True:
                 with trio.move_on_after(self.heartbeat_timeout_s) as quiet:

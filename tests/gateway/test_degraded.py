@@ -1,0 +1,92 @@
+"""Degraded modes: a journal that cannot be written, a fill stream that is down."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+
+import trio
+
+from gateway.config import GatewayConfig
+from gateway.ledger import UNIT, Fill, Side
+from gateway.messages import ExchangeHealthChanged
+from gateway.service import Running, restore_state
+from mmapstore import Condition, StoreReader
+from tests.gateway.conftest import RawClient
+from tests.gateway.fake_exchange import FakeExchange
+
+ALLOCATE = {"strategy": "a", "cmd": "allocate", "currency": "usd", "amount": 10, "index": 2}
+
+
+@contextmanager
+def journal_on_a_full_disk(running: Running) -> Iterator[None]:
+    """Point the journal's descriptor at /dev/full: every write fails with ENOSPC."""
+    fd = running.core.journal._fd
+    saved = os.dup(fd)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, fd)
+    os.close(full)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+async def test_unwritable_journal_refuses_commands_keeps_fills_and_recovers(
+    gateway: Running, raw: RawClient, exchange: FakeExchange, config: GatewayConfig
+) -> None:
+    assert (await raw.json({**ALLOCATE, "request_id": "before"}))["ok"] is True
+    with StoreReader(config.store_path) as reader:
+        with journal_on_a_full_disk(gateway):
+            refused = await raw.json({**ALLOCATE, "request_id": "during"})
+            assert refused["ok"] is False
+            assert refused["error"]["code"] == "UNAVAILABLE"  # type: ignore[index]
+            assert "nothing was changed" in refused["error"]["message"]  # type: ignore[index]
+            assert Condition.JOURNAL_DOWN in reader.writer_status().conditions
+            # The command was taken back: the ledger and the store show no trace of it.
+            assert reader.record("USD").exact_all()[2] == Decimal(10)
+            # Fills are still applied and published.
+            fill = Fill("T-degraded", "BTC", "USD", Side.BUY, Decimal(1), Decimal(100),
+                        userref=3, timestamp_ns=time.time_ns())  # fmt: skip
+            await exchange.push_fill(fill)
+            with trio.fail_after(2):
+                while reader.record("BTC").exact_all()[3] != 1:
+                    await trio.sleep(0.01)
+        # The next heartbeat finds the journal writable again.
+        with trio.fail_after(5):
+            while Condition.JOURNAL_DOWN in reader.writer_status().conditions:
+                await trio.sleep(0.05)
+        assert (await raw.json({**ALLOCATE, "request_id": "after"}))["ok"] is True
+        assert reader.record("USD").exact_all()[2] == Decimal(20)
+    status = gateway.core.status()["status"]
+    assert isinstance(status, dict)
+    assert status["journal"] == "ok" and status["commands_unavailable"] == 1
+    # What survives a restart: both acknowledged commands and the fill, not the refused one.
+    gateway.stop.set()
+    await gateway.stopped.wait()
+    ledger, journal, _ = restore_state(config)
+    journal.close()
+    assert ledger.slots("USD")[2] == 20 * UNIT
+    assert ledger.slots("BTC")[3] == 1 * UNIT
+    assert "during" not in ledger.replies and {"before", "after"} <= set(ledger.replies)
+
+
+async def test_feed_down_is_flagged_to_readers(
+    gateway: Running, exchange: FakeExchange, config: GatewayConfig
+) -> None:
+    with StoreReader(config.store_path) as reader:
+        assert reader.writer_status().conditions == Condition(0)
+        assert exchange._send is not None
+        await exchange._send.send(ExchangeHealthChanged(feed_live=False))
+        with trio.fail_after(2):
+            while not reader.writer_status().balances_may_be_stale:
+                await trio.sleep(0.01)
+        assert Condition.FEED_DOWN in reader.writer_status().conditions
+        await exchange._send.send(ExchangeHealthChanged(feed_live=True))
+        with trio.fail_after(2):
+            while reader.writer_status().balances_may_be_stale:
+                await trio.sleep(0.01)
