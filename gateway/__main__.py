@@ -87,6 +87,7 @@ def _run_config(args: argparse.Namespace) -> GatewayConfig:
         shm_dir=args.shm_dir,
         run_dir=args.run_dir,
         state_root=args.state_dir,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -266,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reconcile-interval", type=float, default=None, help="seconds (60)")
     run.add_argument("--recheck-interval", type=float, default=None, help="seconds (3)")
     run.add_argument("--state-dir", type=Path, default=None, help="default: $HFT_STATE_DIR")
+    run.add_argument("--metrics-port", type=int, default=None, help="Prometheus on 127.0.0.1")
     run.add_argument("--rest-url", default=KRAKEN_REST_URL)
     run.add_argument("--ws-url", default=KRAKEN_WS_URL)
     run.set_defaults(handler=_cmd_run)

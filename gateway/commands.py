@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ from gateway.protocol import (
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
+    from gateway.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +62,15 @@ def peer_credentials(sock: trio.socket.SocketType) -> Peer:
 class CommandServer:
     """Per-connection conversation; shared state is only the connection count."""
 
-    def __init__(self, config: GatewayConfig, send: trio.MemorySendChannel[WriterMessage]) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        send: trio.MemorySendChannel[WriterMessage],
+        metrics: Metrics | None = None,
+    ) -> None:
         self._config = config
         self._send = send
+        self._metrics = metrics
         self.connections = 0
 
     async def handle(self, stream: trio.SocketStream) -> None:
@@ -165,6 +173,7 @@ class CommandServer:
                 stream, encode_reply(error_reply(exc.code, exc.message, request_id), framing)
             )
             return True
+        started = time.perf_counter()
         message: CommandReceived | QueryReceived
         if isinstance(request, Query):
             message = QueryReceived(request.what, request.currency)
@@ -175,6 +184,9 @@ class CommandServer:
         if request_id is not None and "request_id" not in reply:
             reply = {**reply, "request_id": request_id}
         await self._write(stream, encode_reply(reply, framing))
+        if self._metrics is not None:
+            kind = request.what if isinstance(request, Query) else request.kind.value
+            self._metrics.command_latency.labels(kind).observe(time.perf_counter() - started)
         return True
 
 
@@ -201,6 +213,7 @@ def _remove_stale_socket(path: os.PathLike[str]) -> None:
 async def serve_commands(
     config: GatewayConfig,
     send: trio.MemorySendChannel[WriterMessage],
+    metrics: Metrics | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -223,7 +236,7 @@ async def serve_commands(
         try:
             os.chmod(path, config.socket_mode)
             listener_socket.listen(128)
-            server = CommandServer(config, send)
+            server = CommandServer(config, send, metrics)
             logger.info("command socket %s ready", path)
             listener = trio.SocketListener(listener_socket)
             async with trio.open_nursery() as nursery:

@@ -47,6 +47,7 @@ class GatewayConfig:
     recheck_s: float = RECHECK_S
     shutdown_grace_s: float = SHUTDOWN_GRACE_S
     snapshot_every: int = 100_000
+    metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:<port>
 
     def __post_init__(self) -> None:
         if not 2 <= self.strategy_count <= 1024:

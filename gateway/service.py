@@ -25,6 +25,7 @@ from gateway.events import decode_event
 from gateway.journal import Journal, RestoreReport
 from gateway.ledger import Ledger, scale_fill
 from gateway.messages import BalancesFetched, HeartbeatTick, WriterMessage
+from gateway.metrics import Metrics, serve_metrics
 from gateway.reconciler import ReconcileStatus, run_reconciler
 from gateway.writer import WriterCore, run_writer
 from mmapstore import StoreWriter
@@ -172,7 +173,12 @@ async def run_gateway(
                         exchange,
                         send.clone(),
                     )
-                await producers.start(serve_commands, config, send.clone())
+                metrics = None
+                if config.metrics_port is not None:
+                    metrics = Metrics()
+                    metrics.watch(core, lambda: send.statistics().current_buffer_used)
+                    await producers.start(serve_metrics, metrics, config.metrics_port)
+                await producers.start(serve_commands, config, send.clone(), metrics)
                 logger.info(
                     "gateway ready: %d currencies, %d slots", len(ledger.balances),
                     config.strategy_count,

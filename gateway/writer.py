@@ -71,6 +71,7 @@ class WriterStats:
     commands_applied: int = 0
     commands_refused: int = 0
     commands_unavailable: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)  # code -> count
     corrections: int = 0
     batches: int = 0
 
@@ -143,6 +144,9 @@ class WriterCore:
                     self.stats.commands_applied += 1
                 else:
                     self.stats.commands_refused += 1
+                    error = outcome.reply.get("error")
+                    code = str(error.get("code")) if isinstance(error, dict) else "UNKNOWN"
+                    self.stats.refusals[code] = self.stats.refusals.get(code, 0) + 1
                 batch.replies.append((slot, outcome.reply))
                 batch.needs_sync = True
             case QueryReceived(what=what, currency=currency, reply=slot):
