@@ -80,6 +80,7 @@ async def serve(config: GatewayConfig, exchange: ExchangeSession) -> None:
 
 def _run_config(args: argparse.Namespace) -> GatewayConfig:
     return GatewayConfig.from_env(
+        file=args.config,
         exchange=args.exchange,
         strategy_count=args.strategy_count,
         reconcile_interval_s=args.reconcile_interval,
@@ -88,6 +89,8 @@ def _run_config(args: argparse.Namespace) -> GatewayConfig:
         run_dir=args.run_dir,
         state_root=args.state_dir,
         metrics_port=args.metrics_port,
+        rest_url=args.rest_url,
+        ws_url=args.ws_url,
     )
 
 
@@ -104,9 +107,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         nonces = NonceSource(config.state_dir / "kraken.nonce")
         async with KrakenRestClient(
-            args.rest_url, api_key=api_key, api_secret=api_secret, nonces=nonces
+            config.rest_url, api_key=api_key, api_secret=api_secret, nonces=nonces
         ) as rest:
-            await serve(config, KrakenSession(rest, args.ws_url))
+            await serve(config, KrakenSession(rest, config.ws_url))
 
     trio.run(main)
     return 0
@@ -263,13 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the gateway in the foreground")
     common(run)
+    run.set_defaults(exchange=None)
     run.add_argument("--strategy-count", type=int, default=None)
     run.add_argument("--reconcile-interval", type=float, default=None, help="seconds (60)")
     run.add_argument("--recheck-interval", type=float, default=None, help="seconds (3)")
     run.add_argument("--state-dir", type=Path, default=None, help="default: $HFT_STATE_DIR")
     run.add_argument("--metrics-port", type=int, default=None, help="Prometheus on 127.0.0.1")
-    run.add_argument("--rest-url", default=KRAKEN_REST_URL)
-    run.add_argument("--ws-url", default=KRAKEN_WS_URL)
+    run.add_argument("--config", type=Path, default=None, help="a TOML file (docs/operations.md)")
+    run.add_argument("--rest-url", default=None, help=f"default {KRAKEN_REST_URL}")
+    run.add_argument("--ws-url", default=None, help=f"default {KRAKEN_WS_URL}")
     run.set_defaults(handler=_cmd_run)
 
     sim = sub.add_parser("sim", help="run the Kraken-compatible simulator")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,16 +74,105 @@ class GatewayConfig:
     def state_dir(self) -> Path:
         return self.state_root / self.exchange
 
+    rest_url: str = "https://api.kraken.com"
+    ws_url: str = "wss://ws-auth.kraken.com/v2"
+
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> GatewayConfig:
-        """Defaults from the environment (``HFT_SHM_DIR``, ``HFT_STATE_DIR``, ``HFT_RUN_DIR``…)."""
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        file: Path | None = None,
+        **overrides: object,
+    ) -> GatewayConfig:
+        """Defaults, then the TOML ``file``, then the environment, then ``overrides`` (flags).
+
+        Raises:
+            ConfigError: an unreadable file, an unknown key, or a value of the wrong type.
+        """
         env = os.environ if env is None else env
         values: dict[str, object] = {
-            "shm_dir": Path(env.get("HFT_SHM_DIR") or "/dev/shm"),
-            "state_root": default_state_dir(env),
-            "run_dir": default_run_dir(env),
+            "shm_dir": Path("/dev/shm"),
+            "state_root": default_state_dir({k: v for k, v in env.items() if k != "HFT_STATE_DIR"}),
+            "run_dir": default_run_dir({k: v for k, v in env.items() if k != "HFT_RUN_DIR"}),
         }
+        if file is not None:
+            values.update(read_config_file(file))
+        if env.get("HFT_SHM_DIR"):
+            values["shm_dir"] = Path(env["HFT_SHM_DIR"])
+        if env.get("HFT_STATE_DIR"):
+            values["state_root"] = Path(env["HFT_STATE_DIR"])
+        if env.get("HFT_RUN_DIR"):
+            values["run_dir"] = Path(env["HFT_RUN_DIR"])
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "state_root" in overrides and overrides["state_root"] is not None:
-            values["state_root"] = Path(str(overrides["state_root"]))
-        return cls(**values)  # type: ignore[arg-type]
+        for key in ("shm_dir", "state_root", "run_dir"):
+            values[key] = Path(str(values[key])).expanduser()
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+# File key → (field, expected type). Paths and modes are strings in the file.
+_FILE_KEYS: Final[dict[str, tuple[str, type | tuple[type, ...]]]] = {
+    "exchange": ("exchange", str),
+    "strategy_count": ("strategy_count", int),
+    "shm_dir": ("shm_dir", str),
+    "state_dir": ("state_root", str),
+    "run_dir": ("run_dir", str),
+    "socket_mode": ("socket_mode", str),
+    "allowed_uids": ("allowed_uids", list),
+    "max_connections": ("max_connections", int),
+    "idle_timeout_s": ("idle_timeout_s", (int, float)),
+    "reconcile_interval_s": ("reconcile_interval_s", (int, float)),
+    "recheck_s": ("recheck_s", (int, float)),
+    "shutdown_grace_s": ("shutdown_grace_s", (int, float)),
+    "snapshot_every": ("snapshot_every", int),
+    "metrics_port": ("metrics_port", int),
+    "kraken.rest_url": ("rest_url", str),
+    "kraken.ws_url": ("ws_url", str),
+}
+
+
+def read_config_file(path: Path) -> dict[str, object]:
+    """Read and check a TOML configuration file (see ``docs/operations.md``).
+
+    Credentials are not read from it: they come from the environment only.
+
+    Raises:
+        ConfigError: unreadable, not TOML, an unknown key or a wrong type.
+    """
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    flat: dict[str, object] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    values: dict[str, object] = {}
+    for key, value in flat.items():
+        if key not in _FILE_KEYS:
+            raise ConfigError(f"{path}: unknown setting {key!r}; known: {', '.join(_FILE_KEYS)}")
+        field_name, expected = _FILE_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise ConfigError(f"{path}: {key} has the wrong type ({type(value).__name__})")
+        values[field_name] = _file_value(path, key, value)
+    return values
+
+
+def _file_value(path: Path, key: str, value: object) -> object:
+    if key == "socket_mode":
+        try:
+            return int(str(value), 8)
+        except ValueError:
+            raise ConfigError(f'{path}: socket_mode must be octal text like "0600"') from None
+    if key == "allowed_uids":
+        assert isinstance(value, list)
+        if not all(isinstance(u, int) and not isinstance(u, bool) for u in value):
+            raise ConfigError(f"{path}: allowed_uids must be a list of integers")
+        return frozenset(value)
+    return value
