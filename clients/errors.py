@@ -4,6 +4,7 @@ Reading balances raises the store's errors (``mmapstore.errors``):
 
     StoreError
     ├── StoreNotFoundError (= GatewayNotRunningError)  no store file: the gateway is not running
+    │   └── StoreStartingError                         the gateway is starting: not published yet
     ├── StoreFormatError → StoreCorruptError, StoreVersionError
     ├── StoreBusyError                                 a record stuck mid-write by a dead writer
     ├── UnknownCurrencyError                           no balance of that currency
@@ -28,6 +29,7 @@ from mmapstore.errors import (
     StoreError,
     StoreFormatError,
     StoreNotFoundError,
+    StoreStartingError,
     StoreVersionError,
     StrategyCountError,
     UnknownCurrencyError,
@@ -70,6 +72,7 @@ __all__ = [
     "StoreError",
     "StoreFormatError",
     "StoreNotFoundError",
+    "StoreStartingError",
     "StoreVersionError",
     "StrategyCountError",
     "UnknownCurrencyError",

@@ -316,14 +316,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+REPORTED: Final = (GatewayError, StoreLockedError, CommandError, StoreError)
+
+
+def _only_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside nested groups, if there is exactly one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    return leaves[0] if len(leaves) == 1 else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.log_level)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (GatewayError, StoreLockedError, CommandError, StoreError) as exc:
+    except REPORTED as exc:
         raise SystemExit(f"gateway {args.command}: {exc}") from None
+    except BaseExceptionGroup as group:
+        # Trio's nurseries wrap a task's failure; one known failure is still one line.
+        leaf = _only_leaf(group)
+        if isinstance(leaf, REPORTED):
+            raise SystemExit(f"gateway {args.command}: {leaf}") from None
+        raise
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 Rules (DESIGN.md, Reconciliation):
 
 1. Note the writer's fill count, fetch REST totals, look at the count again.
+   The fill stream must have been live (the same connection, caught up) all
+   along, or the pass proves nothing: fills may be on their way.
 2. Equal (exactly) → verified.
 3. Different, but a fill was applied while the request was in flight → the
    comparison proves nothing: check again soon.
@@ -68,7 +70,8 @@ class ReconcileStatus:
     verified_passes: int = 0
     last_pass_ns: int = 0
     last_verified_ns: int = 0
-    state: str = "waiting"  # waiting | verified | suspect | fill-in-flight | rest-error
+    # waiting | verified | corrected | suspect | fill-in-flight | feed-down | rest-error
+    state: str = "waiting"
     suspects: dict[str, str] = field(default_factory=dict)
     corrections: int = 0
     rest_errors: int = 0
@@ -93,6 +96,7 @@ async def run_reconciler(
     *,
     fills_applied: Callable[[], int],
     ledger_totals: Callable[[], Mapping[str, int]],
+    feed_connection: Callable[[], int | None] = lambda: 0,
     interval_s: float,
     recheck_s: float = RECHECK_S,
     status: ReconcileStatus | None = None,
@@ -114,6 +118,7 @@ async def run_reconciler(
         while True:
             await trio.sleep(delay)
             before = fills_applied()
+            connection = feed_connection()
             try:
                 totals = await exchange.fetch_totals()
             except ExchangeError as exc:
@@ -133,6 +138,14 @@ async def run_reconciler(
             errors_in_a_row = 0
             status.passes += 1
             status.last_pass_ns = clock_ns()
+            if connection is None or feed_connection() != connection:
+                # Without a live, caught-up fill stream, a difference may be fills on
+                # their way: nothing is suspected, let alone corrected.
+                status.state = "feed-down"
+                suspects = {}
+                status.suspects = {}
+                delay = recheck_s
+                continue
             if fills_applied() != before:
                 status.state = "fill-in-flight"
                 delay = recheck_s

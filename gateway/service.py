@@ -65,6 +65,14 @@ class ExchangeSession(Protocol):
         """The exchange side's health for ``status`` (websocket state, REST errors …)."""
         ...
 
+    def feed_connection(self) -> int | None:
+        """A number naming the live, caught-up fill connection; None while there is none.
+
+        The reconciler trusts a comparison only if the same connection was live
+        before and after it: otherwise fills may be on their way.
+        """
+        ...
+
 
 @dataclass
 class Running:
@@ -165,6 +173,7 @@ async def run_gateway(
                         partial(
                             run_reconciler,
                             fills_applied=lambda: core.stats.fills_applied,
+                            feed_connection=exchange.feed_connection,
                             ledger_totals=lambda: {c: s[0] for c, s in ledger.balances.items()},
                             interval_s=config.reconcile_interval_s,
                             recheck_s=config.recheck_s,

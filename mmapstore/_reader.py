@@ -37,6 +37,7 @@ from mmapstore.errors import (
     StoreBusyError,
     StoreCorruptError,
     StoreNotFoundError,
+    StoreStartingError,
     UnknownCurrencyError,
 )
 
@@ -245,6 +246,10 @@ class StoreReader:
             self._refresh_directory()
             entry = self._by_name.get(name)
         if entry is None:
+            if self._words[H_STATE] == WriterState.STARTING:
+                raise StoreStartingError(
+                    f"the gateway is starting: no {currency} balance published in {self.path} yet"
+                )
             known = ", ".join(self._by_name) or "none yet"
             raise UnknownCurrencyError(f"no {currency} balance in {self.path} (it has: {known})")
         self._index[currency] = entry

@@ -25,6 +25,10 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
     """The store file is missing: its gateway is not running (or never ran here)."""
 
 
+class StoreStartingError(StoreNotFoundError):
+    """The gateway has the file but is still starting: balances are not published yet."""
+
+
 class StoreFormatError(StoreError):
     """The file exists but cannot be read as a balance store."""
 

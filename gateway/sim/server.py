@@ -191,6 +191,13 @@ async def _control(
             sim.generator = trio.CancelScope()
             nursery.start_soon(_generate_trades, sim, sim.generator, rate, body)
         return {"rate": rate}
+    if name == "trades":
+        return {
+            "trades": [
+                [t.txid, t.userref, t.pair.key, t.side, str(t.qty), t.time_ns]
+                for t in exchange.trades
+            ]
+        }
     if name == "generated":
         return {"sent_ns": sim.sent_ns}
     if name == "state":

@@ -172,3 +172,17 @@ def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def test_a_starting_gateway_is_not_running_yet_for_readers(shm: Path) -> None:
+    with StoreWriter.open(store_path("kraken"), exchange="kraken") as w:
+        manager = StrategyBalanceManager(hft.Exchange.KRAKEN)
+        with pytest.raises(hft.StoreStartingError, match="gateway is starting"):
+            manager.get_balance("USD")
+        with pytest.raises(hft.GatewayNotRunningError):  # the same family: retry later
+            manager.get_balance("USD")
+        w.publish_decimal("USD", [5, 5, 0, 0, 0, 0, 0, 0])
+        w.mark_live()
+        assert manager.get_balance("USD") == 5.0
+        with pytest.raises(hft.UnknownCurrencyError):
+            manager.get_balance("DOGE")

@@ -36,6 +36,9 @@ class FakeExchange:
             task_status.started()
             await trio.sleep_forever()
 
+    def feed_connection(self) -> int | None:
+        return 1 if self._send is not None else None
+
     def status(self) -> dict[str, object]:
         return {"websocket": "fake", "fetches": self.fetches}
 

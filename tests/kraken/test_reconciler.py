@@ -58,6 +58,7 @@ class Harness:
         self.exchange = exchange
         self.ledger = ledger
         self.fills = 0
+        self.feed: int | None = 1
         self.send, self.receive = trio.open_memory_channel[WriterMessage](100)
         self.status = ReconcileStatus()
         self.health: list[ExchangeHealthChanged] = []
@@ -81,6 +82,7 @@ class Harness:
                 run_reconciler,
                 fills_applied=lambda: self.fills,
                 ledger_totals=lambda: self.ledger,
+                feed_connection=lambda: self.feed,
                 interval_s=INTERVAL,
                 recheck_s=RECHECK,
                 status=self.status,
@@ -198,3 +200,26 @@ async def test_exactly_n_passes_in_n_intervals(
     await harness.start(nursery)
     await trio.sleep(INTERVAL * passes + INTERVAL / 2)
     assert harness.status.passes == passes
+
+
+async def test_no_correction_while_the_fill_stream_is_down_or_reconnects(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    exchange = ScriptedExchange([{"USD": "150"}] * 10)
+    harness = Harness(exchange, {"USD": usd(100)})
+    harness.feed = None  # the websocket is down: fills may be on their way
+    await harness.start(nursery)
+    await trio.sleep(INTERVAL + RECHECK * 4 + 1)
+    assert exchange.calls >= 4
+    assert harness.corrections() == [] and harness.status.state == "feed-down"
+
+    def reconnects() -> None:
+        harness.feed = 2  # a new connection came up during the REST call
+
+    harness.feed = 1
+    exchange.during_call.append(reconnects)
+    await trio.sleep(RECHECK)
+    assert harness.corrections() == [] and harness.status.state == "feed-down"
+    # Live and steady now: the usual two fill-free checks, then the correction.
+    await trio.sleep(RECHECK * 2)
+    assert harness.corrections() == [CorrectionProposed("USD", usd(100), usd(150))]

@@ -77,6 +77,10 @@ class KrakenSession:
         self.caught_up = 0
         self.last_error: str | None = None
 
+    def feed_connection(self) -> int | None:
+        """Which connection is live and caught up (a number), or None while none is."""
+        return self.connections if self.ws_state == "live" else None
+
     def status(self) -> dict[str, object]:
         return {
             "websocket": self.ws_state,
@@ -145,9 +149,11 @@ class KrakenSession:
         """
         self.last_fill_ns = last_fill_ns
         live_once = False
+        live_now = False
 
         def on_live() -> None:
-            nonlocal live_once
+            nonlocal live_once, live_now
+            live_now = True
             if not live_once:
                 live_once = True
                 task_status.started()
@@ -155,6 +161,7 @@ class KrakenSession:
         async with send:
             attempt = 0
             while True:
+                live_now = False
                 try:
                     await self._one_connection(send, on_live)
                     attempt = 0
@@ -171,6 +178,8 @@ class KrakenSession:
                     logger.warning("Kraken executions stream failed: %s", self.last_error)
                 if live_once:
                     await send.send(ExchangeHealthChanged(feed_live=False))
+                if live_now:
+                    attempt = 0  # it was live: reconnect at once, back off only if that fails
                 self.ws_state = "reconnecting"
                 self.reconnects += 1
                 delay = 0.0 if attempt == 0 else self.reconnect.delay(attempt)
