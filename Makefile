@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python tools/bench_read.py
 	$(BIN)/python tools/bench_commands.py
+	$(BIN)/python tools/bench_fills.py --saturation
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
