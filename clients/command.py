@@ -219,18 +219,9 @@ class IPCCommandSystem:
     @staticmethod
     async def _trio_read_line(connection: _Connection) -> bytes:
         assert isinstance(connection.reader, trio.SocketStream)
-        while True:
-            newline = connection.buffer.find(b"\n")
-            if newline >= 0:
-                line = bytes(connection.buffer[:newline])
-                del connection.buffer[: newline + 1]
-                return line
-            data = await connection.reader.receive_some(65536)
-            if not data:
-                raise EOFError("the gateway closed the connection")
-            connection.buffer += data
-            if len(connection.buffer) > MAX_REPLY_BYTES:
-                raise EOFError("reply too large")
+        while (line := _take_line(connection.buffer)) is None:
+            _extend(connection.buffer, await connection.reader.receive_some(65536))
+        return line
 
     async def _asyncio_round_trip(self, service: str, request: bytes) -> Payload:
         loop_key = asyncio.get_running_loop()
@@ -303,16 +294,9 @@ class IPCCommandSystem:
     @staticmethod
     def _blocking_read_line(connection: _Connection) -> bytes:
         assert isinstance(connection.reader, socket.socket)
-        while True:
-            newline = connection.buffer.find(b"\n")
-            if newline >= 0:
-                line = bytes(connection.buffer[:newline])
-                del connection.buffer[: newline + 1]
-                return line
-            data = connection.reader.recv(65536)
-            if not data:
-                raise EOFError("the gateway closed the connection")
-            connection.buffer += data
+        while (line := _take_line(connection.buffer)) is None:
+            _extend(connection.buffer, connection.reader.recv(65536))
+        return line
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -348,6 +332,25 @@ class IPCCommandSystem:
         """Close every connection this system holds."""
         for service, loop_key in list(self._connections):
             self._drop(service, loop_key)
+
+
+def _take_line(buffer: bytearray) -> bytes | None:
+    """Remove and return the first complete line of ``buffer``, without its newline."""
+    newline = buffer.find(b"\n")
+    if newline < 0:
+        return None
+    line = bytes(buffer[:newline])
+    del buffer[: newline + 1]
+    return line
+
+
+def _extend(buffer: bytearray, data: bytes) -> None:
+    """Add received bytes; EOFError when the gateway closed or a reply grows absurd."""
+    if not data:
+        raise EOFError("the gateway closed the connection")
+    buffer += data
+    if len(buffer) > MAX_REPLY_BYTES:
+        raise EOFError("reply too large")
 
 
 def _unavailable(service: str, path: Path, exc: BaseException) -> GatewayUnavailableError:
