@@ -379,8 +379,11 @@ async def run_writer(
                 published.set()
             core.stats.batches += 1
             if core.journal.events_since_snapshot >= core.snapshot_every and not core.journal_error:
-                data = core.ledger.to_snapshot()
                 try:
+                    # A batch of fills alone left its records unsynced: sync them first,
+                    # since a snapshot covers exactly what the journal holds.
+                    core.journal.commit()
+                    data = core.ledger.to_snapshot()
                     await trio.to_thread.run_sync(core.journal.write_snapshot, data)
                 except JournalWriteError as error:
                     core.fail_journal(error)

@@ -13,7 +13,7 @@ import trio
 from gateway.config import GatewayConfig
 from gateway.ledger import UNIT, Fill, Side
 from gateway.messages import ExchangeHealthChanged
-from gateway.service import Running, restore_state
+from gateway.service import Running, restore_state, run_gateway
 from mmapstore import Condition, StoreReader
 from tests.gateway.conftest import RawClient
 from tests.gateway.fake_exchange import FakeExchange
@@ -90,3 +90,26 @@ async def test_feed_down_is_flagged_to_readers(
         with trio.fail_after(2):
             while reader.writer_status().balances_may_be_stale:
                 await trio.sleep(0.01)
+
+
+async def test_periodic_snapshots_after_fill_only_batches(
+    config: GatewayConfig, exchange: FakeExchange, nursery: trio.Nursery
+) -> None:
+    """Fill-only batches leave records unsynced; the periodic snapshot must sync them first."""
+    config = GatewayConfig(**{**config.__dict__, "snapshot_every": 10})
+    running: Running = await nursery.start(run_gateway, config, exchange)
+    now = time.time_ns()
+    for n in range(45):
+        fill = Fill(f"T-snap-{n}", "BTC", "USD", Side.BUY, Decimal("0.01"), Decimal(100),
+                    userref=2, timestamp_ns=now + n)  # fmt: skip
+        await exchange.push_fill(fill)
+    with trio.fail_after(5):
+        while running.core.stats.fills_applied < 45:
+            await trio.sleep(0.01)
+    snapshots = list(config.state_dir.glob("snapshot-*.cbor"))
+    assert len(snapshots) == 1 and int(snapshots[0].stem.split("-")[1]) >= 40
+    running.stop.set()
+    await running.stopped.wait()
+    ledger, journal, _ = restore_state(config)
+    journal.close()
+    assert ledger.slots("BTC")[2] == 45 * UNIT // 100

@@ -1,0 +1,726 @@
+"""The benchmark suite: the gateway against the alternatives, how cost grows, one report.
+
+    .venv/bin/python tools/bench_suite.py [--smoke] [--out docs/benchmarks.md]
+
+`make bench` runs it in full (under 10 minutes on 2 cores) and writes
+``docs/benchmarks.md`` with PNG plots under ``docs/benchmarks/``; `--smoke`
+runs every section at a tiny size in seconds (part of `make test`). It folds
+in ``bench_read.py``, ``bench_commands.py`` and ``bench_fills.py`` rather
+than measuring the same things again. Cases compared with each other run in
+one process, side by side; numbers are medians (and p99) of repeated samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from multiprocessing import shared_memory
+from pathlib import Path
+from types import ModuleType
+
+import trio
+
+TOOLS = Path(__file__).resolve().parent
+ROOT = TOOLS.parent
+sys.path[:0] = [str(ROOT), str(TOOLS)]
+
+import bench_commands  # noqa: E402
+import bench_fills  # noqa: E402
+import bench_read  # noqa: E402
+
+import clients as hft  # noqa: E402
+from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem  # noqa: E402
+from gateway.config import GatewayConfig  # noqa: E402
+from gateway.events import FillApplied, TotalsSet, apply_event, encode_event  # noqa: E402
+from gateway.journal import Journal  # noqa: E402
+from gateway.ledger import UNIT, Fee, Fill, Ledger, Side  # noqa: E402
+from gateway.service import Running, run_gateway  # noqa: E402
+from mmapstore import StoreReader, StoreWriter, store_path  # noqa: E402
+
+Call = Callable[[], object]
+
+
+@dataclass
+class Plan:
+    """Sizes for a full run or a smoke run."""
+
+    smoke: bool
+    repetitions: int = 5
+    seconds: float = 0.2
+    currencies: tuple[int, ...] = (1, 10, 100, 1000)
+    readers: tuple[int, ...] = (1, 2, 4, 8)
+    writer_rates: tuple[str, ...] = ("idle", "1000/s", "full speed")
+    slots: tuple[int, ...] = (8, 32, 128)
+    clients: tuple[int, ...] = (1, 8, 32)
+    commands_per_client: int = 1500
+    fill_rates: tuple[int, ...] = (1000, 10000)
+    fill_seconds: float = 4.0
+    memory_fills: int = 1_000_000
+    journal_sizes: tuple[int, ...] = (100_000, 1_000_000)
+
+    @classmethod
+    def for_run(cls, smoke: bool) -> Plan:
+        if not smoke:
+            return cls(smoke=False)
+        return cls(
+            smoke=True,
+            repetitions=1,
+            seconds=0.02,
+            currencies=(1, 100),
+            readers=(1, 2),
+            writer_rates=("idle", "full speed"),
+            slots=(8, 32),
+            clients=(1, 2),
+            commands_per_client=20,
+            fill_rates=(200,),
+            fill_seconds=0.5,
+            memory_fills=3000,
+            journal_sizes=(2000,),
+        )
+
+
+@dataclass
+class Report:
+    sections: list[str] = field(default_factory=list)
+    plots: dict[str, Path] = field(default_factory=dict)
+    goals: list[tuple[str, str, bool]] = field(default_factory=list)
+
+    def table(self, title: str, header: list[str], rows: list[list[str]], note: str = "") -> None:
+        lines = [f"## {title}", ""]
+        if note:
+            lines += [note, ""]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        self.sections.append("\n".join(lines))
+
+    def goal(self, what: str, measured: str, met: bool) -> None:
+        self.goals.append((what, measured, met))
+
+
+def median_p99(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def measure(cases: dict[str, tuple[Call, int]], plan: Plan) -> dict[str, list[float]]:
+    """Interleave the cases over the repetitions; per-call µs samples for each."""
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(plan.repetitions):
+        for name, (call, batch) in cases.items():
+            samples[name] += bench_read.time_batches(call, plan.seconds, batch)
+    return samples
+
+
+def store_with(directory: Path, currencies: int, slots: int = 8) -> Path:
+    path = store_path("kraken", directory)
+    with StoreWriter.open(
+        path, exchange="kraken", strategy_count=slots, capacity=max(currencies, 16)
+    ) as writer:
+        for n in range(currencies):
+            name = "USD" if n == currencies - 1 else f"C{n}"
+            writer.publish_decimal(name, [Decimal(100000), Decimal(100000)] + [0] * (slots - 2))
+        writer.mark_live()
+    return path
+
+
+# -- read path --------------------------------------------------------------------------
+
+
+def read_path(plan: Plan, report: Report, work: Path) -> None:
+    print("read path ...", flush=True)
+    os.environ["HFT_SHM_DIR"] = str(work)
+    store_with(work, 5)
+    manager = hft.StrategyBalanceManager(hft.Exchange.KRAKEN)
+    reader = manager._reader
+    assert reader is not None
+    entry = reader._index.get("USD") or reader._locate("USD")
+    floor_struct = struct.Struct("<d")
+    mm, floor_at = reader._mm, (entry[1] + 1) * 8
+    shm = shared_memory.SharedMemory(create=True, size=64)
+    shm_buffer = shm.buf
+    assert shm_buffer is not None
+    floor_struct.pack_into(shm_buffer, 8, 100000.0)
+    usd = hft.Currency.USD
+    cases: dict[str, tuple[Call, int]] = {
+        "floor: struct.unpack_from on the mapping": (
+            lambda: floor_struct.unpack_from(mm, floor_at),
+            200,
+        ),
+        "get_balance": (lambda: manager.get_balance(usd, 1), 200),
+        "get_balances (8 slots)": (lambda: manager.get_balances(usd), 200),
+        "multiprocessing.shared_memory + struct (no seqlock)": (
+            lambda: floor_struct.unpack_from(shm_buffer, 8),
+            200,
+        ),
+    }
+    servers: list[subprocess.Popen[bytes] | subprocess.Popen[str]] = []
+    redis_case = bench_read.start_redis(work)
+    if redis_case is not None:
+        process, get = redis_case
+        servers.append(process)
+        import redis  # noqa: PLC0415 - optional, as in bench_read
+
+        client = redis.Redis(unix_socket_path=str(work / "redis.sock"))
+        client.hset("balances:kraken:USD", "1", "100000")
+        cases["Redis GET (Unix socket)"] = (get, 1)
+        cases["Redis HGET (Unix socket)"] = (lambda: client.hget("balances:kraken:USD", "1"), 1)
+    socket_server, socket_call = bench_read.start_socket_server(work)
+    servers.append(socket_server)
+    cases["Unix-socket request/response (bare)"] = (socket_call, 1)
+    run_dir = Path(tempfile.mkdtemp(prefix="hft-"))
+    gateway_root = work / "gateway"
+    gateway_root.mkdir()
+    gateway = bench_commands.start_gateway(gateway_root, run_dir, None)
+    system = IPCCommandSystem("bench", run_dir=run_dir)
+    system.start()
+    query = {"cmd": "query", "currency": "USD"}
+    cases["gateway `query` over its socket"] = (
+        lambda: system.send_command_blocking("kraken_gateway", KRAKEN_STRATEGY_BALANCE_CMD, query),
+        1,
+    )
+    try:
+        samples = measure(cases, plan)
+    finally:
+        system.close()
+        for server in [*servers, gateway]:
+            server.terminate()
+            server.wait()
+        shm.close()
+        shm.unlink()
+        manager.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    base, _ = median_p99(samples["get_balance"])
+    floor, _ = median_p99(samples["floor: struct.unpack_from on the mapping"])
+    rows = []
+    for name, values in samples.items():
+        median, p99 = median_p99(values)
+        rows.append([name, f"{median:.3f}", f"{p99:.3f}", f"{median / base:.1f}x"])
+    report.table(
+        "Read path",
+        ["case", "median µs", "p99 µs", "÷ get_balance"],
+        rows,
+        "Writer idle. Fast cases timed in batches of 200 calls (p99 of batch means); round "
+        "trips one by one.",
+    )
+    if "Redis GET (Unix socket)" in samples:
+        redis_median, _ = median_p99(samples["Redis GET (Unix socket)"])
+        report.goal(
+            "read ≥ 100x faster than Redis GET",
+            f"{redis_median / base:.0f}x",
+            redis_median / base >= 100,
+        )
+    report.goal("read within 3x of the unpack floor", f"{base / floor:.1f}x", base / floor <= 3)
+    names = list(samples)
+    medians = [median_p99(samples[n])[0] for n in names]
+    report.plots["read_path"] = bar_plot(work, "read_path", names, medians, "median µs (log)")
+
+
+# -- scaling ---------------------------------------------------------------------------
+
+
+def read_worker(path: str, seconds: float) -> None:
+    """A reader process: time get_balance for ``seconds``; print the median µs."""
+    reader = StoreReader(path)
+    samples = bench_read.time_batches(lambda: reader.slot_float("USD", 1), seconds, 200)
+    print(json.dumps({"median": statistics.median(samples)}), flush=True)
+
+
+def write_worker(path: str, rate: float, seconds: float) -> None:
+    """Rewrite USD at ``rate`` per second (0: as fast as possible) for ``seconds``."""
+    # The smallest capacity, so the file the readers map is reused, never replaced.
+    writer = StoreWriter.open(path, exchange="kraken", strategy_count=8, capacity=1)
+    index = writer.currencies["USD"]
+    writer.mark_live()
+    values = [10**23, 10**23] + [0] * 6
+    deadline = time.monotonic() + seconds
+    interval = 1 / rate if rate else 0.0
+    next_at = time.monotonic()
+    print("READY", flush=True)
+    while time.monotonic() < deadline:
+        writer.publish(index, values)
+        if interval:
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    writer.close()
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
+
+
+def scaling(plan: Plan, report: Report, work: Path) -> None:
+    print("scaling ...", flush=True)
+    rows: list[list[str]] = []
+    by_currencies: list[float] = []
+    for count in plan.currencies:
+        directory = work / f"cur{count}"
+        directory.mkdir()
+        with StoreReader(store_with(directory, count)) as reader:
+            median, p99 = median_p99(
+                measure({"x": (lambda: reader.slot_float("USD", 1), 200)}, plan)["x"]
+            )
+        by_currencies.append(median)
+        rows.append([f"{count} currencies", f"{median:.3f}", f"{p99:.3f}"])
+    spread = (max(by_currencies) - min(by_currencies)) / min(by_currencies)
+    report.goal(
+        "read flat (within 20%) from 1 to 1,000 currencies",
+        f"{spread * 100:.0f}% spread",
+        spread <= 0.2,
+    )
+    by_readers: list[float] = []
+    (work / "readers").mkdir()
+    path = store_with(work / "readers", 1)
+    for count in plan.readers:
+        workers = [
+            _spawn("--read-worker", str(path), str(plan.seconds * plan.repetitions))
+            for _ in range(count)
+        ]
+        medians = [json.loads(w.communicate()[0])["median"] for w in workers]
+        by_readers.append(statistics.median(medians))
+        rows.append(
+            [
+                f"{count} reader processes",
+                f"{statistics.median(medians):.3f}",
+                f"{max(medians):.3f} (slowest)",
+            ]
+        )
+    for label in plan.writer_rates:
+        rate = {"idle": None, "1000/s": 1000.0, "full speed": 0.0}[label]
+        writer = None
+        if rate is not None:
+            writer = _spawn(
+                "--write-worker", str(path), str(rate), str(plan.seconds * plan.repetitions * 3 + 5)
+            )
+            assert writer.stdout is not None
+            writer.stdout.readline()
+        with StoreReader(path) as reader:
+            median, p99 = median_p99(
+                measure({"x": (lambda: reader.slot_float("USD", 1), 200)}, plan)["x"]
+            )
+        if writer is not None:
+            writer.kill()
+            writer.wait()
+        rows.append([f"writer {label}", f"{median:.3f}", f"{p99:.3f}"])
+    for slots in plan.slots:
+        directory = work / f"slots{slots}"
+        directory.mkdir()
+        with StoreReader(store_with(directory, 1, slots)) as reader:
+            median, p99 = median_p99(measure({"x": (lambda: reader.floats("USD"), 200)}, plan)["x"])
+        rows.append([f"get_balances, {slots} slots", f"{median:.3f}", f"{p99:.3f}"])
+    report.table(
+        "Scaling of reads",
+        ["case", "median µs", "p99 µs"],
+        rows,
+        "get_balance unless said otherwise.",
+    )
+    report.plots["read_by_currencies"] = line_plot(
+        work,
+        "read_by_currencies",
+        list(plan.currencies),
+        by_currencies,
+        "currencies in the store",
+        "get_balance median µs",
+        log_x=True,
+    )
+    report.plots["read_by_readers"] = line_plot(
+        work,
+        "read_by_readers",
+        list(plan.readers),
+        by_readers,
+        "reader processes",
+        "get_balance median µs",
+    )
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def commands(plan: Plan, report: Report, work: Path) -> None:
+    print("commands ...", flush=True)
+    root = work / "commands"
+    root.mkdir()
+    run_dir = Path(tempfile.mkdtemp(prefix="hft-"))
+    gateway = bench_commands.start_gateway(root, run_dir, None)
+    rows = []
+    rates = []
+    try:
+        floor_median, floor_p99 = median_p99(
+            bench_commands.fsync_floor(root, 300 if not plan.smoke else 20)
+        )
+        rows.append(
+            ["floor: 100-byte append + fsync", "", f"{floor_median:.0f}", f"{floor_p99:.0f}"]
+        )
+        for clients in plan.clients:
+            rate, latencies = trio.run(
+                bench_commands._concurrent, run_dir, clients, plan.commands_per_client
+            )
+            median, p99 = median_p99(latencies)
+            rates.append(rate)
+            rows.append([f"{clients} client(s)", f"{rate:,.0f}", f"{median:.0f}", f"{p99:.0f}"])
+    finally:
+        gateway.terminate()
+        gateway.wait()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    report.table(
+        "Durable commands",
+        ["case", "commands/s", "median µs", "p99 µs"],
+        rows,
+        "allocate/release pairs, each acknowledged after its fsync (group commit); Trio clients, "
+        "one connection each, in one process.",
+    )
+    if 8 in plan.clients:
+        eight = rates[plan.clients.index(8)]
+        report.goal(
+            "≥ 10,000 durable commands/s with 8 clients", f"{eight:,.0f}/s", eight >= 10_000
+        )
+    report.plots["commands"] = line_plot(
+        work, "commands", list(plan.clients), rates, "clients", "durable commands/s"
+    )
+
+
+# -- fills ----------------------------------------------------------------------------------
+
+
+def fills(plan: Plan, report: Report, work: Path) -> None:
+    print("fills ...", flush=True)
+    stack = bench_fills.Stack()
+    results = []
+    try:
+        for rate in plan.fill_rates:
+            results.append(bench_fills.run_rate(stack, rate, plan.fill_seconds))
+    finally:
+        stack.close()
+    rows = [
+        [
+            f"{r['rate']:,.0f}",
+            f"{r['delivered']:,.0f}",
+            f"{r['median_us']:,.0f}",
+            f"{r['p99_us']:,.0f}",
+            f"{r['achieved_per_s']:,.0f}",
+            f"{r['gateway_cpu_us_per_fill']:.0f}",
+        ]
+        for r in results
+    ]
+    report.table(
+        "Fills: exchange to visible",
+        ["offered/s", "delivered", "median µs", "p99 µs", "achieved/s", "gateway CPU µs/fill"],
+        rows,
+        "Simulator, gateway and a polling reader as three processes (tools/bench_fills.py).",
+    )
+    for r in results:
+        if r["rate"] == 10000:
+            report.goal(
+                "fills sustained ≥ 10,000/s",
+                f"{r['achieved_per_s']:,.0f}/s",
+                bench_fills.sustained(r),
+            )
+
+
+# -- memory and recovery --------------------------------------------------------------------
+
+
+def memory_worker(root: str, count: int) -> None:
+    """The real service (fake exchange at the edge) fed ``count`` fills; print RSS and CPU."""
+    sys.path.insert(0, str(ROOT))
+    from tests.gateway.fake_exchange import FakeExchange  # noqa: PLC0415 - tools only
+
+    base = Path(root)
+    config = GatewayConfig(
+        shm_dir=base, state_root=base / "state", run_dir=base / "run", reconcile_interval_s=0
+    )
+    exchange = FakeExchange({"USD": "1000000000", "BTC": "1000000"})
+
+    async def main() -> dict[str, float]:
+        async with trio.open_nursery() as nursery:
+            running: Running = await nursery.start(run_gateway, config, exchange)
+            start_cpu = time.process_time()
+            started = time.perf_counter()
+            now = time.time_ns()
+            for n in range(count):
+                side = Side.BUY if n % 2 == 0 else Side.SELL
+                await exchange.push_fill(
+                    Fill(
+                        f"T{n:09d}",
+                        "BTC",
+                        "USD",
+                        side,
+                        Decimal("0.001"),
+                        Decimal("60000.5"),
+                        (Fee("USD", Decimal("0.01")),),
+                        userref=2 + n % 3,
+                        timestamp_ns=now + n,
+                    )
+                )
+            while running.core.stats.fills_applied < count:
+                await trio.sleep(0.01)
+            elapsed = time.perf_counter() - started
+            cpu = time.process_time() - start_cpu
+            rss_kb = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0])
+            result = {
+                "fills": count,
+                "seconds": elapsed,
+                "cpu_us_per_fill": cpu / count * 1e6,
+                "rss_mb": rss_kb / 1024,
+                "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "fill_ids_kept": len(running.core.ledger.applied.ids),
+            }
+            running.stop.set()
+            return result
+
+    print(json.dumps(trio.run(main)), flush=True)
+
+
+def startup_worker(root: str) -> None:
+    """Time a gateway from nothing to ready on the state in ``root`` (fake exchange)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.gateway.fake_exchange import FakeExchange  # noqa: PLC0415 - tools only
+
+    base = Path(root)
+    config = GatewayConfig(
+        shm_dir=base, state_root=base / "state", run_dir=base / "run", reconcile_interval_s=0
+    )
+
+    async def main() -> float:
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            running: Running = await nursery.start(
+                run_gateway, config, FakeExchange({"USD": "1", "BTC": "1"})
+            )
+            ready = time.perf_counter() - started
+            running.stop.set()
+        return ready
+
+    print(json.dumps({"seconds": trio.run(main)}), flush=True)
+
+
+def build_journal(root: Path, events: int, snapshot: bool) -> None:
+    """A state directory of ``events`` journalled fills (and optionally a snapshot of them)."""
+    ledger = Ledger(8)
+    journal, _ = Journal.open(root / "state" / "kraken", lambda s: None, lambda p: None)
+    first = TotalsSet({"USD": 10**9 * UNIT, "BTC": 10**6 * UNIT})
+    apply_event(ledger, first)
+    journal.append(encode_event(first))
+    base = time.time_ns() - events * 1000
+    for n in range(events):
+        fill = Fill(
+            f"T{n:09d}",
+            "BTC",
+            "USD",
+            Side.BUY if n % 2 else Side.SELL,
+            Decimal("0.001"),
+            Decimal("60000.5"),
+            (Fee("USD", Decimal("0.01")),),
+            userref=2 + n % 3,
+            timestamp_ns=base + n * 1000,
+        )
+        event = FillApplied(fill)
+        if snapshot:
+            apply_event(ledger, event)
+        journal.append(encode_event(event))
+        if n % 20_000 == 0:
+            journal.commit()
+    journal.commit()
+    if snapshot:
+        journal.write_snapshot(ledger.to_snapshot())
+    journal.close()
+
+
+def memory_and_recovery(plan: Plan, report: Report, work: Path) -> None:
+    print("memory ...", flush=True)
+    root = work / "memory"
+    root.mkdir()
+    out, _ = _spawn("--memory-worker", str(root), str(plan.memory_fills)).communicate(timeout=1800)
+    memory = json.loads(out)
+    report.table(
+        "Memory and CPU under fills",
+        ["fills", "seconds", "CPU µs/fill", "RSS MB", "max RSS MB", "fill ids kept"],
+        [
+            [
+                f"{memory['fills']:,}",
+                f"{memory['seconds']:.1f}",
+                f"{memory['cpu_us_per_fill']:.0f}",
+                f"{memory['rss_mb']:.0f}",
+                f"{memory['max_rss_mb']:.0f}",
+                f"{memory['fill_ids_kept']:,}",
+            ]
+        ],
+        "The real service in one process, fills pushed into its writer channel as fast as it takes "
+        "them (no websocket): what the ledger, journal and store cost per fill.",
+    )
+    if memory["fills"] >= 1_000_000:
+        report.goal(
+            "gateway RSS ≤ 100 MB after 1,000,000 fills",
+            f"{memory['max_rss_mb']:.0f} MB",
+            memory["max_rss_mb"] <= 100,
+        )
+    print("startup ...", flush=True)
+    rows = []
+    for events in plan.journal_sizes:
+        for snapshot in (False, True):
+            state = work / f"journal-{events}-{snapshot}"
+            state.mkdir()
+            build_journal(state, events, snapshot)
+            out, _ = _spawn("--startup-worker", str(state)).communicate(timeout=1800)
+            seconds = json.loads(out)["seconds"]
+            rows.append([f"{events:,}", "yes" if snapshot else "no", f"{seconds:.2f}"])
+            if events == 1_000_000:
+                kind = "with" if snapshot else "without"
+                report.goal(
+                    f"restart to ready ≤ 2 s with 1,000,000 events ({kind} a snapshot)",
+                    f"{seconds:.1f} s",
+                    seconds <= 2,
+                )
+    report.table(
+        "Startup and recovery",
+        ["journalled events", "snapshot", "seconds to ready"],
+        rows,
+        "From start to balances published and the socket open: lock, restore (snapshot + replay), "
+        "bootstrap. The gateway writes a snapshot every 100,000 events and on every clean stop, so "
+        "in operation a restart replays at most 100,000 events.",
+    )
+
+
+# -- plots and report ------------------------------------------------------------------------
+
+
+def _pyplot() -> ModuleType:
+    import matplotlib  # noqa: PLC0415 - optional: the bench extra installs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def bar_plot(work: Path, name: str, labels: list[str], values: list[float], ylabel: str) -> Path:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    axis.barh(labels, values, color="#4477aa")
+    axis.set_xscale("log")
+    axis.set_xlabel(ylabel)
+    for y, value in enumerate(values):
+        axis.text(value, y, f" {value:.3g}", va="center", fontsize=8)
+    figure.tight_layout()
+    path = work / f"{name}.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def line_plot(
+    work: Path,
+    name: str,
+    xs: list[int],
+    ys: list[float],
+    xlabel: str,
+    ylabel: str,
+    *,
+    log_x: bool = False,
+) -> Path:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(xs, ys, marker="o", color="#4477aa")
+    if log_x:
+        axis.set_xscale("log")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path = work / f"{name}.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write_report(report: Report, out: Path, plan: Plan, elapsed: float) -> None:
+    images = out.parent / out.stem
+    images.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `python tools/bench_suite.py{' --smoke' if plan.smoke else ''}` "
+        f"in {elapsed / 60:.1f} min on {os.cpu_count()} CPUs, Python {platform.python_version()}. "
+        "Machines are shared and noisy: compare rows of one run, not runs.",
+        "",
+        "## Goals",
+        "",
+        "| goal | measured | |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {what} | {measured} | {'met' if met else '**missed**'} |"
+        for what, measured, met in report.goals
+    ]
+    lines.append("")
+    lines.append("Why the missed goals are missed, and the next steps: `docs/performance.md`.")
+    for section in report.sections:
+        lines += ["", section]
+    lines += ["", "## Plots", ""]
+    for name, path in report.plots.items():
+        target = images / path.name
+        shutil.copy(path, target)
+        lines.append(f"![{name}]({out.stem}/{target.name})")
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--smoke", action="store_true", help="every section, tiny, in seconds")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--read-worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--write-worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--startup-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    # The synthetic fills drive strategy slots below zero on purpose: no warning per crossing.
+    logging.basicConfig(level=logging.ERROR)
+    if args.read_worker:
+        read_worker(args.read_worker[0], float(args.read_worker[1]))
+        return
+    if args.write_worker:
+        write_worker(args.write_worker[0], float(args.write_worker[1]), float(args.write_worker[2]))
+        return
+    if args.memory_worker:
+        memory_worker(args.memory_worker[0], int(args.memory_worker[1]))
+        return
+    if args.startup_worker:
+        startup_worker(args.startup_worker)
+        return
+    plan = Plan.for_run(args.smoke)
+    report = Report()
+    work = Path(tempfile.mkdtemp(prefix="bench-suite-"))
+    started = time.monotonic()
+    try:
+        for section in (read_path, scaling, commands, fills, memory_and_recovery):
+            directory = work / section.__name__
+            directory.mkdir()
+            section(plan, report, directory)
+    finally:
+        elapsed = time.monotonic() - started
+    write_report(report, args.out, plan, elapsed)
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {args.out} in {elapsed:.0f} s")
+    for what, measured, met in report.goals:
+        print(f"  {'met   ' if met else 'MISSED'} {what}: {measured}")
+
+
+if __name__ == "__main__":
+    main()
