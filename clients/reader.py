@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
@@ -170,6 +171,10 @@ class StrategyBalanceManager:
         self.strategy_count = strategy_count
         self.path = store_path(self.exchange.value, shm_dir)
         self._reader: StoreReader | None = None
+        # get_balance is an attribute: while the manager and the store agree on the slot
+        # count it is the reader's own seqlock read, one Python call on the hot path
+        # instead of two (0.28 -> ~0.2 µs, docs/performance.md).
+        self.get_balance: Callable[..., float] = self._get_balance
         if os.path.exists(self.path):
             self._connect()
 
@@ -183,6 +188,8 @@ class StrategyBalanceManager:
                 "or start the gateway with more"
             )
         self._reader = reader
+        if self.strategy_count == reader.strategy_count:
+            self.get_balance = reader.slot_float
         return reader
 
     def _check_index(self, index: int) -> None:
@@ -192,7 +199,7 @@ class StrategyBalanceManager:
                 f"0..{self.strategy_count - 1}"
             )
 
-    def get_balance(self, currency: Currency | str, index: int = 0) -> float:
+    def _get_balance(self, currency: Currency | str, index: int = 0) -> float:
         """Slot ``index`` of ``currency`` as a float (index 0 total, 1 available)."""
         reader = self._reader or self._connect()
         if not 0 <= index < self.strategy_count:
@@ -232,3 +239,4 @@ class StrategyBalanceManager:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self.get_balance = self._get_balance

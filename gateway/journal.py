@@ -67,15 +67,19 @@ class _Scan:
     problem: str
 
 
-def scan_records(data: bytes) -> _Scan:
-    """Split ``data`` into record payloads up to the first torn or corrupt one."""
+def scan_records(data: bytes, max_record: int = MAX_RECORD_BYTES) -> _Scan:
+    """Split ``data`` into record payloads up to the first torn or corrupt one.
+
+    ``max_record`` guards the journal against reading a corrupt length as a huge
+    record; a snapshot, one record as large as its file, passes its own size.
+    """
     records: list[bytes] = []
     pos = 0
     while pos < len(data):
         if len(data) - pos < RECORD_HEADER.size:
             return _Scan(records, pos, "torn record header")
         length, crc = RECORD_HEADER.unpack_from(data, pos)
-        if length > MAX_RECORD_BYTES:
+        if length > max_record:
             return _Scan(records, pos, f"impossible record length {length}")
         end = pos + RECORD_HEADER.size + length
         if end > len(data):
@@ -277,7 +281,8 @@ def _read_snapshot(path: Path) -> dict[str, object]:
     data = path.read_bytes()
     if not data.startswith(SNAPSHOT_MAGIC):
         raise ValueError("bad magic")
-    scan = scan_records(data[len(SNAPSHOT_MAGIC) :])
+    body = data[len(SNAPSHOT_MAGIC) :]
+    scan = scan_records(body, max_record=len(body))
     if scan.problem or len(scan.records) != 1:
         raise ValueError(scan.problem or "expected exactly one record")
     body = cbor2.loads(scan.records[0])

@@ -262,20 +262,20 @@ class StoreReader:
 
     # -- reads ------------------------------------------------------------------
 
-    def slot_float(self, currency: str, slot: int) -> float:
-        """One slot's balance as a float. The hot path: a dict lookup and three loads."""
+    def slot_float(self, currency: str, index: int = 0) -> float:
+        """Slot ``index``'s balance as a float. The hot path: a dict lookup and three loads."""
         try:
             entry = self._index[currency]
         except KeyError:
             entry = self._locate(currency)
-        if not 0 <= slot < self._strategy_count:
-            self._slot_out_of_range(slot)
+        if not 0 <= index < self._strategy_count:
+            self._slot_out_of_range(index)
         words = self._words
         seq_word = entry[0]
         seq = words[seq_word]
-        value = self._floats[entry[1] + slot]
+        value = self._floats[entry[1] + index]
         if seq & 1 or words[seq_word] != seq:
-            return self._settle(currency, lambda e: self._try_slot_float(e, slot))
+            return self._settle(currency, lambda e: self._try_slot_float(e, index))
         return value
 
     def _try_slot_float(self, entry: _Entry, slot: int) -> float | None:

@@ -10,7 +10,7 @@ import pytest
 from gateway.config import GatewayConfig
 from gateway.errors import JournalCorruptError
 from gateway.events import CommandApplied, FillApplied, TotalsSet, apply_event, encode_event
-from gateway.journal import RECORD_HEADER, Journal
+from gateway.journal import MAX_RECORD_BYTES, RECORD_HEADER, Journal
 from gateway.ledger import UNIT, BalanceCommand, CommandKind, Fill, Side
 from gateway.service import restore_state
 
@@ -139,3 +139,23 @@ def test_journal_opened_on_empty_directory_starts_at_zero(tmp_path: Path) -> Non
     journal, report = Journal.open(tmp_path / "new", lambda snapshot: None, lambda p: None)
     assert journal.next_seq == 0 and report.replayed == 0
     journal.close()
+
+
+def test_snapshot_of_many_megabytes_restores(tmp_path: Path) -> None:
+    """A snapshot is one record as large as its file: past the journal's 1 MiB record guard."""
+    config = _config(tmp_path)
+    ledger, journal, _ = restore_state(config)
+    event = TotalsSet({"USD": 1000 * UNIT, "BTC": 10 * UNIT})
+    apply_event(ledger, event)
+    journal.append(encode_event(event))
+    journal.commit()
+    for n in range(60_000):
+        ledger.applied.add(f"TXXXXX-YYYYY-{n:06d}", 1_700_000_000_000_000_000 + n)
+    journal.write_snapshot(ledger.to_snapshot())
+    journal.close()
+    (snapshot,) = config.state_dir.glob("snapshot-*.cbor")
+    assert snapshot.stat().st_size > MAX_RECORD_BYTES  # the guard the old reader applied
+    restored, journal, report = restore_state(config)
+    journal.close()
+    assert len(restored.applied.ids) == 60_000
+    assert report.snapshot_seq == 1
