@@ -9,6 +9,7 @@ or raises :class:`Refused` having changed nothing.
 from __future__ import annotations
 
 import decimal
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -100,10 +101,14 @@ class AppliedFills:
 
     The oldest ids are forgotten past ``capacity``; ``watermark_ns`` remembers
     the newest timestamp forgotten, and a fill at or before it counts as seen.
+    The order lives in a deque: taking the first key of a dict that has had
+    its front deleted over and over scans past every deleted slot (measured:
+    eviction grew to ~100 µs a fill after a million fills).
     """
 
     capacity: int = APPLIED_FILLS_KEPT
     ids: dict[str, int] = field(default_factory=dict)
+    order: deque[str] = field(default_factory=deque)
     watermark_ns: int = 0
 
     def seen(self, exec_id: str, timestamp_ns: int) -> bool:
@@ -112,10 +117,17 @@ class AppliedFills:
         return 0 < timestamp_ns <= self.watermark_ns
 
     def add(self, exec_id: str, timestamp_ns: int) -> None:
+        if exec_id not in self.ids:
+            self.order.append(exec_id)
         self.ids[exec_id] = timestamp_ns
-        while len(self.ids) > self.capacity:
-            oldest = next(iter(self.ids))
+        while len(self.order) > self.capacity:
+            oldest = self.order.popleft()
             self.watermark_ns = max(self.watermark_ns, self.ids.pop(oldest))
+
+    def restore(self, pairs: Iterable[tuple[str, int]], watermark_ns: int) -> None:
+        self.ids = dict(pairs)
+        self.order = deque(self.ids)
+        self.watermark_ns = watermark_ns
 
 
 def scale_exact(value: Decimal | int) -> int:
@@ -161,6 +173,7 @@ class Ledger:
         self.owners: dict[int, str] = {}
         self.applied = AppliedFills()
         self.replies: dict[str, tuple[tuple[object, ...], dict[str, object]]] = {}
+        self._reply_order: deque[str] = deque()  # see AppliedFills for why not dict order
         self.last_fill_ns = 0
         # When this ledger began: older fills are already in the exchange's balances.
         self.epoch_ns = 0
@@ -330,9 +343,11 @@ class Ledger:
     def remember_reply(
         self, request_id: str, fingerprint: tuple[object, ...], reply: dict[str, object]
     ) -> None:
+        if request_id not in self.replies:
+            self._reply_order.append(request_id)
         self.replies[request_id] = (fingerprint, reply)
-        while len(self.replies) > REPLIES_KEPT:
-            del self.replies[next(iter(self.replies))]
+        while len(self._reply_order) > REPLIES_KEPT:
+            self.replies.pop(self._reply_order.popleft(), None)
 
     def recall_reply(
         self, request_id: str, fingerprint: tuple[object, ...]
@@ -376,11 +391,13 @@ class Ledger:
         owners = data["owners"]
         assert isinstance(owners, dict)
         ledger.owners = {int(k): str(v) for k, v in owners.items()}
-        ledger.applied.ids = {str(k): _int(v) for k, v in _pairs(data["applied"])}
-        ledger.applied.watermark_ns = _int(data["watermark_ns"])
+        ledger.applied.restore(
+            ((str(k), _int(v)) for k, v in _pairs(data["applied"])), _int(data["watermark_ns"])
+        )
         replies = data["replies"]
         assert isinstance(replies, list)
         ledger.replies = {str(k): (tuple(f), dict(r)) for k, f, r in replies}
+        ledger._reply_order = deque(ledger.replies)
         ledger.last_fill_ns = _int(data["last_fill_ns"])
         ledger.epoch_ns = _int(data.get("epoch_ns", 0))
         ledger.check_invariant()
