@@ -24,7 +24,11 @@ UNIT: Final = 10**SCALE
 TOTAL: Final = 0
 AVAILABLE: Final = 1
 FIRST_STRATEGY: Final = 2
-APPLIED_FILLS_KEPT: Final = 200_000
+# Fill ids remembered exactly. Replays come from a reconnect's snapshot (the last 50
+# trades) and a catch-up's one-second overlap; anything older falls below the
+# watermark and still counts as seen. 50,000 ids are >= 5 s of fills at 10,000/s,
+# hours at ordinary rates, and ~8 MB (200,000 cost 32 MB and the RSS goal).
+APPLIED_FILLS_KEPT: Final = 50_000
 REPLIES_KEPT: Final = 100_000
 
 # Fill arithmetic (qty * price) needs more digits than Decimal's default 28.
