@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH: Final = 1024
 SLOW_COMMIT_S: Final = 0.05
-SNAPSHOT_EVERY_EVENTS: Final = 100_000
+SNAPSHOT_EVERY_EVENTS: Final = 50_000
 
 
 @dataclass
