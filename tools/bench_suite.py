@@ -68,6 +68,7 @@ class Plan:
     commands_per_client: int = 1500
     fill_rates: tuple[int, ...] = (1000, 10000)
     fill_seconds: float = 4.0
+    saturation_steps: tuple[int, ...] = (2000, 3000, 4000, 5000, 6000, 8000)
     memory_fills: int = 1_000_000
     journal_sizes: tuple[int, ...] = (100_000, 1_000_000)
 
@@ -87,6 +88,7 @@ class Plan:
             commands_per_client=20,
             fill_rates=(200,),
             fill_seconds=0.5,
+            saturation_steps=(),
             memory_fills=3000,
             journal_sizes=(2000,),
         )
@@ -401,9 +403,16 @@ def fills(plan: Plan, report: Report, work: Path) -> None:
     print("fills ...", flush=True)
     stack = bench_fills.Stack()
     results = []
+    saturation = 0
     try:
         for rate in plan.fill_rates:
             results.append(bench_fills.run_rate(stack, rate, plan.fill_seconds))
+        # The saturation point: step up until the gateway no longer keeps pace.
+        for rate in plan.saturation_steps:
+            result = bench_fills.run_rate(stack, rate, plan.fill_seconds / 2)
+            if not bench_fills.sustained(result):
+                break
+            saturation = rate
     finally:
         stack.close()
     rows = [
@@ -423,6 +432,12 @@ def fills(plan: Plan, report: Report, work: Path) -> None:
         rows,
         "Simulator, gateway and a polling reader as three processes (tools/bench_fills.py).",
     )
+    if plan.saturation_steps:
+        report.sections.append(
+            f"Saturation: the highest offered rate sustained (every fill delivered at pace, p99 "
+            f"under {bench_fills.SUSTAINED_P99_US / 1000:.0f} ms), stepping "
+            f"{', '.join(f'{r:,}' for r in plan.saturation_steps)} fills/s: **{saturation:,}/s**."
+        )
     for r in results:
         if r["rate"] == 10000:
             report.goal(

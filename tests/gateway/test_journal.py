@@ -11,7 +11,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import JournalCorruptError
 from gateway.events import CommandApplied, FillApplied, TotalsSet, apply_event, encode_event
 from gateway.journal import MAX_RECORD_BYTES, RECORD_HEADER, Journal
-from gateway.ledger import UNIT, BalanceCommand, CommandKind, Fill, Side
+from gateway.ledger import APPLIED_FILLS_KEPT, UNIT, BalanceCommand, CommandKind, Fill, Side
 from gateway.service import restore_state
 
 
@@ -149,7 +149,7 @@ def test_snapshot_of_many_megabytes_restores(tmp_path: Path) -> None:
     apply_event(ledger, event)
     journal.append(encode_event(event))
     journal.commit()
-    for n in range(60_000):
+    for n in range(APPLIED_FILLS_KEPT):
         ledger.applied.add(f"TXXXXX-YYYYY-{n:06d}", 1_700_000_000_000_000_000 + n)
     journal.write_snapshot(ledger.to_snapshot())
     journal.close()
@@ -157,5 +157,5 @@ def test_snapshot_of_many_megabytes_restores(tmp_path: Path) -> None:
     assert snapshot.stat().st_size > MAX_RECORD_BYTES  # the guard the old reader applied
     restored, journal, report = restore_state(config)
     journal.close()
-    assert len(restored.applied.ids) == 60_000
+    assert len(restored.applied.ids) == APPLIED_FILLS_KEPT
     assert report.snapshot_seq == 1
