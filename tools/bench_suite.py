@@ -434,7 +434,7 @@ def fills(plan: Plan, report: Report, work: Path) -> None:
     )
     if plan.saturation_steps:
         report.sections.append(
-            f"Saturation: the highest offered rate sustained (every fill delivered at pace, p99 "
+            f"Saturation: the highest offered rate sustained (every fill delivered, p99 lag "
             f"under {bench_fills.SUSTAINED_P99_US / 1000:.0f} ms), stepping "
             f"{', '.join(f'{r:,}' for r in plan.saturation_steps)} fills/s: **{saturation:,}/s**."
         )
