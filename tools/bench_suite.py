@@ -70,7 +70,7 @@ class Plan:
     fill_seconds: float = 4.0
     saturation_steps: tuple[int, ...] = (2000, 3000, 4000, 5000, 6000, 8000)
     memory_fills: int = 1_000_000
-    journal_sizes: tuple[int, ...] = (100_000, 1_000_000)
+    journal_sizes: tuple[int, ...] = (50_000, 100_000, 1_000_000)
 
     @classmethod
     def for_run(cls, smoke: bool) -> Plan:
