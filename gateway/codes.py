@@ -20,8 +20,6 @@ class ErrorCode(StrEnum):
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     SLOT_OWNED = "SLOT_OWNED"  # the slot belongs to another strategy
     # The gateway's condition.
-    NOT_READY = "NOT_READY"  # still bootstrapping
     PERMISSION_DENIED = "PERMISSION_DENIED"  # peer uid not allowed
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
     UNAVAILABLE = "UNAVAILABLE"  # the journal cannot be written: nothing was changed
-    SHUTTING_DOWN = "SHUTTING_DOWN"

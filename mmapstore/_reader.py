@@ -25,7 +25,6 @@ from mmapstore._layout import (
     R_UPDATED_NS,
     RETIRED_SEQ,
     Condition,
-    Geometry,
     WriterState,
     from_scaled,
     join_int128,
@@ -425,7 +424,3 @@ class StoreReader:
             return os.stat(self.path).st_ino != self._inode
         except FileNotFoundError:
             return False
-
-    @property
-    def geometry(self) -> Geometry:
-        return self._geometry
