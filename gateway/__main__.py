@@ -27,12 +27,14 @@ from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, krake
 from gateway.config import GatewayConfig
 from gateway.demo import run_demo
 from gateway.errors import GatewayError
+from gateway.exchanges.kraken.ratelimit import DEFAULT_TIER, TIERS, tier_named
 from gateway.exchanges.kraken.rest import KRAKEN_REST_URL, KrakenRestClient
 from gateway.exchanges.kraken.session import KRAKEN_WS_URL, KrakenSession
 from gateway.exchanges.kraken.signing import NonceSource
 from gateway.service import ExchangeSession, run_gateway
 from gateway.sim.exchange import SimExchange
-from gateway.sim.server import Simulator, run_simulator
+from gateway.sim.server import PERMISSIONS as SIM_PERMISSIONS
+from gateway.sim.server import SimRules, Simulator, run_simulator
 from gateway.view import gather, render, render_panel
 from mmapstore import Condition, StoreLockedError, StoreReader, store_path
 
@@ -51,7 +53,22 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-async def serve(config: GatewayConfig, exchange: ExchangeSession) -> None:
+def write_ready_file(path: Path, config: GatewayConfig) -> None:
+    """Tell a supervisor (or a test) the gateway is ready: JSON, written atomically."""
+    facts = {
+        "pid": os.getpid(),
+        "socket": str(config.socket_path),
+        "store": str(config.store_path),
+        "state_dir": str(config.state_dir),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(facts) + "\n")
+    tmp.replace(path)
+
+
+async def serve(
+    config: GatewayConfig, exchange: ExchangeSession, ready_file: Path | None = None
+) -> None:
     """Run the gateway in the foreground until SIGINT or SIGTERM, then stop it cleanly.
 
     Signals stay caught until the gateway has stopped: a second one during the
@@ -60,6 +77,8 @@ async def serve(config: GatewayConfig, exchange: ExchangeSession) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             running = await nursery.start(run_gateway, config, exchange)
+            if ready_file is not None:
+                write_ready_file(ready_file, config)
 
             async def stop_on_signals() -> None:
                 async for signum in signals:
@@ -91,6 +110,7 @@ def _run_config(args: argparse.Namespace) -> GatewayConfig:
         metrics_port=args.metrics_port,
         rest_url=args.rest_url,
         ws_url=args.ws_url,
+        kraken_tier=args.kraken_tier,
     )
 
 
@@ -107,9 +127,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         nonces = NonceSource(config.state_dir / "kraken.nonce")
         async with KrakenRestClient(
-            config.rest_url, api_key=api_key, api_secret=api_secret, nonces=nonces
+            config.rest_url,
+            api_key=api_key,
+            api_secret=api_secret,
+            nonces=nonces,
+            tier=tier_named(config.kraken_tier),
         ) as rest:
-            await serve(config, KrakenSession(rest, config.ws_url))
+            await serve(config, KrakenSession(rest, config.ws_url), args.ready_file)
 
     trio.run(main)
     return 0
@@ -127,7 +151,22 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         keys["api_key"] = args.api_key
     if args.api_secret:
         keys["api_secret"] = args.api_secret
-    simulator = Simulator(SimExchange.funded(balances, **keys))
+    permissions = frozenset(p for p in args.permissions.split(",") if p)
+    unknown = permissions - set(SIM_PERMISSIONS)
+    if unknown:
+        raise SystemExit(
+            f"gateway sim: unknown permission(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(SIM_PERMISSIONS)}"
+        )
+    if args.latency_ms < 0 or args.jitter_ms < 0:
+        raise SystemExit("gateway sim: --latency-ms and --jitter-ms must not be negative")
+    rules = SimRules(
+        latency_s=args.latency_ms / 1000,
+        jitter_s=args.jitter_ms / 1000,
+        tier=None if args.tier == "unlimited" else tier_named(args.tier),
+        permissions=permissions,
+    )
+    simulator = Simulator(SimExchange.funded(balances, **keys), rules)
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -275,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, default=None, help="a TOML file (docs/operations.md)")
     run.add_argument("--rest-url", default=None, help=f"default {KRAKEN_REST_URL}")
     run.add_argument("--ws-url", default=None, help=f"default {KRAKEN_WS_URL}")
+    run.add_argument(
+        "--ready-file", type=Path, default=None, help="gets JSON (pid, socket, store) once ready"
+    )
+    run.add_argument(
+        "--kraken-tier",
+        default=None,
+        choices=sorted(TIERS),
+        help=f"the account's verification tier, which sets Kraken's API counter ({DEFAULT_TIER})",
+    )
     run.set_defaults(handler=_cmd_run)
 
     sim = sub.add_parser("sim", help="run the Kraken-compatible simulator")
@@ -285,6 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--api-secret", default=None)
     sim.add_argument("--balances", default=None, help='JSON, e.g. \'{"USD": 1000, "BTC": 1}\'')
     sim.add_argument("--ready-file", type=Path, default=None)
+    sim.add_argument(
+        "--tier",
+        default=DEFAULT_TIER,
+        choices=[*sorted(TIERS), "unlimited"],
+        help=f"the API counter to enforce, as Kraken does per tier ({DEFAULT_TIER})",
+    )
+    sim.add_argument("--latency-ms", type=float, default=0.0, help="REST round trip added")
+    sim.add_argument("--jitter-ms", type=float, default=0.0, help="random extra, per request")
+    sim.add_argument(
+        "--permissions",
+        default=",".join(SIM_PERMISSIONS),
+        help="the key's permissions, comma-separated (default: all)",
+    )
     sim.set_defaults(handler=_cmd_sim)
 
     cmd = sub.add_parser("cmd", help="send one allocate / release / adjust command")

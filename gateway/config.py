@@ -11,6 +11,7 @@ from typing import Final
 
 from clients.command import default_run_dir
 from gateway.errors import ConfigError
+from gateway.exchanges.kraken.ratelimit import tier_named
 from gateway.reconciler import RECHECK_S
 from mmapstore import DEFAULT_STRATEGY_COUNT, store_path
 
@@ -58,6 +59,7 @@ class GatewayConfig:
             raise ConfigError("reconcile intervals must be positive (0 turns reconciling off)")
         if self.max_connections < 1:
             raise ConfigError("max_connections must be at least 1")
+        tier_named(self.kraken_tier)  # raises ConfigError naming the known tiers
 
     @property
     def service(self) -> str:
@@ -77,6 +79,7 @@ class GatewayConfig:
 
     rest_url: str = "https://api.kraken.com"
     ws_url: str = "wss://ws-auth.kraken.com/v2"
+    kraken_tier: str = "starter"  # the account's tier: Kraken's API counter for its key
 
     @classmethod
     def from_env(
@@ -131,6 +134,7 @@ _FILE_KEYS: Final[dict[str, tuple[str, type | tuple[type, ...]]]] = {
     "metrics_port": ("metrics_port", int),
     "kraken.rest_url": ("rest_url", str),
     "kraken.ws_url": ("ws_url", str),
+    "kraken.tier": ("kraken_tier", str),
 }
 
 

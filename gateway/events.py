@@ -181,6 +181,7 @@ def encode_event(event: Event) -> bytes:
                 "ts": f.timestamp_ns,
                 "order": f.order_id,
                 "clid": f.cl_ord_id,
+                "cost": None if f.cost is None else str(f.cost),
             }
         case TotalsSet(totals=totals):
             body = {_KIND: "totals", "totals": dict(totals)}
@@ -221,6 +222,7 @@ def decode_event(data: bytes) -> Event:
             timestamp_ns=body["ts"],
             order_id=body["order"],
             cl_ord_id=body["clid"],
+            cost=None if body.get("cost") is None else Decimal(body["cost"]),
         )
         return FillApplied(fill)
     if kind == "totals":

@@ -88,6 +88,8 @@ class Fill:
     timestamp_ns: int = 0
     order_id: str = ""
     cl_ord_id: str | None = None
+    # The quote leg as the exchange booked it; None books qty * price (older journals).
+    cost: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +272,11 @@ class Ledger:
 
     # -- fills ------------------------------------------------------------------
 
+    @property
+    def position_ns(self) -> int:
+        """The moment up to which this ledger holds every fill: its epoch or last fill."""
+        return max(self.epoch_ns, self.last_fill_ns)
+
     def fill_slot(self, userref: int | None) -> int:
         if userref is not None and FIRST_STRATEGY <= userref < self.strategy_count:
             return userref
@@ -288,7 +295,7 @@ class Ledger:
             self.applied.add(fill.exec_id, fill.timestamp_ns)
             return None
         slot = self.fill_slot(fill.userref)
-        cost = _EXACT.multiply(fill.qty, fill.price)
+        cost = fill.cost if fill.cost is not None else _EXACT.multiply(fill.qty, fill.price)
         sign = 1 if fill.side is Side.BUY else -1
         deltas: dict[str, int] = {}
         for currency, delta in (

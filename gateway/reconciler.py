@@ -119,6 +119,15 @@ async def run_reconciler(
             await trio.sleep(delay)
             before = fills_applied()
             connection = feed_connection()
+            if connection is None:
+                # Without a live, caught-up fill stream a difference may be fills on their
+                # way, so nothing could be concluded: spare the REST call (and the API
+                # counter a catch-up is using).
+                status.state = "feed-down"
+                suspects = {}
+                status.suspects = {}
+                delay = recheck_s
+                continue
             try:
                 totals = await exchange.fetch_totals()
             except ExchangeError as exc:
@@ -138,7 +147,7 @@ async def run_reconciler(
             errors_in_a_row = 0
             status.passes += 1
             status.last_pass_ns = clock_ns()
-            if connection is None or feed_connection() != connection:
+            if feed_connection() != connection:
                 # Without a live, caught-up fill stream, a difference may be fills on
                 # their way: nothing is suspected, let alone corrected.
                 status.state = "feed-down"

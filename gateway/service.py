@@ -51,13 +51,14 @@ class ExchangeSession(Protocol):
         self,
         send: trio.MemorySendChannel[WriterMessage],
         *,
-        last_fill_ns: Callable[[], int],
+        position_ns: Callable[[], int],
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Stream fills to ``send`` (owned and closed by it) until cancelled.
 
-        ``started()`` once subscribed and caught up (fills missed since
-        ``last_fill_ns()`` sent), so no fill after that moment is missed.
+        ``started()`` once subscribed and caught up: every fill since
+        ``position_ns()`` (the ledger's epoch or last fill, whichever is later)
+        sent, so no fill after that moment is missed, however long that takes.
         """
         ...
 
@@ -162,7 +163,7 @@ async def run_gateway(
             async with send, trio.open_nursery() as producers:
                 # Subscribe to fills before the REST snapshot, so no fill falls between them.
                 await producers.start(
-                    partial(exchange.run_fills, last_fill_ns=lambda: ledger.last_fill_ns),
+                    partial(exchange.run_fills, position_ns=lambda: ledger.position_ns),
                     send.clone(),
                 )
                 await _bootstrap(exchange, send, core)

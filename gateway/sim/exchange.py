@@ -11,13 +11,14 @@ import base64
 import hmac
 import itertools
 import json
+import random
 import re
 import secrets
 import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from typing import Final
 
 from gateway.exchanges.kraken.parsing import format_timestamp
@@ -51,11 +52,11 @@ class SimPair:
 PAIRS: Final = {
     p.key: p
     for p in (
-        SimPair("XXBTZUSD", "XBTUSD", "XXBT", "ZUSD", Decimal("60000.0")),
-        SimPair("XETHZUSD", "XETHUSD", "XETH", "ZUSD", Decimal("3000.00")),
-        SimPair("XBTUSDT", "XBTUSDT", "XXBT", "USDT", Decimal("60010.0")),
-        SimPair("ETHUSDT", "ETHUSDT", "XETH", "USDT", Decimal("3001.00")),
-        SimPair("XBTUSDC", "XBTUSDC", "XXBT", "USDC", Decimal("60005.0")),
+        SimPair("XXBTZUSD", "XBTUSD", "XXBT", "ZUSD", Decimal("60000.1")),
+        SimPair("XETHZUSD", "XETHUSD", "XETH", "ZUSD", Decimal("3000.37")),
+        SimPair("XBTUSDT", "XBTUSDT", "XXBT", "USDT", Decimal("60010.3")),
+        SimPair("ETHUSDT", "ETHUSDT", "XETH", "USDT", Decimal("3001.01")),
+        SimPair("XBTUSDC", "XBTUSDC", "XXBT", "USDC", Decimal("60005.7")),
     )
 }
 DEFAULT_BALANCES: Final = {
@@ -108,12 +109,26 @@ class Trade:
     cl_ord_id: str | None
     time_ns: int
     trade_id: int
+    # The order so far, this trade included (an order may fill in several trades).
+    cum_qty: Decimal = Decimal(0)
+    cum_cost: Decimal = Decimal(0)
+    order_qty: Decimal = Decimal(0)
+
+    @property
+    def completes_order(self) -> bool:
+        return self.cum_qty >= self.order_qty
+
+    def _tags(self, item: dict[str, object]) -> dict[str, object]:
+        if self.cl_ord_id is not None:
+            item["cl_ord_id"] = self.cl_ord_id
+        else:
+            item["order_userref"] = self.userref or 0
+        return item
 
     def execution(self) -> dict[str, object]:
-        """The WS v2 ``executions`` item of this trade."""
-        item: dict[str, object] = {
+        """The WS v2 ``executions`` item of this trade, as Kraken's documentation shows it."""
+        return self._tags({
             "order_id": self.order_id,
-            "order_userref": self.userref or 0,
             "exec_id": self.txid,
             "exec_type": "trade",
             "trade_id": self.trade_id,
@@ -125,17 +140,30 @@ class Trade:
             "cost": self.cost,
             "order_type": "market",
             "timestamp": format_timestamp(self.time_ns),
-            "order_status": "filled",
-            "cum_qty": self.qty,
-            "cum_cost": self.cost,
-            "avg_price": self.price,
+            "order_status": "filled" if self.completes_order else "partially_filled",
+            "cum_qty": self.cum_qty,
+            "cum_cost": self.cum_cost,
+            "avg_price": (self.cum_cost / self.cum_qty).quantize(self.price),
             "fee_usd_equiv": self.fee,
             "fees": [{"asset": ASSETS[self.pair.quote][2], "qty": self.fee}],
+        })  # fmt: skip
+
+    def order_event(self, exec_type: str) -> dict[str, object]:
+        """An order's status event (``pending_new``, ``new``, ``filled``): no trade in it."""
+        item: dict[str, object] = {
+            "order_id": self.order_id,
+            "exec_id": kraken_id("L"),
+            "exec_type": exec_type,
+            "symbol": self.pair.symbol,
+            "side": self.side,
+            "order_type": "market",
+            "order_qty": self.order_qty,
+            "timestamp": format_timestamp(self.time_ns),
+            "order_status": exec_type,
         }
-        if self.cl_ord_id is not None:
-            del item["order_userref"]
-            item["cl_ord_id"] = self.cl_ord_id
-        return item
+        if exec_type == "filled":
+            item.update(cum_qty=self.cum_qty, cum_cost=self.cum_cost)
+        return self._tags(item)
 
     def rest(self) -> dict[str, object]:
         """The ``TradesHistory`` entry of this trade."""
@@ -165,6 +193,7 @@ class SimExchange:
         default_factory=lambda: base64.b64encode(secrets.token_bytes(64)).decode()
     )
     balances: dict[str, Decimal] = field(default_factory=dict)  # REST key → amount
+    pairs: dict[str, SimPair] = field(default_factory=lambda: dict(PAIRS))
     prices: dict[str, Decimal] = field(
         default_factory=lambda: {k: p.price for k, p in PAIRS.items()}
     )
@@ -240,16 +269,20 @@ class SimExchange:
         userref: int | None = None,
         cl_ord_id: str | None = None,
         now_ns: int | None = None,
-    ) -> Trade | None:
+        parts: int = 1,
+    ) -> list[Trade]:
         """Place an order. Market orders, and limit orders that cross, fill at once.
 
-        Returns the trade, or None for a limit order left open.
+        The order fills in ``parts`` trades, the price drifting between them as
+        a book walked through would. Each trade is booked as Kraken books it:
+        its cost at the quote asset's decimals (half-even), the fee on that cost
+        rounded down. Returns the trades (none for a limit order left open).
 
         Raises:
             SimError: unknown pair, bad arguments, insufficient funds.
         """
-        pair = PAIRS.get(pair_name) or next(
-            (p for p in PAIRS.values() if p.altname == pair_name), None
+        pair = self.pairs.get(pair_name) or next(
+            (p for p in self.pairs.values() if p.altname == pair_name), None
         )
         if pair is None:
             raise SimError("EQuery:Unknown asset pair")
@@ -271,13 +304,24 @@ class SimExchange:
         )
         if not crosses:
             self.orders[order_id] = order
-            return None
-        # The account moves by exactly qty * price (what the gateway's ledger computes);
-        # the fee is rounded down to the quote asset's decimals and reported as charged.
-        cost = volume * market
-        fee = (cost * TAKER_FEE).quantize(Decimal(1).scaleb(-ASSETS[pair.quote][1]), ROUND_DOWN)
+            return []
+        quote_places = Decimal(1).scaleb(-ASSETS[pair.quote][1])
+        lot = Decimal("0.00000001")
+        pieces = [(volume / parts).quantize(lot, ROUND_DOWN)] * (parts - 1)
+        pieces.append(volume - sum(pieces, Decimal(0)))
+        fills: list[tuple[Decimal, Decimal, Decimal, Decimal]] = []
+        base_delta = quote_delta = Decimal(0)
+        sign = 1 if side == "buy" else -1
+        for step, qty in enumerate(pieces):
+            if qty <= 0:
+                continue
+            price = (market * (1 + sign * Decimal(step) / 10_000)).quantize(market)
+            cost = (qty * price).quantize(quote_places, ROUND_HALF_EVEN)
+            fee = (cost * TAKER_FEE).quantize(quote_places, ROUND_DOWN)
+            fills.append((qty, price, cost, fee))
+            base_delta += sign * qty
+            quote_delta += -sign * cost - fee
         base, quote = pair.base, pair.quote
-        base_delta, quote_delta = (volume, -cost - fee) if side == "buy" else (-volume, cost - fee)
         if self.balances.get(base, Decimal(0)) + base_delta < 0 or (
             self.balances.get(quote, Decimal(0)) + quote_delta < 0
         ):
@@ -287,31 +331,48 @@ class SimExchange:
         order["status"] = "closed"
         order["vol_exec"] = str(volume)
         self.orders[order_id] = order
-        trade = Trade(
-            kraken_id("T"),
-            order_id,
-            pair,
-            side,
-            volume,
-            market,
-            cost,
-            fee,
-            userref,
-            cl_ord_id,
-            now_ns if now_ns is not None else time.time_ns(),
-            next(self.trade_ids),
-        )
-        self.trades.append(trade)
-        self.recent.append(trade)
-        return trade
+        now = now_ns if now_ns is not None else time.time_ns()
+        trades = []
+        cum_qty = cum_cost = Decimal(0)
+        for qty, price, cost, fee in fills:
+            cum_qty += qty
+            cum_cost += cost
+            trade = Trade(
+                kraken_id("T"), order_id, pair, side, qty, price, cost, fee, userref,
+                cl_ord_id, now, next(self.trade_ids), cum_qty, cum_cost, volume,
+            )  # fmt: skip
+            self.trades.append(trade)
+            self.recent.append(trade)
+            trades.append(trade)
+        return trades
 
-    def trades_history(self, start: Decimal | None, ofs: int) -> dict[str, object]:
-        """Newest first, one page of 50, optionally only trades after ``start`` (seconds)."""
-        chosen = [
-            t
-            for t in reversed(self.trades)
-            if start is None or Decimal(t.time_ns).scaleb(-9) > start
-        ]
+    def drift(self, pair_key: str, rng: random.Random) -> None:
+        """Move a pair's price a little, at its own precision (odd prices, odd costs)."""
+        price = self.prices[pair_key]
+        step = Decimal(rng.randint(-30, 30)) / 100_000
+        self.prices[pair_key] = (price * (1 + step)).quantize(price)
+
+    def open_orders(self) -> dict[str, object]:
+        return {"open": {k: o for k, o in self.orders.items() if o["status"] == "open"}}
+
+    def trades_history(
+        self, start: int | None, ofs: int, end: int | str | None = None
+    ) -> dict[str, object]:
+        """Newest first, one page of 50: trades after ``start`` (unix s, exclusive) up to
+        ``end`` (unix s, or a trade id, inclusive).
+
+        Raises:
+            SimError: ``end`` names no trade.
+        """
+        trades = self.trades
+        if isinstance(end, str):
+            index = next((i for i, t in enumerate(trades) if t.txid == end), None)
+            if index is None:
+                raise SimError("EGeneral:Invalid arguments:end")
+            trades = trades[: index + 1]
+        elif end is not None:
+            trades = [t for t in trades if t.time_ns <= end * 1_000_000_000]
+        chosen = [t for t in reversed(trades) if start is None or t.time_ns > start * 1_000_000_000]
         page = chosen[ofs : ofs + TRADES_PAGE]
         return {"trades": {t.txid: t.rest() for t in page}, "count": len(chosen)}
 
@@ -354,18 +415,18 @@ def public_assets() -> dict[str, object]:
     }
 
 
-def public_asset_pairs() -> dict[str, object]:
+def public_asset_pairs(pairs: Mapping[str, SimPair] = PAIRS) -> dict[str, object]:
     return {
         p.key: {
             "altname": p.altname,
             "wsname": f"{ASSETS[p.base][0]}/{ASSETS[p.quote][0]}",
             "base": p.base,
             "quote": p.quote,
-            "pair_decimals": 1,
+            "pair_decimals": -int(p.price.as_tuple().exponent),
             "lot_decimals": 8,
             "cost_decimals": 5,
             "ordermin": "0.0001",
             "status": "online",
         }
-        for p in PAIRS.values()
+        for p in pairs.values()
     }

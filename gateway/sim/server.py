@@ -6,6 +6,14 @@ and nonce. The WS endpoint serves the private ``executions`` channel with a
 snapshot, updates, heartbeats, ping/pong and the ``status`` message.
 Control endpoints under ``/sim/`` (JSON over POST) inject faults and drive
 trading for tests, the demo and benchmarks.
+
+It is as strict as Kraken where Kraken is strict (``SimRules``): the API
+counter of the account's tier refuses calls past its maximum (and counts the
+refused ones, so a client that keeps calling stays locked out longer), each
+key has its permissions, nonces must increase, requests take network latency
+with jitter (so concurrent requests arrive out of order), ``TradesHistory``
+takes ``start`` as whole seconds, heartbeats flow only once subscribed, and
+each subscription numbers its own messages.
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ import h11
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
+from gateway.exchanges.kraken.ratelimit import Tier, call_cost
 from gateway.sim.exchange import (
     PAIRS,
     SimError,
     SimExchange,
+    SimPair,
     Trade,
     dumps,
     public_asset_pairs,
@@ -52,11 +62,63 @@ class FaultPlan:
     status: int | None = None
 
 
+# Key permissions as Kraken names them, and the private methods each allows.
+PERMISSIONS: Final = {
+    "funds": ("Balance", "BalanceEx"),
+    "websocket": ("GetWebSocketsToken",),
+    "closed-orders": ("TradesHistory", "QueryTrades", "ClosedOrders"),
+    "open-orders": ("OpenOrders", "QueryOrders"),
+    "ledger": ("Ledgers", "QueryLedgers"),
+    "trade": ("AddOrder", "CancelOrder"),
+}
+NEEDED: Final = {method: name for name, methods in PERMISSIONS.items() for method in methods}
+
+
+@dataclass
+class SimRules:
+    """How strict the simulator is: network latency, the API counter, the key's permissions.
+
+    ``tier`` None turns the counter off (for benchmarks of other things).
+    """
+
+    latency_s: float = 0.0
+    jitter_s: float = 0.0
+    tier: Tier | None = None
+    permissions: frozenset[str] = frozenset(PERMISSIONS)
+
+
+@dataclass
+class ApiCounterState:
+    """Kraken's counter for the one key: decays continuously, refused calls count too."""
+
+    level: float = 0.0
+    at: float = 0.0
+    refused: int = 0
+
+    def charge(self, tier: Tier, cost: int, now: float) -> bool:
+        self.level = max(0.0, self.level - (now - self.at) * tier.decay_per_s) + cost
+        self.at = now
+        if self.level > tier.max_count:
+            self.refused += 1
+            return False
+        return True
+
+
+@dataclass
+class _Subscription:
+    """One WS connection's state: subscribed or not, and its own message sequence."""
+
+    subscribed: bool = False
+    sequence: int = 0
+
+
 @dataclass
 class Simulator:
     """The running simulator: exchange state plus its connections."""
 
     exchange: SimExchange
+    rules: SimRules = field(default_factory=SimRules)
+    counter: ApiCounterState = field(default_factory=ApiCounterState)
     faults: FaultPlan = field(default_factory=FaultPlan)
     subscribers: set[trio.MemorySendChannel[str]] = field(default_factory=set)
     ws_scopes: set[trio.CancelScope] = field(default_factory=set)
@@ -65,27 +127,36 @@ class Simulator:
     sent_ns: list[int] = field(default_factory=list)
     record_sends: bool = False
     ws_connections: int = 0
+    extra_snapshot: list[object] = field(default_factory=list)
 
     def broadcast(self, trades: list[Trade]) -> None:
-        """Push trades to every ``executions`` subscriber, one update message each."""
+        """Push trades to every ``executions`` subscriber, one update message per order.
+
+        An order's message holds its ``new`` event, each of its trades and, when
+        it completes, its ``filled`` event. The sender adds the sequence.
+        """
+        orders: dict[str, list[dict[str, object]]] = {}
         for trade in trades:
-            message = dumps(
-                {
-                    "channel": "executions",
-                    "type": "update",
-                    "data": [trade.execution()],
-                    "sequence": trade.trade_id,
-                }
-            )
-            for channel in list(self.subscribers):
-                try:
-                    channel.send_nowait(message)
-                except trio.WouldBlock:
-                    logger.warning("a WS subscriber is too slow: dropping its connection")
-                    self.subscribers.discard(channel)
-                    channel.close()
-                except trio.ClosedResourceError:
-                    self.subscribers.discard(channel)
+            events = orders.get(trade.order_id)
+            if events is None:
+                events = orders[trade.order_id] = [trade.order_event("new")]
+            events.append(trade.execution())
+            if trade.completes_order:
+                events.append(trade.order_event("filled"))
+        for events in orders.values():
+            self.broadcast_raw(_UPDATE_PREFIX + ', "data": ' + dumps(events))
+
+    def broadcast_raw(self, message: str) -> None:
+        """One update (without its sequence) to every subscriber; a slow one is dropped."""
+        for channel in list(self.subscribers):
+            try:
+                channel.send_nowait(message)
+            except trio.WouldBlock:
+                logger.warning("a WS subscriber is too slow: dropping its connection")
+                self.subscribers.discard(channel)
+                channel.close()
+            except trio.ClosedResourceError:
+                self.subscribers.discard(channel)
 
     def drop_websockets(self) -> int:
         dropped = len(self.ws_scopes)
@@ -114,7 +185,32 @@ def _decimal(value: str | None, name: str) -> Decimal:
     return number
 
 
+def _check_access(sim: Simulator, method: str) -> None:
+    """The key's permission for ``method``, then the API counter, as Kraken checks them.
+
+    Raises:
+        SimError: ``EGeneral:Permission denied`` or ``EAPI:Rate limit exceeded``.
+    """
+    needed = NEEDED.get(method)
+    if needed is not None and needed not in sim.rules.permissions:
+        raise SimError("EGeneral:Permission denied")
+    tier = sim.rules.tier
+    if tier is not None and not sim.counter.charge(tier, call_cost(method), trio.current_time()):
+        raise SimError("EAPI:Rate limit exceeded")
+
+
+def _start(form: dict[str, str]) -> int | None:
+    """``start`` as Kraken documents it: a unix time in whole seconds (or absent)."""
+    text = form.get("start")
+    if not text:
+        return None
+    if not text.isdigit():
+        raise SimError("EGeneral:Invalid arguments:start")
+    return int(text)
+
+
 def _private(sim: Simulator, method: str, form: dict[str, str]) -> object:
+    _check_access(sim, method)
     exchange = sim.exchange
     if method == "Balance":
         return {k: v["balance"] for k, v in exchange.balance_ex().items()}
@@ -124,7 +220,7 @@ def _private(sim: Simulator, method: str, form: dict[str, str]) -> object:
         return {"token": exchange.new_token(), "expires": 900}
     if method == "AddOrder":
         userref = form.get("userref")
-        trade = exchange.execute(
+        trades = exchange.execute(
             form.get("pair", ""),
             form.get("type", ""),
             _decimal(form.get("volume"), "volume"),
@@ -133,22 +229,29 @@ def _private(sim: Simulator, method: str, form: dict[str, str]) -> object:
             userref=int(userref) if userref not in (None, "") else None,
             cl_ord_id=form.get("cl_ord_id") or None,
         )
-        if trade is not None:
-            sim.broadcast([trade])
+        if trades:
+            sim.broadcast(trades)
+            trade = trades[0]
             return {
-                "descr": {"order": f"{trade.side} {trade.qty} {trade.pair.altname} @ market"},
+                "descr": {"order": f"{trade.side} {trade.order_qty} {trade.pair.altname} @ market"},
                 "txid": [trade.order_id],
             }
         return {"descr": {"order": "limit order placed"}, "txid": [list(exchange.orders)[-1]]}
     if method == "TradesHistory":
-        start = _decimal(form["start"], "start") if form.get("start") else None
-        return exchange.trades_history(start, int(form.get("ofs") or 0))
+        end = form.get("end") or None
+        return exchange.trades_history(
+            _start(form),
+            int(form.get("ofs") or 0),
+            int(end) if end is not None and end.isdigit() else end,
+        )
+    if method == "OpenOrders":
+        return exchange.open_orders()
     if method == "QueryOrders":
         return exchange.query_orders([t for t in form.get("txid", "").split(",") if t])
     raise SimError("EGeneral:Unknown method")
 
 
-def _public(method: str) -> object:
+def _public(sim: Simulator, method: str) -> object:
     if method == "Time":
         now = time.time()
         return {
@@ -158,7 +261,7 @@ def _public(method: str) -> object:
     if method == "Assets":
         return public_assets()
     if method == "AssetPairs":
-        return public_asset_pairs()
+        return public_asset_pairs(sim.exchange.pairs)
     raise SimError("EGeneral:Unknown method")
 
 
@@ -200,11 +303,28 @@ async def _control(
         }
     if name == "generated":
         return {"sent_ns": sim.sent_ns}
+    if name == "inject-execution":
+        # A raw item in every snapshot from now on, and in one update now (malformed ones too).
+        item = body.get("item")
+        sim.extra_snapshot.append(item)
+        sim.broadcast_raw(_UPDATE_PREFIX + ', "data": ' + dumps([item]))
+        return {"injected": len(sim.extra_snapshot)}
+    if name == "list-pair":
+        pair = SimPair(
+            str(body["key"]), str(body["altname"]), str(body["base"]), str(body["quote"]),
+            Decimal(str(body["price"])),
+        )  # fmt: skip
+        exchange.pairs[pair.key] = pair
+        exchange.prices[pair.key] = pair.price
+        return {"pairs": sorted(exchange.pairs)}
     if name == "state":
         return {
             "balances": exchange.balance_ex(),
             "by_userref": exchange.deltas_by_userref(),
             "trades": len(exchange.trades),
+            "orders": len(exchange.orders),
+            "rest_refused": sim.counter.refused,
+            "rest_counter": round(sim.counter.level, 2),
             "ws_connections": sim.ws_connections,
             "subscribers": len(sim.subscribers),
         }
@@ -216,7 +336,8 @@ async def _generate_trades(
 ) -> None:
     """Trade at ``rate`` fills/s: market orders on the given pairs and userrefs.
 
-    Buys and sells alternate so the account never runs dry. With ``probe``,
+    Buys and sells alternate so the account never runs dry; orders fill in
+    one or more trades (``parts``, picked at random). With ``probe``,
     every fill is a buy of ``qty`` on one pair and userref, and its send time
     is recorded as it is handed to the socket (``/sim/generated``), so a
     benchmark can time each one from the moment it is sent.
@@ -226,6 +347,7 @@ async def _generate_trades(
     probe = bool(body.get("probe", False))
     qty = Decimal(str(body.get("qty", "0.001")))
     limit = int(str(body.get("count", 0)))
+    split = [int(p) for p in body.get("parts", [1, 1, 2, 3])]  # type: ignore[attr-defined]
     batch = max(1, int(rate / 1000))  # at most ~1000 wake-ups a second
     interval = batch / rate
     rng = random.Random(int(str(body.get("seed", 7))))
@@ -233,22 +355,24 @@ async def _generate_trades(
     next_at = trio.current_time()
     with scope:
         while limit == 0 or made < limit:
-            trades = []
+            trades: list[Trade] = []
             for _ in range(batch):
                 if probe:
-                    trade = sim.exchange.execute(pairs[0], "buy", qty, userref=userrefs[0])
-                else:
-                    pair = rng.choice(pairs)
-                    side = "buy" if made % 2 == 0 else "sell"
-                    volume = qty * rng.randint(1, 5)
-                    try:
-                        trade = sim.exchange.execute(
-                            pair, side, volume, userref=rng.choice(userrefs)
-                        )
-                    except SimError:
-                        continue
-                assert trade is not None
-                trades.append(trade)
+                    trades += sim.exchange.execute(pairs[0], "buy", qty, userref=userrefs[0])
+                    made += 1
+                    continue
+                pair = rng.choice(pairs)
+                side = "buy" if made % 2 == 0 else "sell"
+                # Odd sizes at drifting prices: costs with more digits than the quote keeps.
+                volume = (qty * rng.randint(1000, 5000) / 1000).quantize(Decimal("0.00000001"))
+                sim.exchange.drift(pair, rng)
+                parts = rng.choice(split) if split else 1
+                try:
+                    trades += sim.exchange.execute(
+                        pair, side, volume, userref=rng.choice(userrefs), parts=parts
+                    )
+                except SimError:
+                    continue
                 made += 1
             sim.broadcast(trades)
             next_at += interval
@@ -266,6 +390,21 @@ async def _respond(
 
 
 async def _serve_http_connection(
+    sim: Simulator, nursery: trio.Nursery, stream: trio.SocketStream
+) -> None:
+    """One client connection; a client that goes away mid-request ends only this task."""
+    try:
+        await _serve_http_requests(sim, nursery, stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as exc:
+        logger.debug("a REST client went away: %r", exc)
+
+
+def _one_way_s(rules: SimRules) -> float:
+    """Half the round trip, plus jitter on the way in (so requests can overtake each other)."""
+    return rules.latency_s / 2 + random.uniform(0, rules.jitter_s)
+
+
+async def _serve_http_requests(
     sim: Simulator, nursery: trio.Nursery, stream: trio.SocketStream
 ) -> None:
     conn = h11.Connection(h11.SERVER)
@@ -293,9 +432,15 @@ async def _serve_http_connection(
                     return
             assert request is not None
             headers = {k.decode().lower(): v.decode() for k, v in request.headers}
+            target = request.target.decode()
+            delayed = sim.rules.latency_s or sim.rules.jitter_s
+            if delayed and not target.startswith("/sim/"):
+                await trio.sleep(_one_way_s(sim.rules))
             status, payload = await _route(
-                sim, nursery, request.method.decode(), request.target.decode(), headers, bytes(body)
+                sim, nursery, request.method.decode(), target, headers, bytes(body)
             )
+            if delayed and not target.startswith("/sim/"):
+                await trio.sleep(sim.rules.latency_s / 2)
             await _respond(stream, conn, status, payload)
             if conn.our_state is h11.MUST_CLOSE:
                 return
@@ -326,7 +471,7 @@ async def _route(
                 return sim.faults.status, "<html><body>upstream unavailable</body></html>"
             return 200, {"error": [sim.faults.error]}
         if parts[1] == "public":
-            return 200, {"error": [], "result": _public(parts[2])}
+            return 200, {"error": [], "result": _public(sim, parts[2])}
         if method != "POST":
             return 200, {"error": ["EGeneral:Invalid arguments"]}
         form = _form(body)
@@ -356,9 +501,10 @@ async def _serve_ws(sim: Simulator, request: WebSocketRequest) -> None:
                 "version": "2.0.0",
             }
             await ws.send_message(dumps({"channel": "status", "type": "update", "data": [status]}))
+            subscription = _Subscription()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_ws_sender, sim, ws, receive, nursery.cancel_scope)
-                await _ws_reader(sim, ws, send)
+                nursery.start_soon(_ws_sender, sim, ws, receive, subscription, nursery.cancel_scope)
+                await _ws_reader(sim, ws, send, subscription)
                 nursery.cancel_scope.cancel()
         except ConnectionClosed:
             pass  # closed before the nursery started
@@ -372,18 +518,23 @@ async def _ws_sender(
     sim: Simulator,
     ws: WebSocketConnection,
     receive: trio.MemoryReceiveChannel[str],
+    subscription: _Subscription,
     done: trio.CancelScope,
 ) -> None:
-    """Forward queued messages; a heartbeat when nothing else went out for a second."""
+    """Forward queued messages, numbering updates; heartbeats once subscribed, when idle."""
     try:
         while True:
             with trio.move_on_after(HEARTBEAT_S) as idle:
                 message = await receive.receive()
             if idle.cancelled_caught:
-                await ws.send_message('{"channel":"heartbeat"}')
+                if subscription.subscribed:  # Kraken sends none before a subscription
+                    await ws.send_message('{"channel":"heartbeat"}')
                 continue
-            if sim.record_sends and message.startswith(_UPDATE_PREFIX):
-                sim.sent_ns.append(time.time_ns())
+            if message.startswith(_UPDATE_PREFIX):
+                subscription.sequence += 1
+                message += f', "sequence": {subscription.sequence}}}'
+                if sim.record_sends:
+                    sim.sent_ns.append(time.time_ns())
             await ws.send_message(message)
     except (ConnectionClosed, trio.EndOfChannel):
         done.cancel()
@@ -393,7 +544,10 @@ _UPDATE_PREFIX: Final = '{"channel": "executions", "type": "update"'
 
 
 async def _ws_reader(
-    sim: Simulator, ws: WebSocketConnection, send: trio.MemorySendChannel[str]
+    sim: Simulator,
+    ws: WebSocketConnection,
+    send: trio.MemorySendChannel[str],
+    subscription: _Subscription,
 ) -> None:
     while True:
         try:
@@ -443,8 +597,12 @@ async def _ws_reader(
                 )
             )
             snapshot = (
-                [t.execution() for t in sim.exchange.recent] if params.get("snap_trades") else []
+                [t.execution() for t in sim.exchange.recent] + sim.extra_snapshot
+                if params.get("snap_trades")
+                else []
             )
+            subscription.subscribed = True
+            subscription.sequence = 1
             send.send_nowait(
                 dumps(
                     {"channel": "executions", "type": "snapshot", "data": snapshot, "sequence": 1}
@@ -453,6 +611,7 @@ async def _ws_reader(
             sim.subscribers.add(send)
         elif method == "unsubscribe":
             sim.subscribers.discard(send)
+            subscription.subscribed = False
             send.send_nowait(dumps({"method": "unsubscribe", "success": True, "req_id": req_id}))
         else:
             send.send_nowait(

@@ -27,7 +27,7 @@ class FakeExchange:
         self,
         send: trio.MemorySendChannel[WriterMessage],
         *,
-        last_fill_ns: Callable[[], int],
+        position_ns: Callable[[], int],
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with send:

@@ -29,6 +29,7 @@ class KrakenStack:
         self.sim: subprocess.Popen[bytes] | None = None
         self.gateway: subprocess.Popen[bytes] | None = None
         self.address: dict[str, str] = {}
+        self.sim_args: list[str] = []
         self.env = {
             **os.environ,
             "HFT_SHM_DIR": str(root / "shm"),
@@ -49,7 +50,11 @@ class KrakenStack:
             )
 
     def start_sim(self) -> None:
-        self.sim = self._spawn("sim", "sim", "--ready-file", str(self.ready))
+        # Strict as Kraken: the Pro tier's API counter, latency with jitter.
+        self.sim = self._spawn(
+            "sim", "sim", "--ready-file", str(self.ready), "--tier", "pro",
+            "--latency-ms", "4", "--jitter-ms", "4", *self.sim_args,
+        )  # fmt: skip
         deadline = time.monotonic() + 30
         while not self.ready.exists():
             assert self.sim.poll() is None, self.log("sim")
@@ -63,12 +68,16 @@ class KrakenStack:
             "KRAKEN_API_KEY": self.address["api_key"],
             "KRAKEN_API_SECRET": self.address["api_secret"],
         }
+        ready = self.root / "gateway.ready"
+        ready.unlink(missing_ok=True)
         self.gateway = self._spawn(
             "gateway", "run", "--rest-url", self.address["rest_url"],
-            "--ws-url", self.address["ws_url"], *extra, env=env,
+            "--ws-url", self.address["ws_url"], "--kraken-tier", "pro",
+            "--ready-file", str(ready), *extra, env=env,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not (self.run_dir / "kraken_gateway.sock").exists():
+        # A catch-up paced by the API counter can take a while: ready means caught up.
+        deadline = time.monotonic() + 90
+        while not ready.exists():
             assert self.gateway.poll() is None, self.log("gateway")
             assert time.monotonic() < deadline, "the gateway did not start"
             time.sleep(0.02)

@@ -139,6 +139,7 @@ def test_krakens_execution_example_parses_exactly() -> None:
         timestamp_ns=1695378785709993000,
         order_id="OK4GJX-KSTLS-7DZZO5",
         cl_ord_id=None,
+        cost=Decimal("132.9995"),
     )
 
 
@@ -154,9 +155,44 @@ def test_only_trades_become_fills() -> None:
      ('"symbol":"BTC/USD"', '"symbol":"BTCUSD"'), ('"timestamp":"2023', '"timestamp":"x2023'),
      ('"order_userref":3', '"order_userref":"3"')],
 )  # fmt: skip
-def test_malformed_executions_are_refused(replace: str, by: str) -> None:
-    with pytest.raises(KrakenProtocolError):
-        parse_ws_message(KRAKEN_EXECUTION_EXAMPLE.replace(replace, by))
+def test_malformed_execution_is_set_aside_not_fatal(replace: str, by: str) -> None:
+    # A snapshot repeats a bad execution on every reconnect: failing the message
+    # would fail every reconnect, so the execution is skipped and reported instead.
+    message = parse_ws_message(KRAKEN_EXECUTION_EXAMPLE.replace(replace, by))
+    assert isinstance(message, WsExecutions) and message.fills == ()
+    assert [(s.exec_id, s.kind) for s in message.skipped] == [("TGBB7L-HT5LX-J3BZ4A", "malformed")]
+
+
+@pytest.mark.parametrize("flag", ['"margin":true', '"margin_borrow":true'])
+def test_margin_execution_is_not_booked_as_spot(flag: str) -> None:
+    text = KRAKEN_EXECUTION_EXAMPLE.replace('"exec_type":"trade"', f'"exec_type":"trade",{flag}')
+    message = parse_ws_message(text)
+    assert isinstance(message, WsExecutions) and message.fills == ()
+    assert [s.kind for s in message.skipped] == ["margin"]
+
+
+@pytest.mark.parametrize("number", ["1e-999999999", "1e999999999", "-1E+41"])
+def test_execution_numbers_out_of_range_are_set_aside(number: str) -> None:
+    message = parse_ws_message(KRAKEN_EXECUTION_EXAMPLE.replace("0.005", number, 1))
+    assert isinstance(message, WsExecutions)
+    assert message.fills == () and [s.kind for s in message.skipped] == ["malformed"]
+
+
+def test_quote_leg_is_kraken_cost_not_qty_times_price() -> None:
+    # last_price is the average price of the trade event; cost is what was booked.
+    text = KRAKEN_EXECUTION_EXAMPLE.replace('"cost":132.9995', '"cost":132.9991')
+    message = parse_ws_message(text, {"USD": 4, "BTC": 10})
+    assert isinstance(message, WsExecutions)
+    ledger = _ledger()
+    ledger.apply_fill(message.fills[0])
+    assert ledger.slots("USD")[3] == int((Decimal("132.9991") - Decimal("0.3458")) * UNIT)
+
+
+def test_amounts_with_more_digits_than_the_asset_are_booked_at_its_decimals() -> None:
+    text = KRAKEN_EXECUTION_EXAMPLE.replace('"cost":132.9995', '"cost":132.99955')
+    message = parse_ws_message(text, {"USD": 4, "BTC": 10})
+    assert isinstance(message, WsExecutions)
+    assert message.fills[0].cost == Decimal("132.9996")  # half-even at ZUSD's 4 decimals
 
 
 def test_control_messages_parse() -> None:
@@ -215,6 +251,7 @@ def test_rest_trade_parses_with_userref_from_its_order() -> None:
         "vol": "0.02000000",
     }  # fmt: skip
     fill = parse_rest_trade("TCWJEG-FL4SZ-3FKGH6", trade, assets, {"OQCLML-BW3P3-BUCMWZ": 4})
+    assert isinstance(fill, Fill) and fill.cost == Decimal("600.2")
     assert (fill.base, fill.quote, fill.side, fill.userref) == ("BTC", "USD", Side.BUY, 4)
     assert fill.qty == Decimal("0.02") and fill.price == Decimal("30010")
     assert fill.fees == () and fill.timestamp_ns == 1688667796880200000

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import random
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
+import trio
+import trio.testing
 
 from gateway.exchanges.kraken.errors import (
     KrakenAPIError,
@@ -15,8 +18,10 @@ from gateway.exchanges.kraken.errors import (
     KrakenRateLimitError,
     KrakenTransportError,
     KrakenUnavailableError,
+    api_error,
 )
-from gateway.exchanges.kraken.rest import KrakenRestClient, RetryPolicy
+from gateway.exchanges.kraken.ratelimit import TIERS, Tier, call_cost
+from gateway.exchanges.kraken.rest import RATE_LIMIT_RETRIES, KrakenRestClient, RetryPolicy
 from gateway.exchanges.kraken.signing import sign
 
 SECRET = "kQH5HW/8p1uGOVjbgWA7FunAmGO8lsSUXNsu3eow76sz84Q18fWxnyRzBHCd3pd5nE9qa99HAZtuZuj6F1huXg=="
@@ -65,7 +70,7 @@ async def test_private_call_is_signed_over_the_exact_body() -> None:
     ],
 )
 async def test_error_array_maps_to_typed_errors(
-    errors: list[str], kind: type[KrakenAPIError]
+    errors: list[str], kind: type[KrakenAPIError], autojump_clock: trio.testing.MockClock
 ) -> None:
     calls = 0
 
@@ -78,8 +83,85 @@ async def test_error_array_maps_to_typed_errors(
         with pytest.raises(kind) as raised:
             await client.balance_ex()
     assert type(raised.value) is kind
-    # Retryable errors are retried (3 attempts); the rest fail at once.
-    assert calls == (3 if raised.value.retryable else 1)
+    # Rate limits are waited out (the pacer believes Kraken), other retryable errors are
+    # retried (3 attempts); the rest fail at once.
+    expected = RATE_LIMIT_RETRIES + 1 if kind is KrakenRateLimitError else 3
+    assert calls == (expected if raised.value.retryable else 1)
+
+
+def test_auth_errors_say_what_to_do() -> None:
+    assert "another program" in str(api_error(["EAPI:Invalid nonce"], "BalanceEx"))
+    assert "KRAKEN_API_SECRET" in str(api_error(["EAPI:Invalid signature"], "BalanceEx"))
+    denied = api_error(["EGeneral:Permission denied"], "TradesHistory")
+    assert isinstance(denied, KrakenAuthError) and denied.permission_denied
+    assert "Query closed orders & trades" in str(denied)
+
+
+class StrictCounter:
+    """Kraken's API counter as the server keeps it: over the maximum is refused, and counts."""
+
+    def __init__(self, tier: Tier) -> None:
+        self.tier = tier
+        self.level = 0.0
+        self.at = 0.0
+        self.refused = 0
+        self.last_nonce = 0
+        self.nonce_errors = 0
+
+    async def answer(self, request: httpx.Request) -> httpx.Response:
+        await trio.sleep(random.uniform(0, 0.04))  # the way in: jitter reorders requests
+        now = trio.current_time()
+        self.level = max(0.0, self.level - (now - self.at) * self.tier.decay_per_s)
+        self.at = now
+        nonce = int(parse_qs(request.content.decode())["nonce"][0])
+        if nonce <= self.last_nonce:
+            self.nonce_errors += 1
+            return httpx.Response(200, json={"error": ["EAPI:Invalid nonce"]})
+        self.last_nonce = nonce
+        self.level += call_cost(request.url.path.rsplit("/", 1)[1])
+        if self.level > self.tier.max_count:
+            self.refused += 1
+            return httpx.Response(200, json={"error": ["EAPI:Rate limit exceeded"]})
+        result = {"trades": {}, "count": 0} if "Trades" in request.url.path else {}
+        return httpx.Response(200, json={"error": [], "result": result})
+
+
+async def test_concurrent_private_calls_reach_kraken_in_nonce_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = StrictCounter(TIERS["pro"])
+    client = _client(httpx.MockTransport(server.answer), tier=TIERS["pro"])
+    async with client, trio.open_nursery() as nursery:
+        for _ in range(40):
+            nursery.start_soon(client.balance_ex)
+    assert server.nonce_errors == 0 and server.refused == 0
+
+
+@pytest.mark.parametrize("tier", ["starter", "pro"])
+async def test_private_calls_are_paced_within_the_counter_and_near_its_bound(
+    tier: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = StrictCounter(TIERS[tier])
+    async with _client(httpx.MockTransport(server.answer), tier=TIERS[tier]) as client:
+        started = trio.current_time()
+        for _ in range(30):
+            await client.trades_history(start=0)
+        elapsed = trio.current_time() - started
+    assert server.refused == 0 and client.counter.refusals == 0
+    bound = (30 * 2 - TIERS[tier].max_count) / TIERS[tier].decay_per_s
+    assert bound <= elapsed <= 1.2 * bound
+
+
+async def test_a_counter_used_by_someone_else_is_believed_and_waited_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server = StrictCounter(TIERS["pro"])
+    server.level = 25.0  # another program has been using the key
+    async with _client(httpx.MockTransport(server.answer), tier=TIERS["pro"]) as client:
+        await client.balance_ex()
+        await client.balance_ex()
+    # Each refusal adds to Kraken's counter: the client backs off harder each time in a row.
+    assert server.refused <= 3 and client.counter.refusals == server.refused
 
 
 async def test_transient_failures_are_retried_then_succeed() -> None:

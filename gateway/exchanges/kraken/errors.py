@@ -13,6 +13,7 @@ ExchangeError (gateway.errors)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from gateway.errors import ExchangeError
 
@@ -54,11 +55,63 @@ class KrakenAPIError(KrakenError):
 
 
 class KrakenAuthError(KrakenAPIError):
-    """Credentials, signature, nonce or permissions were refused."""
+    """Credentials, signature, nonce or permissions were refused; the message says what to do."""
+
+    def __init__(self, errors: Sequence[str], method: str) -> None:
+        super().__init__(errors, method)
+        compact = " ".join(errors).replace(" ", "")
+        self.permission_denied = (
+            "EGeneral:Permissiondenied" in compact or "EAccount:Invalidpermissions" in compact
+        )
+        hint = _auth_hint(errors, method)
+        if hint:
+            self.args = (f"{self.args[0]} ({hint})",)
+
+
+# Which key permission each private call needs (Kraken's API-key guide and OpenAPI specs).
+PERMISSIONS: Final = {
+    "Balance": "Funds: Query",
+    "BalanceEx": "Funds: Query",
+    "GetWebSocketsToken": "WebSocket interface: On",
+    "TradesHistory": "Orders and trades: Query closed orders & trades",
+    "QueryTrades": "Orders and trades: Query closed orders & trades",
+    "ClosedOrders": "Orders and trades: Query closed orders & trades",
+    "QueryOrders": "Orders and trades: Query open orders & trades",
+    "OpenOrders": "Orders and trades: Query open orders & trades",
+    "Ledgers": "Data: Query ledger entries",
+    "QueryLedgers": "Data: Query ledger entries",
+}
+
+
+def _auth_hint(errors: Sequence[str], method: str) -> str:
+    text = " ".join(errors).replace(" ", "")
+    if "EAPI:Invalidnonce" in text:
+        return (
+            "this gateway sends its nonces in order, so another program is probably using "
+            "the same API key: give each gateway a key of its own"
+        )
+    if "EAPI:Invalidkey" in text or "EAPI:Invalidsignature" in text:
+        return "check KRAKEN_API_KEY and KRAKEN_API_SECRET"
+    if "EGeneral:Permissiondenied" in text or "EAccount:Invalidpermissions" in text:
+        needed = PERMISSIONS.get(method)
+        return f"the API key lacks the permission {needed!r}" if needed else ""
+    if "EGeneral:Temporarylockout" in text:
+        return "too many failed logins: Kraken locks the key for some minutes"
+    return ""
 
 
 class KrakenRateLimitError(KrakenAPIError):
+    """A rate limiter refused the call; ``retry_at`` (unix s) when Kraken named the moment."""
+
     retryable = True
+
+    def __init__(self, errors: Sequence[str], method: str) -> None:
+        super().__init__(errors, method)
+        self.retry_at: float | None = None
+        for error in errors:
+            head, _, moment = error.replace(" ", "").rpartition(":")
+            if head.startswith("EService:Throttled") and moment.isdigit():
+                self.retry_at = float(moment)
 
 
 class KrakenUnavailableError(KrakenAPIError):

@@ -1,7 +1,18 @@
 """Kraken payloads → typed values: WS v2 messages, executions, REST trades. Pure.
 
 Numbers are parsed as Decimal straight from the JSON text; nothing passes
-through a float. Anything malformed raises :class:`KrakenProtocolError`.
+through a float. A malformed message raises :class:`KrakenProtocolError`; a
+malformed or margin execution inside a well-formed message is set aside as a
+:class:`SkippedExecution` (a snapshot repeats it on every reconnect, so
+failing the message would fail every reconnect).
+
+Fills are booked as Kraken books them: the quote leg is the execution's
+``cost`` (Kraken's value of it; ``last_price`` is only the average price of
+the trade event), each fee in its own asset, and every amount at its asset's
+``decimals`` from ``Assets``. Kraken sends these already at those decimals
+(its examples: cost ``132.9995`` and fee ``0.3458`` in USD, 4 decimals); were
+one to carry more, it is rounded half-even, the rounding Kraken documents for
+nothing else either (docs/kraken.md, "Booking").
 """
 
 from __future__ import annotations
@@ -11,7 +22,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Final
 
 from gateway.exchanges.kraken.assets import AssetMap
@@ -19,6 +30,32 @@ from gateway.exchanges.kraken.errors import KrakenProtocolError
 from gateway.ledger import Fee, Fill, Side
 
 _JSON: Final = json.JSONDecoder(parse_float=Decimal)
+MAX_EXPONENT: Final = 40  # no amount, price or time Kraken sends is near 1e40 or 1e-40
+EARN_SUFFIX: Final = ".F"  # auto-earn balances, spent through their base asset
+_NO_DECIMALS: Final[Mapping[str, int]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedExecution:
+    """An execution that is not booked: ``kind`` is ``malformed`` or ``margin``."""
+
+    exec_id: str
+    kind: str
+    reason: str
+
+
+def parse_balance(key: str, value: object) -> Decimal:
+    """One balance string of ``Balance`` / ``BalanceEx``. Raises KrakenProtocolError."""
+    return _decimal({f"balance of {key}": value}, f"balance of {key}")
+
+
+def booked(amount: Decimal, asset: str, decimals: Mapping[str, int]) -> Decimal:
+    """``amount`` at ``asset``'s decimals (half-even), if it carries more; else unchanged."""
+    places = decimals.get(asset)
+    exponent = amount.as_tuple().exponent
+    if places is None or not isinstance(exponent, int) or exponent >= -places:
+        return amount
+    return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
 
 
 def loads(text: str | bytes) -> object:
@@ -65,6 +102,9 @@ def _decimal(item: Mapping[str, object], name: str) -> Decimal:
         raise KrakenProtocolError(f"{name} is missing or not a number: {value!r}")
     if not number.is_finite():
         raise KrakenProtocolError(f"{name} is not finite: {value!r}")
+    # Bounds before any arithmetic: an exponent of 10**9 would stall whoever expands it.
+    if number and not -MAX_EXPONENT <= number.adjusted() <= MAX_EXPONENT:
+        raise KrakenProtocolError(f"{name} is out of range: {str(value)[:40]!r}")
     return number
 
 
@@ -75,10 +115,23 @@ def _str(item: Mapping[str, object], name: str) -> str:
     return value
 
 
-def parse_execution(item: Mapping[str, object]) -> Fill | None:
+def parse_execution(
+    item: Mapping[str, object], decimals: Mapping[str, int] = _NO_DECIMALS
+) -> Fill | SkippedExecution | None:
     """One element of an ``executions`` message's ``data``; None unless it is a trade."""
     if item.get("exec_type") != "trade":
         return None
+    exec_id = str(item.get("exec_id") or "?")[:64]
+    try:
+        fill = _execution_fill(item, decimals)
+    except KrakenProtocolError as exc:
+        return SkippedExecution(exec_id, "malformed", str(exc))
+    if item.get("margin") is True or item.get("margin_borrow") is True:
+        return SkippedExecution(exec_id, "margin", "a margin trade does not move spot balances")
+    return fill
+
+
+def _execution_fill(item: Mapping[str, object], decimals: Mapping[str, int]) -> Fill:
     try:
         base, quote = AssetMap.split_symbol(_str(item, "symbol"))
     except ValueError as exc:
@@ -94,7 +147,7 @@ def parse_execution(item: Mapping[str, object]) -> Fill | None:
         if not isinstance(fee, dict):
             raise KrakenProtocolError("a fee is not an object")
         asset = AssetMap.split_symbol(f"{_str(fee, 'asset')}/X")[0]
-        fees.append(Fee(asset, _decimal(fee, "qty")))
+        fees.append(Fee(asset, booked(_decimal(fee, "qty"), asset, decimals)))
     userref = item.get("order_userref")
     if userref is not None and (not isinstance(userref, int) or isinstance(userref, bool)):
         raise KrakenProtocolError(f"order_userref is not an integer: {userref!r}")
@@ -104,13 +157,14 @@ def parse_execution(item: Mapping[str, object]) -> Fill | None:
         base=base,
         quote=quote,
         side=Side(side),
-        qty=_decimal(item, "last_qty"),
+        qty=booked(_decimal(item, "last_qty"), base, decimals),
         price=_decimal(item, "last_price"),
         fees=tuple(fees),
         userref=userref,
         timestamp_ns=parse_timestamp_ns(item.get("timestamp")),
         order_id=str(item.get("order_id") or ""),
         cl_ord_id=cl_ord_id if isinstance(cl_ord_id, str) else None,
+        cost=booked(_decimal(item, "cost"), quote, decimals),
     )
 
 
@@ -141,6 +195,7 @@ class WsExecutions:
     snapshot: bool
     fills: tuple[Fill, ...]
     sequence: int | None
+    skipped: tuple[SkippedExecution, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +208,8 @@ class WsIgnored:
 WsMessage = WsStatus | WsHeartbeat | WsAck | WsExecutions | WsIgnored
 
 
-def parse_ws_message(text: str | bytes) -> WsMessage:
-    """One WS v2 frame. Raises KrakenProtocolError on anything malformed."""
+def parse_ws_message(text: str | bytes, decimals: Mapping[str, int] = _NO_DECIMALS) -> WsMessage:
+    """One WS v2 frame; ``decimals`` per asset, to book fills at. Raises KrakenProtocolError."""
     message = loads(text)
     if not isinstance(message, dict):
         raise KrakenProtocolError("a WS message is not an object")
@@ -178,17 +233,22 @@ def parse_ws_message(text: str | bytes) -> WsMessage:
         if not isinstance(data, list):
             raise KrakenProtocolError("executions data is not a list")
         fills = []
+        skipped = []
         for item in data:
             if not isinstance(item, dict):
-                raise KrakenProtocolError("an execution is not an object")
-            fill = parse_execution(item)
-            if fill is not None:
-                fills.append(fill)
+                skipped.append(SkippedExecution("?", "malformed", "an execution is not an object"))
+                continue
+            parsed = parse_execution(item, decimals)
+            if isinstance(parsed, SkippedExecution):
+                skipped.append(parsed)
+            elif parsed is not None:
+                fills.append(parsed)
         sequence = message.get("sequence")
         return WsExecutions(
             message.get("type") == "snapshot",
             tuple(fills),
-            sequence if isinstance(sequence, int) else None,
+            sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else None,
+            tuple(skipped),
         )
     return WsIgnored(str(channel))
 
@@ -198,13 +258,16 @@ def parse_ws_message(text: str | bytes) -> WsMessage:
 
 def parse_rest_trade(
     txid: str, trade: Mapping[str, object], assets: AssetMap, userrefs: Mapping[str, int | None]
-) -> Fill:
-    """One ``TradesHistory`` entry → a Fill.
+) -> Fill | SkippedExecution:
+    """One ``TradesHistory`` entry → a Fill (or a margin trade, set aside).
 
     REST trades name neither the fee's asset nor the order's userref: the fee
     is booked in the quote currency (Kraken's default, ``fciq``; the v2 docs say
     fees are quoted in the quote currency only), and the userref comes from
     ``QueryOrders`` of the trade's ``ordertxid`` (``userrefs``).
+
+    Raises:
+        KrakenProtocolError: a malformed trade or an unknown pair.
     """
     try:
         pair = assets.pair(_str(trade, "pair"))
@@ -213,18 +276,22 @@ def parse_rest_trade(
     side = trade.get("type")
     if side not in ("buy", "sell"):
         raise KrakenProtocolError(f"trade type is not buy or sell: {side!r}")
+    if "posstatus" in trade or ("margin" in trade and _decimal(trade, "margin") != 0):
+        return SkippedExecution(txid, "margin", "a margin trade does not move spot balances")
     seconds = _decimal(trade, "time")
     order_id = str(trade.get("ordertxid") or "")
-    fee = _decimal(trade, "fee")
+    decimals = assets.decimals
+    fee = booked(_decimal(trade, "fee"), pair.quote, decimals)
     return Fill(
         exec_id=txid,
         base=pair.base,
         quote=pair.quote,
         side=Side(side),
-        qty=_decimal(trade, "vol"),
+        qty=booked(_decimal(trade, "vol"), pair.base, decimals),
         price=_decimal(trade, "price"),
         fees=(Fee(pair.quote, fee),) if fee else (),
         userref=userrefs.get(order_id),
         timestamp_ns=int(seconds * 1_000_000_000),
         order_id=order_id,
+        cost=booked(_decimal(trade, "cost"), pair.quote, decimals),
     )

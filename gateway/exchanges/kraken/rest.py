@@ -1,6 +1,10 @@
-"""Kraken's REST API over httpx (on Trio): signing, errors, retries, timeouts.
+"""Kraken's REST API over httpx (on Trio): signing, pacing, errors, retries, timeouts.
 
-Every call has a timeout; retryable failures (rate limits, ``EService``,
+Private calls go out one at a time, in nonce order: Kraken refuses a nonce
+lower than one it has already seen, so two calls racing over two connections
+can refuse each other (a sequencer per key, the only safe way to share one).
+Each waits first for the modelled API counter (``ratelimit``) so Kraken never
+has to refuse it. Every call has a timeout; retryable failures (``EService``,
 timeouts, 5xx) are retried with capped, jittered exponential backoff; every
 other error is raised at once. The API secret is never logged or shown.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -21,10 +26,12 @@ import trio
 from gateway.exchanges.kraken.errors import (
     KrakenError,
     KrakenProtocolError,
+    KrakenRateLimitError,
     KrakenTransportError,
     api_error,
 )
 from gateway.exchanges.kraken.parsing import loads
+from gateway.exchanges.kraken.ratelimit import DEFAULT_TIER, TIERS, ApiCounter, Tier, call_cost
 from gateway.exchanges.kraken.signing import NonceSource, sign
 
 logger = logging.getLogger(__name__)
@@ -32,6 +39,9 @@ logger = logging.getLogger(__name__)
 KRAKEN_REST_URL: Final = "https://api.kraken.com"
 USER_AGENT: Final = "hft-balance-gateway/0.1"
 Request = Callable[[], Awaitable[httpx.Response]]
+# Refusals by the API counter are waited out, not failed on: up to this many in a row.
+RATE_LIMIT_RETRIES: Final = 20
+THROTTLE_WAIT_MAX_S: Final = 60.0
 Params = Sequence[tuple[str, str | int | Decimal]] | Mapping[str, str | int | Decimal]
 
 
@@ -59,6 +69,7 @@ class KrakenRestClient:
         nonces: NonceSource | None = None,
         timeout_s: float = 10.0,
         retry: RetryPolicy | None = None,
+        tier: Tier | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -66,6 +77,8 @@ class KrakenRestClient:
         self._api_secret = api_secret
         self._nonces = nonces or NonceSource()
         self.retry = retry or RetryPolicy()
+        self.counter = ApiCounter(tier or TIERS[DEFAULT_TIER])
+        self._sequencer = trio.Lock()
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s),
@@ -94,7 +107,7 @@ class KrakenRestClient:
         path = f"/0/public/{method}"
         query = urlencode(list(params.items()) if isinstance(params, Mapping) else params)
         return await self._with_retry(
-            method, lambda: self._http.get(path + ("?" + query if query else ""))
+            method, lambda: self._http.get(path + ("?" + query if query else "")), paced=False
         )
 
     async def private(self, method: str, params: Params = ()) -> object:
@@ -108,34 +121,62 @@ class KrakenRestClient:
             raise api_error(["EAPI:Invalid key"], method)
         path = f"/0/private/{method}"
         pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
+        cost = call_cost(method)
 
-        def request() -> Awaitable[httpx.Response]:
-            nonce = self._nonces.next()  # a fresh nonce for every attempt
-            body = urlencode([("nonce", nonce), *pairs])
-            assert self._api_key is not None and self._api_secret is not None
-            headers = {
-                "API-Key": self._api_key,
-                "API-Sign": sign(path, nonce, body, self._api_secret),
-                "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
-            }
-            return self._http.post(path, content=body.encode(), headers=headers)
+        async def request() -> httpx.Response:
+            # Held until the answer is in, so nonces reach Kraken in the order they were taken.
+            async with self._sequencer:
+                wait = self.counter.delay(cost, trio.current_time())
+                if wait > 0:
+                    self.counter.waited_s += wait
+                    logger.debug("Kraken %s waits %.1f s for the API counter", method, wait)
+                    await trio.sleep(wait)
+                self.counter.charge(cost, trio.current_time())
+                nonce = self._nonces.next()  # a fresh nonce for every attempt
+                body = urlencode([("nonce", nonce), *pairs])
+                assert self._api_key is not None and self._api_secret is not None
+                headers = {
+                    "API-Key": self._api_key,
+                    "API-Sign": sign(path, nonce, body, self._api_secret),
+                    "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+                }
+                return await self._http.post(path, content=body.encode(), headers=headers)
 
-        return await self._with_retry(method, request)
+        return await self._with_retry(method, request, paced=True)
 
-    async def _with_retry(self, method: str, request: Request) -> object:
-        for attempt in range(self.retry.attempts):
+    async def _with_retry(self, method: str, request: Request, *, paced: bool) -> object:
+        attempt = refusals = 0
+        while True:
             try:
-                return await self._once(method, request)
+                result = await self._once(method, request)
+            except KrakenRateLimitError as exc:
+                self.failures += 1
+                refusals += 1
+                if refusals > RATE_LIMIT_RETRIES:
+                    raise
+                logger.warning("Kraken %s refused by a rate limiter (%s); waiting", method, exc)
+                if exc.retry_at is not None:  # EService:Throttled names the moment
+                    await trio.sleep(min(THROTTLE_WAIT_MAX_S, max(0.0, exc.retry_at - time.time())))
+                elif paced:
+                    # The model was behind Kraken's counter (another user of the key, or a
+                    # restart soon after heavy use): take it as full; the pacer then waits.
+                    self.counter.refused(trio.current_time())
+                else:
+                    await trio.sleep(self.retry.delay(min(refusals, 5)))
             except KrakenError as exc:
                 self.failures += 1
-                if not exc.retryable or attempt + 1 == self.retry.attempts:
+                attempt += 1
+                if not exc.retryable or attempt == self.retry.attempts:
                     raise
-                delay = self.retry.delay(attempt)
+                delay = self.retry.delay(attempt - 1)
                 logger.warning(
-                    "Kraken %s failed (%s); retry %d in %.1f s", method, exc, attempt + 1, delay
+                    "Kraken %s failed (%s); retry %d in %.1f s", method, exc, attempt, delay
                 )
                 await trio.sleep(delay)
-        raise AssertionError("unreachable")
+            else:
+                if paced:
+                    self.counter.accepted()
+                return result
 
     async def _once(self, method: str, request: Request) -> object:
         self.calls += 1
@@ -196,18 +237,30 @@ class KrakenRestClient:
         return result
 
     async def trades_history(
-        self, *, start: Decimal | None = None, ofs: int = 0
+        self, *, start: int | None = None, end: str | None = None, ofs: int = 0
     ) -> tuple[dict[str, dict[str, object]], int]:
-        """One page of trades (newest first, 50 a page): (trades by txid, total count)."""
+        """One page of trades (newest first, 50 a page): (trades by txid, total count).
+
+        ``start`` is a unix time in whole seconds (exclusive), ``end`` a trade id
+        (inclusive), as Kraken documents them.
+        """
         params: list[tuple[str, str | int | Decimal]] = [("ofs", ofs)]
         if start is not None:
             params.append(("start", start))
+        if end is not None:
+            params.append(("end", end))
         result = await self.private("TradesHistory", params)
         trades = result.get("trades") if isinstance(result, dict) else None
         count = result.get("count") if isinstance(result, dict) else None
         if not isinstance(trades, dict) or not isinstance(count, int):
             raise KrakenProtocolError("TradesHistory: result lacks trades or count")
         return trades, count
+
+    async def open_orders(self) -> dict[str, object]:
+        result = await self.private("OpenOrders")
+        if not isinstance(result, dict):
+            raise KrakenProtocolError("OpenOrders: result is not an object")
+        return result
 
     async def query_orders(self, txids: Sequence[str]) -> dict[str, dict[str, object]]:
         result = await self.private("QueryOrders", [("txid", ",".join(txids))])

@@ -1,32 +1,45 @@
 """The Kraken exchange session: balances from REST, fills from the WS v2 ``executions`` channel.
 
-Implements ``gateway.service.ExchangeSession``. The fill stream takes a fresh
-token for every connection, subscribes with ``snap_trades``, feeds the
-snapshot's trades to the writer (which skips those already applied), closes a
-gap the snapshot cannot cover with ``TradesHistory``, and reconnects with
-backoff when the connection drops or goes quiet.
+Implements ``gateway.service.ExchangeSession``. At start it checks that the
+API key has every permission the gateway's calls need. The fill stream takes
+a fresh token for every connection, subscribes with ``snap_trades``, and
+closes any gap between the ledger's position and the snapshot with
+``TradesHistory`` (paced by the API counter, however long that takes), then
+feeds the snapshot's trades to the writer (which skips those already
+applied). It reconnects with backoff when the connection drops or goes quiet.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Final
+from functools import partial
+from typing import Final, TypeVar
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from gateway.errors import BootstrapError
 from gateway.exchanges.kraken.assets import AssetMap
-from gateway.exchanges.kraken.errors import KrakenAPIError, KrakenError, KrakenProtocolError
+from gateway.exchanges.kraken.errors import (
+    PERMISSIONS,
+    KrakenAPIError,
+    KrakenAuthError,
+    KrakenError,
+    KrakenProtocolError,
+)
 from gateway.exchanges.kraken.parsing import (
+    EARN_SUFFIX,
+    SkippedExecution,
     WsAck,
     WsExecutions,
     WsHeartbeat,
     WsIgnored,
     WsStatus,
+    parse_balance,
     parse_rest_trade,
     parse_ws_message,
 )
@@ -35,6 +48,7 @@ from gateway.ledger import Fill
 from gateway.messages import ExchangeHealthChanged, FillReceived, WriterMessage
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KRAKEN_WS_URL: Final = "wss://ws-auth.kraken.com/v2"
 SNAPSHOT_TRADES: Final = 50
@@ -44,8 +58,20 @@ STARTUP_ATTEMPTS: Final = 5
 # A bound against a runaway loop, not a limit on gaps: 10,000 pages are 500,000 trades.
 MAX_CATCH_UP_PAGES: Final = 10_000
 CATCH_UP_PAGE: Final = 50  # TradesHistory's page size
-QUERY_ORDERS_CHUNK: Final = 20
-CATCH_UP_OVERLAP_NS: Final = 1_000_000_000
+QUERY_ORDERS_CHUNK: Final = 50  # the most txids QueryOrders takes in one call
+# TradesHistory's start is whole seconds and exclusive: ask from a second before.
+CATCH_UP_OVERLAP_S: Final = 1
+# Messages the connection keeps reading (and holds) while a catch-up runs: ~15 MB at most.
+WS_QUEUE_MESSAGES: Final = 20_000
+# An unknown pair or asset refetches the public maps, at most this often.
+ASSET_REFRESH_S: Final = 30.0
+
+
+def _trade_time(trade: dict[str, object]) -> Decimal:
+    try:
+        return Decimal(str(trade.get("time")))
+    except ArithmeticError:
+        return Decimal(0)
 
 
 class StreamStale(Exception):  # noqa: N818 - a condition that ends one connection
@@ -65,16 +91,19 @@ class KrakenSession:
     ) -> None:
         self.rest = rest
         self.ws_url = ws_url
-        self.last_fill_ns: Callable[[], int] = lambda: 0
+        self.position_ns: Callable[[], int] = lambda: 0
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.reconnect = reconnect or RetryPolicy(attempts=1_000_000, base_s=0.25, cap_s=10.0)
         self._assets: AssetMap | None = None
+        self._assets_at = -ASSET_REFRESH_S
         self.ws_state = "disconnected"
         self.system = "unknown"
         self.connections = 0
         self.reconnects = 0
         self.fills_received = 0
         self.caught_up = 0
+        self.catch_up: str | None = None  # progress of a catch-up while one runs
+        self.skipped: dict[str, int] = {}  # executions not booked, by why
         self.last_error: str | None = None
 
     def feed_connection(self) -> int | None:
@@ -88,24 +117,68 @@ class KrakenSession:
             "ws_reconnects": self.reconnects,
             "fills_received": self.fills_received,
             "fills_caught_up": self.caught_up,
+            "catch_up": self.catch_up,
+            "executions_skipped": dict(self.skipped),
             "rest_calls": self.rest.calls,
             "rest_failures": self.rest.failures,
+            "rest_counter_wait_s": round(self.rest.counter.waited_s, 1),
+            "rest_counter_refusals": self.rest.counter.refusals,
             "exchange_last_error": self.last_error,
         }
 
-    async def assets(self) -> AssetMap:
-        if self._assets is None:
+    async def assets(self, *, refresh: bool = False) -> AssetMap:
+        """The asset and pair maps; ``refresh`` refetches them unless that was done lately."""
+        now = trio.current_time()
+        stale = refresh and now - self._assets_at >= ASSET_REFRESH_S
+        if self._assets is None or stale:
             self._assets = AssetMap.from_rest(
                 await self.rest.assets(), await self.rest.asset_pairs()
             )
+            self._assets_at = now
+            if stale:
+                logger.info("Kraken asset and pair maps refreshed")
         return self._assets
+
+    async def check_permissions(self) -> None:
+        """Call each private method the gateway relies on, once, and name what is refused.
+
+        Raises:
+            BootstrapError: one line naming every missing permission, or why the
+                key was refused.
+        """
+        probes: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("BalanceEx", self.rest.balance_ex),
+            ("GetWebSocketsToken", self.rest.websockets_token),
+            ("TradesHistory", lambda: self.rest.trades_history(start=int(time.time()))),
+            ("OpenOrders", self.rest.open_orders),
+        ]
+        missing = []
+        for method, probe in probes:
+            try:
+                await probe()
+            except KrakenAuthError as exc:
+                needed = PERMISSIONS.get(method)
+                if not exc.permission_denied or needed is None:
+                    raise BootstrapError(f"Kraken refused the API key: {exc}") from None
+                missing.append(needed)
+            except KrakenError as exc:
+                raise BootstrapError(f"Kraken {method} failed: {exc}") from None
+        if missing:
+            raise BootstrapError(
+                "the Kraken API key lacks the permission(s) "
+                + ", ".join(repr(m) for m in missing)
+                + " (docs/kraken.md lists what the gateway needs)"
+            )
 
     # -- balances ------------------------------------------------------------------------
 
     async def fetch_totals(self) -> dict[str, Decimal]:
         """Each currency's total balance (``BalanceEx``, falling back to ``Balance``).
 
-        Suffixed balances (earn, staking) stay apart under their own names.
+        Auto-earn balances (``.F``) count with their base asset: Kraken spends them
+        through it ("use USDT to transact with your USDT and USDT.F balances"), so
+        a spot sell may draw on ``XBT.F``. Other suffixed balances (staked, bonded,
+        on hold) stay apart under their own names.
 
         Raises:
             KrakenError: after the REST client's retries.
@@ -120,13 +193,8 @@ class KrakenSession:
             raw = dict(await self.rest.balance())
         totals: dict[str, Decimal] = {}
         for key, value in raw.items():
-            try:
-                amount = Decimal(str(value))
-            except ArithmeticError:
-                raise KrakenProtocolError(f"balance of {key} is not a number: {value!r}") from None
-            if not amount.is_finite():
-                raise KrakenProtocolError(f"balance of {key} is not finite: {value!r}")
-            currency = assets.asset(key)
+            amount = parse_balance(key, value)
+            currency = assets.asset(key).removesuffix(EARN_SUFFIX)
             totals[currency] = totals.get(currency, Decimal(0)) + amount
         return totals
 
@@ -136,18 +204,21 @@ class KrakenSession:
         self,
         send: trio.MemorySendChannel[WriterMessage],
         *,
-        last_fill_ns: Callable[[], int],
+        position_ns: Callable[[], int],
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Stream fills to the writer until cancelled; reconnect whenever the stream fails.
 
-        ``started()`` after the first subscription's snapshot (and any catch-up)
-        has been sent to the writer.
+        ``started()`` after the first subscription's snapshot and its catch-up
+        (every fill since ``position_ns()``) have been sent to the writer. A
+        catch-up takes as long as Kraken's API counter needs; the stream is
+        read (and held) meanwhile.
 
         Raises:
-            BootstrapError: no subscription after ``STARTUP_ATTEMPTS`` tries at start.
+            BootstrapError: the key lacks a permission, or no subscription after
+                ``STARTUP_ATTEMPTS`` tries at start.
         """
-        self.last_fill_ns = last_fill_ns
+        self.position_ns = position_ns
         live_once = False
         live_now = False
 
@@ -159,6 +230,7 @@ class KrakenSession:
                 task_status.started()
 
         async with send:
+            await self.check_permissions()
             attempt = 0
             while True:
                 live_now = False
@@ -176,6 +248,8 @@ class KrakenSession:
                             f"could not subscribe to Kraken executions at {self.ws_url}: {exc}"
                         ) from exc
                     logger.warning("Kraken executions stream failed: %s", self.last_error)
+                finally:
+                    self.catch_up = None
                 if live_once:
                     await send.send(ExchangeHealthChanged(feed_live=False))
                 if live_now:
@@ -190,8 +264,11 @@ class KrakenSession:
         self, send: trio.MemorySendChannel[WriterMessage], on_live: Callable[[], None]
     ) -> None:
         self.ws_state = "connecting"
+        decimals = (await self.assets()).decimals
         token = await self.rest.websockets_token()  # a fresh token for every connection
-        async with open_websocket_url(self.ws_url) as ws:
+        # The connection's reader keeps taking messages into its queue while a long
+        # catch-up runs, so Kraken never sees a stalled client.
+        async with open_websocket_url(self.ws_url, message_queue_size=WS_QUEUE_MESSAGES) as ws:
             self.connections += 1
             subscribe = {
                 "method": "subscribe",
@@ -204,18 +281,19 @@ class KrakenSession:
                 "req_id": self.connections,
             }
             await ws.send_message(json.dumps(subscribe))
-            snapshot_seen = False
+            snapshot: WsExecutions | None = None
             with trio.fail_after(SUBSCRIBE_TIMEOUT_S):
-                while not snapshot_seen:
-                    message = parse_ws_message(await ws.get_message())
+                while snapshot is None:
+                    message = parse_ws_message(await ws.get_message(), decimals)
                     if isinstance(message, WsAck) and message.method == "subscribe":
                         if not message.success:
                             raise KrakenProtocolError(f"subscribe refused: {message.error}")
                     elif isinstance(message, WsStatus):
                         self.system = message.system
                     elif isinstance(message, WsExecutions):
-                        await self._take_snapshot(message, send)
-                        snapshot_seen = True
+                        snapshot = message
+            # Not under the subscribe timeout: a catch-up lasts as long as the counter needs.
+            await self._take_snapshot(snapshot, send)
             self.ws_state = "live"
             logger.info("Kraken executions stream live (%s)", self.ws_url)
             await send.send(ExchangeHealthChanged(feed_live=True))
@@ -225,8 +303,9 @@ class KrakenSession:
                     text = await ws.get_message()
                 if quiet.cancelled_caught:
                     raise StreamStale(f"nothing for {self.heartbeat_timeout_s} s")
-                message = parse_ws_message(text)
+                message = parse_ws_message(text, decimals)
                 if isinstance(message, WsExecutions):
+                    self._count_skipped(message.skipped)
                     for fill in message.fills:
                         self.fills_received += 1
                         await send.send(FillReceived(fill))
@@ -236,15 +315,28 @@ class KrakenSession:
                 elif isinstance(message, WsHeartbeat | WsAck | WsIgnored):
                     pass
 
+    def _count_skipped(self, skipped: tuple[SkippedExecution, ...]) -> None:
+        """Log and count executions that are not booked; the reconciler mends balances."""
+        for item in skipped:
+            self.skipped[item.kind] = self.skipped.get(item.kind, 0) + 1
+            logger.warning("Kraken execution %s not booked (%s): %s", item.exec_id, item.kind,
+                           item.reason)  # fmt: skip
+
     async def _take_snapshot(
         self, message: WsExecutions, send: trio.MemorySendChannel[WriterMessage]
     ) -> None:
-        """Feed the snapshot, first closing any gap older than it with ``TradesHistory``."""
-        last = self.last_fill_ns()
+        """Feed the snapshot, first closing any gap between the ledger and it.
+
+        The snapshot holds the last 50 trades. When it is full and its oldest is
+        newer than the ledger's position (its epoch or its last fill), trades in
+        between may be missing: ``TradesHistory`` fetches them.
+        """
+        self._count_skipped(message.skipped)
+        position = self.position_ns()
         fills = sorted(message.fills, key=lambda f: f.timestamp_ns)
-        full = len(fills) >= SNAPSHOT_TRADES
-        if last and full and fills[0].timestamp_ns > last:
-            for fill in await self._catch_up(last):
+        full = len(fills) + len(message.skipped) >= SNAPSHOT_TRADES
+        if full and (not fills or fills[0].timestamp_ns > position):
+            for fill in await self._catch_up(position):
                 self.caught_up += 1
                 await send.send(FillReceived(fill))
         for fill in fills:
@@ -253,30 +345,87 @@ class KrakenSession:
 
     async def _catch_up(self, since_ns: int) -> list[Fill]:
         """Every trade after ``since_ns`` from REST, oldest first, with its order's userref."""
-        assets = await self.assets()
-        # TradesHistory's start is exclusive and whole trades may share a timestamp: ask
-        # from a second earlier; the writer skips what it already applied.
-        start = Decimal(since_ns - CATCH_UP_OVERLAP_NS).scaleb(-9)
+        started = trio.current_time()
+        # Whole seconds, as Kraken documents ``start``; exclusive, and several trades may
+        # share a second: ask from a second earlier, the writer skips what it has.
+        start = max(0, since_ns // 1_000_000_000 - CATCH_UP_OVERLAP_S)
         trades: dict[str, dict[str, object]] = {}
-        # Pages come newest first. Trades made meanwhile push older ones to later
-        # offsets, so pages overlap (the dict merges them) but never leave a hole;
-        # a short page is the end.
+        count = 0
+        end: str | None = None
+        # Pages come newest first, by offset. Trades made meanwhile would push older
+        # ones to later offsets, faster than a paced catch-up pages (a hole, and then
+        # a loop over trades already seen), so after the first page the window ends
+        # at its newest trade (``end``, inclusive); later trades come on the stream.
         for page in range(MAX_CATCH_UP_PAGES):
-            batch, count = await self.rest.trades_history(start=start, ofs=len(trades))
+            self.catch_up = f"trades: {len(trades)} of {count or '?'} fetched"
+            batch, count = await self._patiently(
+                partial(self.rest.trades_history, start=start, end=end, ofs=len(trades))
+            )
+            before = len(trades)
             trades.update(batch)
+            if end is None and batch:
+                end = max(batch, key=lambda txid: _trade_time(batch[txid]))
             if len(batch) < CATCH_UP_PAGE or len(trades) >= count:
                 break
-            if page % 20 == 19:
+            if len(trades) == before:
+                raise KrakenProtocolError("TradesHistory paging brought nothing new")
+            if page % 10 == 9:
                 logger.info("catching up: %d of %d trades fetched", len(trades), count)
             if page + 1 == MAX_CATCH_UP_PAGES:
                 logger.error("catch-up stopped after %d pages of trades", MAX_CATCH_UP_PAGES)
         order_ids = sorted({str(t.get("ordertxid")) for t in trades.values() if t.get("ordertxid")})
         userrefs: dict[str, int | None] = {}
         for first in range(0, len(order_ids), QUERY_ORDERS_CHUNK):
-            orders = await self.rest.query_orders(order_ids[first : first + QUERY_ORDERS_CHUNK])
+            self.catch_up = f"orders: {first} of {len(order_ids)} looked up"
+            chunk = order_ids[first : first + QUERY_ORDERS_CHUNK]
+            orders = await self._patiently(partial(self.rest.query_orders, chunk))
             for txid, order in orders.items():
                 userref = order.get("userref")
-                userrefs[txid] = userref if isinstance(userref, int) else None
-        fills = [parse_rest_trade(txid, t, assets, userrefs) for txid, t in trades.items()]
-        logger.warning("caught up %d trades missed since the last fill", len(fills))
+                ok = isinstance(userref, int) and not isinstance(userref, bool)
+                userrefs[txid] = userref if ok else None  # type: ignore[assignment]
+        fills = []
+        skipped = []
+        for txid, trade in trades.items():
+            parsed = await self._parse_rest_trade(txid, trade, userrefs)
+            if isinstance(parsed, SkippedExecution):
+                skipped.append(parsed)
+            else:
+                fills.append(parsed)
+        self._count_skipped(tuple(skipped))
+        logger.warning(
+            "caught up %d trades since the ledger's position (%d REST calls in %.1f s)",
+            len(fills), -(-len(trades) // CATCH_UP_PAGE) + -(-len(order_ids) // QUERY_ORDERS_CHUNK),
+            trio.current_time() - started,
+        )  # fmt: skip
         return sorted(fills, key=lambda f: f.timestamp_ns)
+
+    async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A catch-up call, retried for as long as its failure is transient.
+
+        Giving up would drop the connection and start the catch-up over from
+        the same position, with a wider gap: the stream is held meanwhile.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except KrakenError as exc:
+                if not exc.retryable:
+                    raise
+                attempt += 1
+                delay = self.reconnect.delay(attempt)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.warning("catch-up: %s; trying again in %.1f s", exc, delay)
+                await trio.sleep(delay)
+
+    async def _parse_rest_trade(
+        self, txid: str, trade: dict[str, object], userrefs: dict[str, int | None]
+    ) -> Fill | SkippedExecution:
+        """A REST trade as a fill; an unknown pair refetches the maps once before giving up."""
+        assets = await self.assets()
+        if trade.get("pair") not in assets.pairs:
+            assets = await self.assets(refresh=True)
+        try:
+            return parse_rest_trade(txid, trade, assets, userrefs)
+        except KrakenProtocolError as exc:
+            return SkippedExecution(txid, "malformed", str(exc))
