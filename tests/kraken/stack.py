@@ -62,6 +62,14 @@ class KrakenStack:
             time.sleep(0.02)
         self.address = json.loads(self.ready.read_text())
 
+    def start_sim_again(self) -> None:
+        """A new simulator (with ``sim_args`` as they are now) in place of the running one."""
+        assert self.sim is not None
+        self.sim.kill()
+        self.sim.wait(timeout=10)
+        self.ready.unlink()
+        self.start_sim()
+
     def start_gateway(self, *extra: str) -> None:
         env = {
             **self.env,

@@ -63,8 +63,6 @@ QUERY_ORDERS_CHUNK: Final = 50  # the most txids QueryOrders takes in one call
 CATCH_UP_OVERLAP_S: Final = 1
 # Messages the connection keeps reading (and holds) while a catch-up runs: ~15 MB at most.
 WS_QUEUE_MESSAGES: Final = 20_000
-# An unknown pair or asset refetches the public maps, at most this often.
-ASSET_REFRESH_S: Final = 30.0
 
 
 def _trade_time(trade: dict[str, object]) -> Decimal:
@@ -72,6 +70,15 @@ def _trade_time(trade: dict[str, object]) -> Decimal:
         return Decimal(str(trade.get("time")))
     except ArithmeticError:
         return Decimal(0)
+
+
+def _parse_rest_trade(
+    txid: str, trade: dict[str, object], assets: AssetMap, userrefs: dict[str, int | None]
+) -> Fill | SkippedExecution:
+    try:
+        return parse_rest_trade(txid, trade, assets, userrefs)
+    except KrakenProtocolError as exc:
+        return SkippedExecution(txid, "malformed", str(exc))
 
 
 class StreamStale(Exception):  # noqa: N818 - a condition that ends one connection
@@ -95,7 +102,6 @@ class KrakenSession:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.reconnect = reconnect or RetryPolicy(attempts=1_000_000, base_s=0.25, cap_s=10.0)
         self._assets: AssetMap | None = None
-        self._assets_at = -ASSET_REFRESH_S
         self.ws_state = "disconnected"
         self.system = "unknown"
         self.connections = 0
@@ -127,15 +133,12 @@ class KrakenSession:
         }
 
     async def assets(self, *, refresh: bool = False) -> AssetMap:
-        """The asset and pair maps; ``refresh`` refetches them unless that was done lately."""
-        now = trio.current_time()
-        stale = refresh and now - self._assets_at >= ASSET_REFRESH_S
-        if self._assets is None or stale:
+        """The asset and pair maps, fetched once; ``refresh`` fetches them again."""
+        if self._assets is None or refresh:
             self._assets = AssetMap.from_rest(
                 await self.rest.assets(), await self.rest.asset_pairs()
             )
-            self._assets_at = now
-            if stale:
+            if refresh:
                 logger.info("Kraken asset and pair maps refreshed")
         return self._assets
 
@@ -383,10 +386,14 @@ class KrakenSession:
                 userref = order.get("userref")
                 ok = isinstance(userref, int) and not isinstance(userref, bool)
                 userrefs[txid] = userref if ok else None  # type: ignore[assignment]
+        assets = await self.assets()
+        if any(t.get("pair") not in assets.pairs for t in trades.values()):
+            # A pair listed since the maps were fetched: fetch them again, once a catch-up.
+            assets = await self._patiently(partial(self.assets, refresh=True))
         fills = []
         skipped = []
         for txid, trade in trades.items():
-            parsed = await self._parse_rest_trade(txid, trade, userrefs)
+            parsed = _parse_rest_trade(txid, trade, assets, userrefs)
             if isinstance(parsed, SkippedExecution):
                 skipped.append(parsed)
             else:
@@ -417,15 +424,3 @@ class KrakenSession:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("catch-up: %s; trying again in %.1f s", exc, delay)
                 await trio.sleep(delay)
-
-    async def _parse_rest_trade(
-        self, txid: str, trade: dict[str, object], userrefs: dict[str, int | None]
-    ) -> Fill | SkippedExecution:
-        """A REST trade as a fill; an unknown pair refetches the maps once before giving up."""
-        assets = await self.assets()
-        if trade.get("pair") not in assets.pairs:
-            assets = await self.assets(refresh=True)
-        try:
-            return parse_rest_trade(txid, trade, assets, userrefs)
-        except KrakenProtocolError as exc:
-            return SkippedExecution(txid, "malformed", str(exc))
