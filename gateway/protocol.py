@@ -8,6 +8,7 @@ length's first byte is always 0). ``docs/protocol.md`` is the user's version.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -39,7 +40,13 @@ LENGTH_PREFIX: Final = struct.Struct(">I")
 MAX_NAME_CHARS: Final = 64
 MAX_REQUEST_ID_CHARS: Final = 128
 _CURRENCY_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.]{0,19}")
-_DECIMAL_RE: Final = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+# ASCII digits only: str.isdigit() and Decimal() also take "١٢" (Arabic-Indic twelve).
+_DECIMAL_RE: Final = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+# Bounds checked before any arithmetic: Decimal("1e-999999999") is cheap to build but
+# scaling it computes 10**999999981 and stalls every client. No amount the ledger can
+# hold (18 decimals, below 10**18) needs more digits or a larger exponent than these.
+MAX_AMOUNT_DIGITS: Final = 60
+MAX_AMOUNT_EXPONENT: Final = 60
 
 BALANCE_FIELDS: Final = frozenset({"strategy", "cmd", "currency", "amount", "index", "request_id"})
 QUERY_FIELDS: Final = frozenset({"cmd", "currency", "strategy", "request_id"})
@@ -166,8 +173,18 @@ def _reject_constant(name: str) -> object:
     raise CommandProtocolError(ErrorCode.INVALID_AMOUNT, f"{name} is not a finite amount")
 
 
-# One decoder for every request: JSON numbers become Decimal (never float), NaN is refused.
-_JSON: Final = json.JSONDecoder(parse_float=Decimal, parse_constant=_reject_constant)
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        raise CommandProtocolError(ErrorCode.BAD_FRAME, "a key appears twice in the request")
+    return body
+
+
+# One decoder for every request: JSON numbers become Decimal (never float), NaN is refused,
+# and a repeated key is refused rather than "last one wins".
+_JSON: Final = json.JSONDecoder(
+    parse_float=Decimal, parse_constant=_reject_constant, object_pairs_hook=_unique_keys
+)
 _JSON_OUT: Final = json.JSONEncoder(separators=(",", ":"))
 
 
@@ -178,7 +195,7 @@ def decode_frame(frame: bytes, framing: Framing) -> dict[str, object]:
         CommandProtocolError: BAD_FRAME (not JSON/CBOR, not a map), INVALID_AMOUNT (NaN).
     """
     try:
-        body = _JSON.decode(frame.decode()) if framing is Framing.JSON else cbor2.loads(frame)
+        body = _JSON.decode(frame.decode()) if framing is Framing.JSON else _one_cbor_map(frame)
     except CommandProtocolError:
         raise
     except (ValueError, UnicodeDecodeError, cbor2.CBORDecodeError, RecursionError) as exc:
@@ -187,6 +204,15 @@ def decode_frame(frame: bytes, framing: Framing) -> dict[str, object]:
     if not isinstance(body, dict):
         raise CommandProtocolError(ErrorCode.BAD_FRAME, "a request must be a map/object")
     return body
+
+
+def _one_cbor_map(frame: bytes) -> object:
+    """The frame's one CBOR item; bytes after it are refused, not ignored."""
+    stream = io.BytesIO(frame)
+    item = cbor2.CBORDecoder(stream).decode()
+    if stream.tell() != len(frame):
+        raise CommandProtocolError(ErrorCode.BAD_FRAME, "bytes after the CBOR map")
+    return item
 
 
 def encode_reply(reply: Reply, framing: Framing) -> bytes:
@@ -214,7 +240,7 @@ Request = BalanceCommand | Query
 def request_id_of(body: dict[str, object]) -> str | None:
     """The request's id if it has a usable one (for echoing it in an error reply)."""
     value = body.get("request_id")
-    return value if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_CHARS else None
+    return value if isinstance(value, str) and _is_text(value, MAX_REQUEST_ID_CHARS) else None
 
 
 def parse_request(body: dict[str, object], strategy_count: int) -> tuple[Request, str | None]:
@@ -247,9 +273,10 @@ def parse_request(body: dict[str, object], strategy_count: int) -> tuple[Request
         if name not in body:
             raise CommandProtocolError(ErrorCode.INVALID_REQUEST, f"{cmd} needs '{name}'")
     strategy = body["strategy"]
-    if not isinstance(strategy, str) or not 0 < len(strategy) <= MAX_NAME_CHARS:
+    if not isinstance(strategy, str) or not _is_text(strategy, MAX_NAME_CHARS):
         raise CommandProtocolError(
-            ErrorCode.INVALID_REQUEST, f"'strategy' must be a string of 1..{MAX_NAME_CHARS} chars"
+            ErrorCode.INVALID_REQUEST,
+            f"'strategy' must be printable text of 1..{MAX_NAME_CHARS} characters",
         )
     index = _index(body["index"], kind, strategy_count)
     amount = _amount(body["amount"], signed=kind is CommandKind.ADJUST)
@@ -266,13 +293,19 @@ def _check_fields(body: dict[str, object], allowed: frozenset[str]) -> None:
         )
 
 
+def _is_text(value: str, limit: int) -> bool:
+    """Printable text of 1..limit characters: no control characters, no lone surrogates
+    (which no encoder can write, so one would crash the writer's journal)."""
+    return 0 < len(value) <= limit and value.isprintable()
+
+
 def _request_id(value: object) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_REQUEST_ID_CHARS:
+    if not isinstance(value, str) or not _is_text(value, MAX_REQUEST_ID_CHARS):
         raise CommandProtocolError(
             ErrorCode.INVALID_REQUEST,
-            f"'request_id' must be a string of 1..{MAX_REQUEST_ID_CHARS} chars",
+            f"'request_id' must be printable text of 1..{MAX_REQUEST_ID_CHARS} characters",
         )
     return value
 
@@ -309,6 +342,9 @@ def _amount(value: object, *, signed: bool) -> int:
     number: Decimal
     if isinstance(value, bool):
         raise CommandProtocolError(ErrorCode.INVALID_REQUEST, "'amount' must be a number")
+    if isinstance(value, int) and not -(10**MAX_AMOUNT_DIGITS) < value < 10**MAX_AMOUNT_DIGITS:
+        # A 4,300-digit CBOR bignum cannot even be turned into text.
+        raise CommandProtocolError(ErrorCode.INVALID_AMOUNT, "amount is too large")
     if isinstance(value, int | Decimal):
         number = Decimal(value)
     elif isinstance(value, float):  # CBOR floats: their shortest repr, never binary noise
@@ -316,12 +352,13 @@ def _amount(value: object, *, signed: bool) -> int:
             raise CommandProtocolError(ErrorCode.INVALID_AMOUNT, f"{value} is not finite")
         number = Decimal(repr(value))
     elif isinstance(value, str):
-        if not _DECIMAL_RE.fullmatch(value.strip()):
+        text = value.strip(" ")  # ASCII spaces only: no NBSP, no other Unicode space
+        if len(text) > 2 * MAX_AMOUNT_DIGITS or not _DECIMAL_RE.fullmatch(text):
             raise CommandProtocolError(
-                ErrorCode.INVALID_AMOUNT, f"{value!r} is not a decimal number"
+                ErrorCode.INVALID_AMOUNT, f"{value[:40]!r} is not a decimal number"
             )
         try:
-            number = Decimal(value.strip())
+            number = Decimal(text)
         except InvalidOperation:
             raise CommandProtocolError(
                 ErrorCode.INVALID_AMOUNT, f"{value!r} is not a decimal number"
@@ -332,13 +369,20 @@ def _amount(value: object, *, signed: bool) -> int:
         )
     if not number.is_finite():
         raise CommandProtocolError(ErrorCode.INVALID_AMOUNT, f"{value} is not finite")
+    _, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)
+    if len(digits) > MAX_AMOUNT_DIGITS or abs(exponent) > MAX_AMOUNT_EXPONENT:
+        raise CommandProtocolError(
+            ErrorCode.INVALID_AMOUNT,
+            "amount has too many digits or too large an exponent (18 decimals, < 1e18)",
+        )
     if number.is_zero():
         raise CommandProtocolError(ErrorCode.INVALID_AMOUNT, "amount must not be zero")
     if number < 0 and not signed:
         raise CommandProtocolError(
             ErrorCode.INVALID_AMOUNT, "amount must be positive (use release to give back)"
         )
-    if abs(number) > MAX_AMOUNT:
+    if number.copy_abs() > MAX_AMOUNT:  # exact: abs() rounds to the context's 28 digits
         raise CommandProtocolError(ErrorCode.INVALID_AMOUNT, f"amount {value} is too large")
     try:
         return scale_exact(number)

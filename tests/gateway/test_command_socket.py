@@ -58,6 +58,23 @@ BAD_JSON_REQUESTS: list[tuple[str, bytes | dict[str, object], str]] = [
     ("release more than held", {**GOOD, "cmd": "release", "amount": 10**4}, "INSUFFICIENT_FUNDS"),
     ("adjust below zero", {**GOOD, "cmd": "adjust", "index": 0, "amount": -(10**6)},
      "INSUFFICIENT_FUNDS"),
+    # Issue 11: bounds before arithmetic, exact limits, text at the edge, strict syntax.
+    ("tiny exponent string", {**GOOD, "amount": "1e-999999999"}, "INVALID_AMOUNT"),
+    ("tiny exponent number", b'{"strategy":"a","cmd":"allocate","currency":"usd",'
+     b'"amount":1e-999999999,"index":2}', "INVALID_AMOUNT"),
+    ("ten million digits down", {**GOOD, "amount": "1e-10000000"}, "INVALID_AMOUNT"),
+    ("huge exponent", {**GOOD, "amount": "1e999999999"}, "INVALID_AMOUNT"),
+    ("past the limit by 1e-18", {**GOOD, "amount": "1000000000000000000.000000000000000001"},
+     "INVALID_AMOUNT"),
+    ("arabic-indic digits", {**GOOD, "amount": "\u0661\u0662"}, "INVALID_AMOUNT"),
+    ("no-break space", {**GOOD, "amount": "\u00a012"}, "INVALID_AMOUNT"),
+    ("lone surrogate strategy", b'{"strategy":"\\ud800","cmd":"allocate","currency":"usd",'
+     b'"amount":1,"index":2}', "INVALID_REQUEST"),
+    ("lone surrogate request_id", b'{"strategy":"a","cmd":"allocate","currency":"usd",'
+     b'"amount":1,"index":2,"request_id":"\\udfff"}', "INVALID_REQUEST"),
+    ("control character strategy", {**GOOD, "strategy": "a\nb"}, "INVALID_REQUEST"),
+    ("duplicate key", b'{"strategy":"a","cmd":"allocate","currency":"usd","amount":1,'
+     b'"amount":5,"index":2}', "BAD_FRAME"),
 ]  # fmt: skip
 
 
@@ -72,7 +89,9 @@ async def test_every_bad_json_request_gets_its_error_and_changes_nothing(raw: Ra
     assert (await raw.json({**GOOD, "strategy": "c", "index": 3}))["ok"] is True
     before = await _balances(raw)
     for name, request, code in BAD_JSON_REQUESTS:
-        reply = await raw.json(request)
+        # Each is answered at once: nothing a client sends may stall the event loop.
+        with trio.fail_after(1):
+            reply = await raw.json(request)
         assert reply["ok"] is False, name
         error = reply["error"]
         assert isinstance(error, dict)
@@ -106,6 +125,17 @@ async def test_bad_cbor_frames_get_errors_and_connection_continues(raw: RawClien
     assert (await raw.cbor([1, 2]))["error"]["code"] == "BAD_FRAME"  # type: ignore[index]
     assert (await raw.cbor({**good, "amount": float("nan")}))["error"]["code"] == "INVALID_AMOUNT"  # type: ignore[index]
     assert (await raw.cbor({**good, "amount": -1.5}))["error"]["code"] == "INVALID_AMOUNT"  # type: ignore[index]
+    # Issue 11: a decimal fraction with a huge exponent, a 4,300-digit bignum, bytes after
+    # the map: each answered at once, with a reply.
+    with trio.fail_after(1):
+        tiny = cbor2.dumps({**good, "amount": Decimal("1e-999999999")})
+        await raw.send(len(tiny).to_bytes(4, "big") + tiny)
+        assert (await raw.read_cbor())["error"]["code"] == "INVALID_AMOUNT"  # type: ignore[index]
+        huge = {**good, "amount": 10**4300}
+        assert (await raw.cbor(huge))["error"]["code"] == "INVALID_AMOUNT"  # type: ignore[index]
+    trailing = cbor2.dumps(good) + b"\x00"
+    await raw.send(len(trailing).to_bytes(4, "big") + trailing)
+    assert (await raw.read_cbor())["error"]["code"] == "BAD_FRAME"  # type: ignore[index]
     # An oversize frame is refused and skipped; the stream stays in step.
     await raw.send((70_000).to_bytes(4, "big") + b"\x00" * 70_000)
     assert (await raw.read_cbor())["error"]["code"] == "FRAME_TOO_LARGE"  # type: ignore[index]
