@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Final
 
 from gateway.codes import ErrorCode
-from mmapstore import DEFAULT_SCALE, StoreValueError, to_scaled
+from mmapstore import DEFAULT_SCALE, INT128_MAX, INT128_MIN, StoreValueError, to_scaled
 
 SCALE: Final = DEFAULT_SCALE
 UNIT: Final = 10**SCALE
@@ -150,7 +150,24 @@ def scale_fill(value: Decimal) -> int:
     Fills are facts and must be applied; a product of quantity and price may
     carry more decimals than the ledger keeps (the exchange rounds too).
     """
-    return to_scaled(value.quantize(_QUANTUM, rounding=decimal.ROUND_HALF_EVEN), SCALE)
+    try:
+        exact = value.quantize(_QUANTUM, rounding=decimal.ROUND_HALF_EVEN)
+    except decimal.InvalidOperation:  # more digits than the context holds: far too large
+        raise StoreValueError(f"{value} does not fit a 128-bit value at scale {SCALE}") from None
+    return to_scaled(exact, SCALE)
+
+
+def _check_range(currency: str, *values: int) -> None:
+    """Refuse a command whose result the store could not hold (signed 128-bit, scaled).
+
+    A refusal here is the only way out: published, the value would crash the writer,
+    and replayed from the journal, every restart after.
+    """
+    if any(not INT128_MIN <= v <= INT128_MAX for v in values):
+        raise Refused(
+            ErrorCode.INVALID_AMOUNT,
+            f"the result would exceed the largest {currency} balance the store can hold",
+        )
 
 
 def format_scaled(value: int) -> str:
@@ -224,6 +241,7 @@ class Ledger:
                 raise Refused(ErrorCode.INVALID_AMOUNT, "adjust needs a non-zero delta")
             self._check_owner(command.strategy, index)
             new_total, new_target = slots[TOTAL] + amount, slots[target] + amount
+            _check_range(command.currency, new_total, new_target)
             if new_total < 0 or new_target < 0:
                 raise Refused(
                     ErrorCode.INSUFFICIENT_FUNDS,
@@ -249,6 +267,7 @@ class Ledger:
                     f"{command.kind} {format_scaled(amount)} {command.currency}: slot {source} "
                     f"has only {format_scaled(slots[source])}",
                 )
+            _check_range(command.currency, slots[sink] + amount)
             slots[source] -= amount
             slots[sink] += amount
         if index >= FIRST_STRATEGY:

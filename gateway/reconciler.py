@@ -31,6 +31,7 @@ import trio
 from gateway.errors import ExchangeError
 from gateway.ledger import format_scaled, scale_fill
 from gateway.messages import CorrectionProposed, ExchangeHealthChanged, WriterMessage
+from mmapstore import StoreValueError
 
 if TYPE_CHECKING:
     from gateway.service import ExchangeSession
@@ -88,6 +89,18 @@ class ReconcileStatus:
             "reconcile_rest_errors": self.rest_errors,
             "reconcile_last_error": self.last_error,
         }
+
+
+def _scaled_totals(totals: Mapping[str, Decimal]) -> dict[str, int]:
+    """REST totals as scaled integers; one too large for the store is left out, loudly."""
+    scaled = {}
+    for currency, amount in totals.items():
+        try:
+            scaled[currency] = scale_fill(Decimal(amount))
+        except StoreValueError:
+            logger.error("reconcile: the exchange's %s balance %s does not fit the store; "
+                         "not compared", currency, amount)  # fmt: skip
+    return scaled
 
 
 async def run_reconciler(
@@ -161,7 +174,7 @@ async def run_reconciler(
                 logger.info("reconcile: a fill landed during the REST call; checking again soon")
                 continue
             ledger = ledger_totals()
-            rest = {currency: scale_fill(Decimal(amount)) for currency, amount in totals.items()}
+            rest = _scaled_totals(totals)
             corrections, suspects = judge(suspects, differences(rest, ledger))
             for currency, diff in sorted(corrections.items()):
                 seen = ledger.get(currency, 0)

@@ -28,7 +28,7 @@ from gateway.messages import BalancesFetched, HeartbeatTick, WriterMessage
 from gateway.metrics import Metrics, serve_metrics
 from gateway.reconciler import ReconcileStatus, run_reconciler
 from gateway.writer import WriterCore, run_writer
-from mmapstore import StoreWriter
+from mmapstore import StoreValueError, StoreWriter
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,15 @@ async def _bootstrap(
         if core.stats.fills_applied == before or attempt + 1 == BOOTSTRAP_ATTEMPTS:
             break
         logger.info("bootstrap: a fill landed during the balance request; fetching again")
-    bootstrap = BalancesFetched({c: scale_fill(v) for c, v in totals.items()})
+    scaled = {}
+    for currency, amount in totals.items():
+        try:
+            scaled[currency] = scale_fill(amount)
+        except StoreValueError:
+            raise BootstrapError(
+                f"the exchange's {currency} balance ({amount}) is larger than the store can hold"
+            ) from None
+    bootstrap = BalancesFetched(scaled)
     await send.send(bootstrap)
     await bootstrap.applied.wait()
 

@@ -245,8 +245,17 @@ class WriterCore:
             undo()
         self.stats.commands_applied -= len(reverted)
         self.stats.commands_unavailable += len(reverted)
+        # A repeat of a taken-back request in the same batch was answered from the reply
+        # just taken back: it gets the same refusal, never an ok that was not kept.
+        taken_back = {_request_id(reply) for slot, reply in batch.replies if slot in reverted}
+        taken_back.discard(None)
         batch.replies = [
-            (slot, self._unavailable(_request_id(reply)) if slot in reverted else reply)
+            (
+                slot,
+                self._unavailable(_request_id(reply))
+                if slot in reverted or _request_id(reply) in taken_back
+                else reply,
+            )
             for slot, reply in batch.replies
         ]
         logger.error(

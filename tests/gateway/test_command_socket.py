@@ -248,3 +248,19 @@ async def test_pipelined_requests_are_answered_in_order(raw: RawClient, framing:
         replies = [await raw.read_cbor() for _ in requests]
     assert [r["request_id"] for r in replies] == [f"p{n}" for n in range(1, 21)]
     assert replies[-1]["balances"][2] == str(sum(range(1, 21)))  # type: ignore[index]
+
+
+async def test_adjusts_past_the_store_range_are_refused_and_the_gateway_lives(
+    raw: RawClient,
+) -> None:
+    # Issue 11: 171 adjusts of 1e18 took slot 0 past the store's signed 128-bit range;
+    # publishing crashed the writer and the journalled command bricked every restart.
+    adjust = {"strategy": "a", "cmd": "adjust", "currency": "usd", "index": 0,
+              "amount": 10**18}  # fmt: skip
+    codes = []
+    for _ in range(200):
+        reply = await raw.json(adjust)
+        codes.append("ok" if reply["ok"] else reply["error"]["code"])  # type: ignore[index]
+    assert codes.count("ok") == 170 and set(codes[170:]) == {"INVALID_AMOUNT"}
+    query = await raw.json({"cmd": "query", "currency": "usd"})
+    assert query["ok"] is True

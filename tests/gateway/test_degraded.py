@@ -8,11 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 
+import pytest
 import trio
 
 from gateway.config import GatewayConfig
-from gateway.ledger import UNIT, Fill, Side
-from gateway.messages import ExchangeHealthChanged
+from gateway.errors import BootstrapError, JournalWriteError
+from gateway.ledger import UNIT, BalanceCommand, CommandKind, Fill, Side
+from gateway.messages import CommandReceived, ExchangeHealthChanged
 from gateway.service import Running, restore_state, run_gateway
 from mmapstore import Condition, StoreReader
 from tests.gateway.conftest import RawClient
@@ -113,3 +115,36 @@ async def test_periodic_snapshots_after_fill_only_batches(
     ledger, journal, _ = restore_state(config)
     journal.close()
     assert ledger.slots("BTC")[2] == 45 * UNIT // 100
+
+
+async def test_a_repeat_in_a_batch_whose_commit_fails_gets_the_same_refusal(
+    gateway: Running,
+) -> None:
+    # Issue 11: the first of two identical requests was refused UNAVAILABLE, the repeat
+    # answered ok from the reply just taken back, though nothing was kept.
+    core = gateway.core
+    command = BalanceCommand(CommandKind.ALLOCATE, "a", "USD", 2, 10 * UNIT)
+    first = CommandReceived(command, "twice")
+    second = CommandReceived(command, "twice")
+    before = list(core.ledger.balances["USD"])
+    batch = core.apply_batch([first, second])
+    core.journal.discard_pending()  # as a failed commit leaves it
+    core.fail_batch(batch, JournalWriteError("disk full"))
+    replies = [reply for _, reply in batch.replies]
+    assert [r["ok"] for r in replies] == [False, False]
+    assert all(r["error"]["code"] == "UNAVAILABLE" for r in replies)  # type: ignore[index]
+    assert core.ledger.balances["USD"] == before and "twice" not in core.ledger.replies
+    assert core.try_recover()  # the journal itself is fine: back to normal for the fixture
+
+
+async def test_an_exchange_balance_too_large_for_the_store_is_refused_in_one_line(
+    config: GatewayConfig,
+) -> None:
+    # Issue 11: a balance of 1.7e20 or more killed the bootstrap with a traceback.
+    with pytest.raises(BaseExceptionGroup) as raised:
+        await run_gateway(config, FakeExchange({"USD": "1e21", "BTC": 1}))
+    leaves = raised.value.exceptions
+    while len(leaves) == 1 and isinstance(leaves[0], BaseExceptionGroup):
+        leaves = leaves[0].exceptions
+    assert len(leaves) == 1 and isinstance(leaves[0], BootstrapError)
+    assert "USD balance (1E+21) is larger than the store can hold" in str(leaves[0])
