@@ -14,6 +14,8 @@ import asyncio
 import json
 import os
 import socket
+import stat
+import struct
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +26,12 @@ from typing import Final
 import sniffio
 import trio
 
-from clients.errors import CommandRefusedError, CommandTimeoutError, GatewayUnavailableError
+from clients.errors import (
+    CommandRefusedError,
+    CommandTimeoutError,
+    GatewayUnavailableError,
+    GatewayUntrustedError,
+)
 
 KRAKEN_STRATEGY_BALANCE_CMD: Final = "kraken_strategy_balance"
 # Which command types each service takes.
@@ -34,6 +41,54 @@ DEFAULT_TIMEOUT_S: Final = 5.0
 MAX_REPLY_BYTES: Final = 1 << 20
 
 Payload = dict[str, object]
+
+
+_PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def trusted_owner(directory: Path) -> int | None:
+    """The uid owning the socket's directory, if a client may trust it; None if it is absent.
+
+    Trusted: not a symlink, not writable by group or others, owned by this user,
+    by root, or by ``$HFT_GATEWAY_UID`` (a gateway running as a user of its own).
+
+    Raises:
+        GatewayUntrustedError: anything else (another user could stand in for the gateway).
+    """
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return None
+    allowed = {os.geteuid(), 0}
+    gateway_uid = os.environ.get("HFT_GATEWAY_UID", "")
+    if gateway_uid.isdigit():
+        allowed.add(int(gateway_uid))
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise GatewayUntrustedError(f"{directory} is not a directory of the gateway's (a symlink?)")
+    if info.st_uid not in allowed or info.st_mode & 0o022:
+        raise GatewayUntrustedError(
+            f"{directory} is owned by uid {info.st_uid} with mode "
+            f"{stat.S_IMODE(info.st_mode):04o}: not the gateway's; nothing was sent "
+            "(set HFT_GATEWAY_UID if the gateway runs as another user)"
+        )
+    return info.st_uid
+
+
+def check_peer(sock: socket.socket | None, owner: int | None) -> None:
+    """The server's uid (``SO_PEERCRED``) must be the directory's owner or root.
+
+    Raises:
+        GatewayUntrustedError: another user answers on the gateway's socket.
+    """
+    if sock is None or owner is None:
+        return
+    _, uid, _ = _PEERCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    )
+    if uid not in (owner, 0):
+        raise GatewayUntrustedError(
+            f"the process on the gateway's socket runs as uid {uid}, not {owner}; nothing was sent"
+        )
 
 
 def default_run_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -138,6 +193,7 @@ class IPCCommandSystem:
         self._run_dir = run_dir
         self._started = False
         self._connections: dict[tuple[str, object], _Connection] = {}
+        self._gateway_uid: int | None = None  # the socket directory's owner, once checked
 
     def start(self) -> None:
         """Resolve where the sockets live. Connections open on first use."""
@@ -156,7 +212,14 @@ class IPCCommandSystem:
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
     def _path(self, service: str) -> Path:
-        return socket_path(service, self._run_dir)
+        """The service's socket, once its directory is known to be the gateway's."""
+        path = socket_path(service, self._run_dir)
+        self._gateway_uid = trusted_owner(path.parent)
+        return path
+
+    def _check_peer(self, sock: socket.socket | None) -> None:
+        """Before a byte is sent: the listening process runs as the directory's owner."""
+        check_peer(sock, self._gateway_uid)
 
     # -- async ------------------------------------------------------------------------
 
@@ -202,6 +265,11 @@ class IPCCommandSystem:
             try:
                 if connection is None:
                     stream = await trio.open_unix_socket(str(self._path(service)))
+                    try:
+                        self._check_peer(stream.socket)  # type: ignore[arg-type]
+                    except GatewayUntrustedError:
+                        await stream.aclose()
+                        raise
                     connection = _Connection(stream, None, trio.Lock(), bytearray())
                     self._connections[(service, loop_key)] = connection
                 assert isinstance(connection.reader, trio.SocketStream)
@@ -233,6 +301,11 @@ class IPCCommandSystem:
                     reader, writer = await asyncio.open_unix_connection(
                         str(self._path(service)), limit=MAX_REPLY_BYTES
                     )
+                    try:
+                        self._check_peer(writer.get_extra_info("socket"))
+                    except GatewayUntrustedError:
+                        writer.close()
+                        raise
                     connection = _Connection(reader, writer, asyncio.Lock(), bytearray())
                     self._connections[(service, loop_key)] = connection
                 assert isinstance(connection.reader, asyncio.StreamReader)
@@ -273,7 +346,8 @@ class IPCCommandSystem:
                     sock.settimeout(timeout)
                     try:
                         sock.connect(str(self._path(service)))
-                    except OSError:
+                        self._check_peer(sock)
+                    except (OSError, GatewayUntrustedError):
                         sock.close()
                         raise
                     connection = _Connection(sock, None, None, bytearray())

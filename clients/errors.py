@@ -15,6 +15,8 @@ Sending commands raises:
 
     CommandError
     ├── GatewayUnavailableError   no socket, connection refused or lost: the gateway is not running
+    ├── GatewayUntrustedError     the socket's directory or its server is not the gateway's:
+    │                             another user's, writable by others, or a symlink
     ├── CommandRefusedError       the gateway answered ok=false; ``code`` and ``message`` say why
     └── CommandTimeoutError       no reply in time (the command may or may not have been applied:
                                   resend it with the same request_id to find out)
@@ -44,6 +46,10 @@ class CommandError(Exception):
 
 class GatewayUnavailableError(CommandError, ConnectionError):
     """The gateway's socket is missing, refuses connections, or dropped ours."""
+
+
+class GatewayUntrustedError(CommandError):
+    """The socket is not the gateway's: nothing was sent (another user may listen there)."""
 
 
 class CommandRefusedError(CommandError):

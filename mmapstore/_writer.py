@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import mmap
 import os
+import stat
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -44,6 +46,7 @@ from mmapstore.errors import (
     StoreFormatError,
     StoreFullError,
     StoreLockedError,
+    StoreUnsafeError,
     StoreValueError,
 )
 
@@ -65,13 +68,47 @@ class _Mapping:
         self.mm.close()
 
 
-def _open_existing(path: Path) -> tuple[_Mapping, Geometry, str] | None:
-    """Map an existing store read-write, or return None when there is none to reuse."""
+def _check_owned(fd: int, path: Path, what: str) -> None:
+    """Refuse a file this process's user does not own, or that others may write.
+
+    Raises:
+        StoreUnsafeError: naming the file, its owner and its mode.
+    """
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise StoreUnsafeError(
+            f"{what} {path} is owned by uid {info.st_uid} with mode "
+            f"{stat.S_IMODE(info.st_mode):04o}; a gateway adopts only its own user's files "
+            "that no one else may write: remove it (after checking who made it)"
+        )
+
+
+def _open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that refuses a symlink in the last component.
+
+    Raises:
+        StoreUnsafeError: the path is a symlink.
+    """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreUnsafeError(f"{path} is a symlink; the gateway does not follow it") from None
+        raise
+
+
+def _open_existing(path: Path) -> tuple[_Mapping, Geometry, str] | None:
+    """Map an existing store read-write, or return None when there is none to reuse.
+
+    Raises:
+        StoreUnsafeError: the file is another user's, writable by others, or a symlink.
+    """
+    try:
+        fd = _open_nofollow(path, os.O_RDWR)
     except FileNotFoundError:
         return None
     try:
+        _check_owned(fd, path, "store file")
         size = os.fstat(fd).st_size
         if size < HEADER_SIZE:
             logger.warning("store %s is only %d bytes: replacing it", path, size)
@@ -93,9 +130,18 @@ def _acquire_lock(store: Path) -> int:
 
     Raises:
         StoreLockedError: another process holds it.
+        StoreUnsafeError: the lock file is another user's or others may write it.
     """
     lock_file = lock_path(store)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # Private to its user: anyone who can open the lock file can take the flock and
+    # keep every gateway from starting.
+    fd = _open_nofollow(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _check_owned(fd, lock_file, "lock file")
+        os.fchmod(fd, 0o600)  # one left readable by an older version
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -363,7 +409,9 @@ def _create(path: Path, geometry: Geometry, exchange: str, mode: int, now_ns: in
     header = bytearray(HEADER_SIZE)
     pack_header(header, geometry, exchange=exchange, created_ns=now_ns)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    # A new file of our own, never one planted at the name (or a symlink to elsewhere).
+    tmp.unlink(missing_ok=True)
+    fd = _open_nofollow(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.fchmod(fd, mode)  # the umask must not narrow who may read balances
         os.ftruncate(fd, geometry.file_size)

@@ -8,6 +8,7 @@ StoreError
 ├── StoreLockedError          another writer holds the store
 ├── StoreFullError            the currency directory has no free entry
 ├── StoreValueError           a value that cannot be stored exactly
+├── StoreUnsafeError          a store or lock file another user owns or may write
 ├── StoreBusyError            a record stays mid-write (its writer died)
 ├── UnknownCurrencyError      no record for that currency (also a KeyError)
 ├── SlotIndexError            a slot index outside 0..strategy_count-1 (also an IndexError)
@@ -47,6 +48,14 @@ class StoreLockedError(StoreError):
 
 class StoreFullError(StoreError):
     """No free entry is left in the currency directory."""
+
+
+class StoreUnsafeError(StoreError):
+    """A store or lock file owned by another user, writable by others, or a symlink.
+
+    Adopting it would let that user write balances readers trust, or keep the
+    gateway from starting.
+    """
 
 
 class StoreValueError(StoreError, ValueError):

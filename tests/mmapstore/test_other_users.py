@@ -1,0 +1,75 @@
+"""Files planted by other local users are refused, never adopted (issue 11, findings 6 and 7).
+
+The planted files belong to another uid (``nobody``); making them takes root (as
+the tests and CI run here), as an attacker's own files would be theirs.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from mmapstore import StoreReader, StoreUnsafeError, StoreWriter
+from mmapstore._paths import lock_path
+
+NOBODY = 65534
+
+
+def _planted_store(path: Path) -> None:
+    """A valid store, then handed to another user and opened to everyone."""
+    writer = StoreWriter.open(path, exchange="kraken")
+    writer.close()
+    lock_path(path).unlink()
+    os.chown(path, NOBODY, NOBODY)
+    os.chmod(path, 0o666)
+
+
+def test_a_store_file_planted_by_another_user_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "hft.kraken.balance"
+    _planted_store(store)
+    with pytest.raises(StoreUnsafeError, match="owned by uid 65534 with mode 0666"):
+        StoreWriter.open(store, exchange="kraken")
+    assert os.stat(store).st_uid == NOBODY  # refused, not rewritten
+
+
+def test_a_store_file_others_may_write_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "hft.kraken.balance"
+    StoreWriter.open(store, exchange="kraken").close()
+    os.chmod(store, 0o646)
+    with pytest.raises(StoreUnsafeError, match="mode 0646"):
+        StoreWriter.open(store, exchange="kraken")
+
+
+def test_a_symlinked_store_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"")
+    store = tmp_path / "hft.kraken.balance"
+    store.symlink_to(elsewhere)
+    with pytest.raises(StoreUnsafeError, match="symlink"):
+        StoreWriter.open(store, exchange="kraken")
+
+
+def test_the_lock_file_is_private_to_its_user(tmp_path: Path) -> None:
+    store = tmp_path / "hft.kraken.balance"
+    lock = lock_path(store)
+    lock.write_text("")
+    os.chmod(lock, 0o644)  # as an older version left it: anyone could open it and flock it
+    writer = StoreWriter.open(store, exchange="kraken")
+    try:
+        assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600
+        with StoreReader(store) as reader:  # readers are not hindered
+            assert reader.currencies() == []
+    finally:
+        writer.close()
+
+
+def test_a_lock_file_planted_by_another_user_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "hft.kraken.balance"
+    lock = lock_path(store)
+    lock.write_text("")
+    os.chown(lock, NOBODY, NOBODY)
+    with pytest.raises(StoreUnsafeError, match="lock file"):
+        StoreWriter.open(store, exchange="kraken")
