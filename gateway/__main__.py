@@ -24,7 +24,8 @@ from rich.live import Live
 
 from clients import CommandError, CommandRefusedError, StoreError, WriterHealth
 from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, kraken_strategy_balance
-from gateway.config import GatewayConfig
+from gateway import journal_repair
+from gateway.config import GatewayConfig, default_state_dir
 from gateway.demo import run_demo
 from gateway.errors import GatewayError
 from gateway.exchanges.kraken.ratelimit import DEFAULT_TIER, TIERS, tier_named
@@ -36,7 +37,7 @@ from gateway.sim.exchange import SimExchange
 from gateway.sim.server import PERMISSIONS as SIM_PERMISSIONS
 from gateway.sim.server import SimRules, Simulator, run_simulator
 from gateway.view import gather, render, render_panel
-from mmapstore import Condition, StoreLockedError, StoreReader, store_path
+from mmapstore import Condition, StoreLockedError, StoreReader, store_path, writer_lock
 
 logger = logging.getLogger("gateway")
 
@@ -285,6 +286,31 @@ def _cmd_balances(args: argparse.Namespace) -> int:
         system.close()
 
 
+def _cmd_journal(args: argparse.Namespace) -> int:
+    """Verify the saved state, or salvage it after damage (an explicit operator decision)."""
+    state_root = args.state_dir or default_state_dir(os.environ)
+    directory = state_root / args.exchange
+    if not directory.is_dir():
+        raise SystemExit(f"gateway journal: no state directory {directory}")
+    if args.action == "verify":
+        health = journal_repair.verify(directory)
+        print("\n".join(health.lines()))
+        if health.damaged:
+            raise SystemExit(
+                f"gateway journal: {directory} is damaged; the gateway refuses it until "
+                "`gateway journal salvage` (stop the gateway first)"
+            )
+        print("sound: the gateway can start on it")
+        return 0
+    with writer_lock(store_path(args.exchange, args.shm_dir)):  # refused while it runs
+        report = journal_repair.salvage(directory)
+    print(
+        f"kept {report.kept} sound records, lost {report.lost_bytes} bytes; originals set "
+        f"aside as {', '.join(p.name for p in report.set_aside)}; account in {report.record}"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.duration)
 
@@ -368,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     balances.add_argument("--watch", action="store_true")
     balances.add_argument("--interval", type=float, default=0.2)
     balances.set_defaults(handler=_cmd_balances)
+
+    journal = sub.add_parser("journal", help="verify or salvage the saved state")
+    journal.add_argument("action", choices=["verify", "salvage"])
+    journal.add_argument("--exchange", default="kraken", choices=EXCHANGES)
+    journal.add_argument("--state-dir", type=Path, default=None, help="default: $HFT_STATE_DIR")
+    journal.add_argument("--shm-dir", type=Path, default=None, help="default: $HFT_SHM_DIR")
+    journal.set_defaults(handler=_cmd_journal)
 
     demo = sub.add_parser("demo", help="simulator + gateway + live view (Ctrl-C stops)")
     demo.add_argument(

@@ -3,8 +3,8 @@
 GatewayError
 ├── ConfigError               bad flags, environment or file: refuse to start
 ├── JournalError              the state directory cannot be trusted
-│   ├── JournalCorruptError   a snapshot that fails its checksum (a torn journal tail is not
-│   │                         an error: it is cut off and logged)
+│   ├── JournalCorruptError   damage that is not a torn tail, an unreadable snapshot, missing
+│   │                         events (a torn journal tail is not an error: it is cut off)
 │   └── JournalWriteError     append or fsync failed (disk full, read-only)
 ├── ExchangeError             the exchange side failed
 │   └── BootstrapError        no usable balance snapshot at start
@@ -28,7 +28,7 @@ class JournalError(GatewayError):
 
 
 class JournalCorruptError(JournalError):
-    """A snapshot failed its checksum or could not be decoded."""
+    """The saved state is damaged beyond a torn tail; nothing was changed."""
 
 
 class JournalWriteError(JournalError):

@@ -6,11 +6,18 @@ Files (all in one directory, 0700):
     journal-<seq>.log     events from number <seq> on, one record each
 
 A record is ``u32 length | u32 crc32(payload)`` (big-endian) followed by the
-payload (one CBOR event). A snapshot is ``b"HFTSNAP1"`` and the same framing
-around one CBOR map. On open, the newest valid snapshot is loaded and the
-journal replayed after it; a torn or corrupt record ends the journal: it is
-logged and cut off, never misread. Blocking I/O: the writer calls the commit
-and snapshot methods from a worker thread.
+payload (one CBOR event, never empty). A snapshot is ``b"HFTSNAP1"`` and the
+same framing around one CBOR map. On open, the newest valid snapshot is loaded
+and the journal replayed after it.
+
+A crash can leave the last write incomplete: a damaged record with nothing
+sound after it at the end of the last segment is a *torn tail*, never
+acknowledged, and is cut off and logged. Damage with sound records after it is
+*corruption*: acknowledged events may be behind it, so the start is refused and
+nothing is changed; ``gateway journal verify`` reports it and ``gateway journal
+salvage`` (see :mod:`gateway.journal_repair`) is the operator's explicit way on.
+Blocking I/O: the writer calls the commit and snapshot methods from a worker
+thread.
 """
 
 from __future__ import annotations
@@ -61,13 +68,30 @@ class RestoreReport:
 
 
 @dataclass(frozen=True, slots=True)
-class _Scan:
+class Scan:
+    """Records read from the start of a file up to its first damaged one."""
+
     records: list[bytes]
-    good_end: int
-    problem: str
+    good_end: int  # where the sound prefix ends (the file's size when nothing is wrong)
+    problem: str  # why reading stopped at good_end, or "" when it reached the end
 
 
-def scan_records(data: bytes, max_record: int = MAX_RECORD_BYTES) -> _Scan:
+def _record_at(data: bytes, pos: int, max_record: int) -> tuple[int, str]:
+    """The end of the sound record at ``pos``, or (-1, why it is not one)."""
+    if len(data) - pos < RECORD_HEADER.size:
+        return -1, "torn record header"
+    length, crc = RECORD_HEADER.unpack_from(data, pos)
+    if length == 0 or length > max_record:
+        return -1, f"impossible record length {length}"
+    end = pos + RECORD_HEADER.size + length
+    if end > len(data):
+        return -1, "torn record"
+    if zlib.crc32(data[pos + RECORD_HEADER.size : end]) != crc:
+        return -1, "checksum mismatch"
+    return end, ""
+
+
+def scan_records(data: bytes, max_record: int = MAX_RECORD_BYTES) -> Scan:
     """Split ``data`` into record payloads up to the first torn or corrupt one.
 
     ``max_record`` guards the journal against reading a corrupt length as a huge
@@ -76,20 +100,26 @@ def scan_records(data: bytes, max_record: int = MAX_RECORD_BYTES) -> _Scan:
     records: list[bytes] = []
     pos = 0
     while pos < len(data):
-        if len(data) - pos < RECORD_HEADER.size:
-            return _Scan(records, pos, "torn record header")
-        length, crc = RECORD_HEADER.unpack_from(data, pos)
-        if length > max_record:
-            return _Scan(records, pos, f"impossible record length {length}")
-        end = pos + RECORD_HEADER.size + length
-        if end > len(data):
-            return _Scan(records, pos, "torn record")
-        payload = data[pos + RECORD_HEADER.size : end]
-        if zlib.crc32(payload) != crc:
-            return _Scan(records, pos, "checksum mismatch")
-        records.append(payload)
+        end, problem = _record_at(data, pos, max_record)
+        if end < 0:
+            return Scan(records, pos, problem)
+        records.append(data[pos + RECORD_HEADER.size : end])
         pos = end
-    return _Scan(records, pos, "")
+    return Scan(records, pos, "")
+
+
+def next_sound_record(data: bytes, start: int) -> int | None:
+    """The first offset at or after ``start`` where a sound record begins, if any.
+
+    What tells corruption from a torn tail: a crash only ever damages the end of
+    what was written last, so a sound record after damage means the damage is
+    not a torn write. A random match needs a plausible length and a 32-bit
+    checksum to agree, about one chance in 4e9 per offset tried.
+    """
+    for pos in range(start, len(data) - RECORD_HEADER.size + 1):
+        if _record_at(data, pos, MAX_RECORD_BYTES)[0] > 0:
+            return pos
+    return None
 
 
 class Journal:
@@ -119,23 +149,23 @@ class Journal:
         """Open the journal in ``directory`` and bring the caller's state up to date.
 
         ``restore`` gets the newest readable snapshot's data (or None), then
-        ``replay`` gets every event payload after it, in order. A torn or corrupt
-        record ends the journal there: the rest of that file is cut off (and
-        logged), later files are set aside as ``*.corrupt``.
+        ``replay`` gets every event payload after it, in order. A torn tail is
+        cut off and logged; anything else damaged stops the start untouched.
 
         Raises:
             JournalCorruptError: snapshots exist but none is readable, events
-                between the snapshot and the journal are missing, or ``replay``
+                between the snapshot and the journal are missing, a damaged
+                record has sound ones (or later files) after it, or ``replay``
                 rejects a record that passed its checksum.
         """
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         report = RestoreReport()
-        snapshot, snapshot_seq = _load_snapshot(directory)
+        snapshot, snapshot_seq = load_snapshot(directory)
         restore(snapshot)
         report.snapshot_seq = snapshot_seq
         seq = 0
         last_segment: Path | None = None
-        segments = list(_segments(directory))
+        segments = list(segments_of(directory))
         for number, segment in enumerate(segments):
             first = _seq_of(segment)
             if first > max(seq, snapshot_seq):
@@ -143,9 +173,26 @@ class Journal:
                     f"{segment.name} starts at event {first}, but events from "
                     f"{max(seq, snapshot_seq)} are missing"
                 )
+            is_last = number == len(segments) - 1
+            if not is_last and _seq_of(segments[number + 1]) <= snapshot_seq:
+                continue  # wholly covered by the snapshot (left over from a crash)
             seq = first
             data = segment.read_bytes()
             scan = scan_records(data)
+            if scan.problem:
+                resume = next_sound_record(data, scan.good_end + 1)
+                if resume is not None or not is_last:
+                    after = (
+                        f"sound records follow from byte {resume}"
+                        if resume is not None
+                        else "later journal files follow"
+                    )
+                    raise JournalCorruptError(
+                        f"{segment.name}: {scan.problem} at byte {scan.good_end} (event "
+                        f"{first + len(scan.records)}) and {after}: this is damage, not a torn "
+                        f"write; nothing was changed (run `gateway journal verify`, then "
+                        f"`gateway journal salvage` to keep every sound record)"
+                    )
             for payload in scan.records:
                 if seq >= snapshot_seq:
                     try:
@@ -162,17 +209,13 @@ class Journal:
                 report.dropped_bytes = len(data) - scan.good_end
                 report.dropped_reason = scan.problem
                 logger.warning(
-                    "journal %s: %s at byte %d; cutting off the last %d bytes "
-                    "(events after number %d were never acknowledged as durable)",
+                    "journal %s: torn tail (%s at byte %d, nothing sound after it); cutting "
+                    "off the last %d bytes (events from number %d were never acknowledged)",
                     segment.name, scan.problem, scan.good_end, report.dropped_bytes, seq,
                 )  # fmt: skip
                 with open(segment, "r+b") as f:
                     f.truncate(scan.good_end)
                     os.fsync(f.fileno())
-                for later in segments[number + 1 :]:
-                    logger.error("journal %s follows a damaged record: set aside", later.name)
-                    later.rename(later.with_suffix(".corrupt"))
-                break
         seq = max(seq, snapshot_seq)
         if last_segment is None or _seq_of(last_segment) < snapshot_seq:
             last_segment = directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
@@ -255,7 +298,7 @@ class Journal:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise JournalWriteError(f"snapshot {path}: {exc.strerror}") from exc
-        for stale in [*_named(self.directory, "snapshot", ".cbor"), *_segments(self.directory)]:
+        for stale in [*_named(self.directory, "snapshot", ".cbor"), *segments_of(self.directory)]:
             if _seq_of(stale) < seq:
                 stale.unlink()
         self.events_since_snapshot = 0
@@ -265,7 +308,7 @@ class Journal:
         os.close(self._fd)
 
 
-def _load_snapshot(directory: Path) -> tuple[dict[str, object] | None, int]:
+def load_snapshot(directory: Path) -> tuple[dict[str, object] | None, int]:
     snapshots = _named(directory, "snapshot", ".cbor")
     for path in reversed(snapshots):
         try:
@@ -305,5 +348,5 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _segments(directory: Path) -> Iterator[Path]:
+def segments_of(directory: Path) -> Iterator[Path]:
     yield from _named(directory, "journal", ".log")

@@ -26,7 +26,7 @@ from mmapstore._reader import (
     WriterStatus,
     pid_alive,
 )
-from mmapstore._writer import StoreWriter
+from mmapstore._writer import StoreWriter, writer_lock
 from mmapstore.errors import (
     SlotIndexError,
     StoreBusyError,
@@ -78,4 +78,5 @@ __all__ = [
     "shm_dir",
     "store_path",
     "to_scaled",
+    "writer_lock",
 ]

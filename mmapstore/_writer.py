@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -9,7 +10,7 @@ import mmap
 import os
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -154,6 +155,25 @@ def _acquire_lock(store: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+@contextlib.contextmanager
+def writer_lock(store: Path) -> Iterator[None]:
+    """Hold the store's writer lock without opening the store: no gateway can start.
+
+    For maintenance on the writer's state while it is stopped (a journal salvage).
+
+    Raises:
+        StoreLockedError: a writer is running.
+    """
+    if not store.parent.is_dir():
+        yield  # no directory for a store: no writer can be running
+        return
+    fd = _acquire_lock(store)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 class StoreWriter:

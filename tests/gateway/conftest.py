@@ -150,10 +150,13 @@ class GatewayProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = root / "gateway.log"
 
+    def start_command(self, *args: str) -> list[str]:
+        return [sys.executable, str(FAKE_GATEWAY), json.dumps(TOTALS), *args]
+
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(FAKE_GATEWAY), json.dumps(TOTALS), *args],
+                self.start_command(*args),
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

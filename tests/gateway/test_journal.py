@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import journal_repair
 from gateway.config import GatewayConfig
 from gateway.errors import JournalCorruptError
 from gateway.events import CommandApplied, FillApplied, TotalsSet, apply_event, encode_event
@@ -82,23 +83,80 @@ def test_torn_last_record_is_cut_off(tmp_path: Path) -> None:
     journal.close()
 
 
-def test_flipped_byte_ends_the_journal_at_the_last_good_record(tmp_path: Path) -> None:
-    config = _config(tmp_path)
-    _write_events(config, 5)
-    segment = _segment(config)
+def _flip_payload_byte(segment: Path, record: int) -> bytes:
+    """Flip one payload byte of the ``record``-th record; returns the damaged bytes."""
     data = bytearray(segment.read_bytes())
-    # Flip a payload byte of the fourth record (the third allocate).
     offset = 0
-    for _ in range(3):
+    for _ in range(record):
         (length, _crc) = RECORD_HEADER.unpack_from(data, offset)
         offset += RECORD_HEADER.size + length
     data[offset + RECORD_HEADER.size + 2] ^= 0x40
     segment.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def test_damage_with_sound_records_after_it_stops_the_start_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    _write_events(config, 5)
+    segment = _segment(config)
+    damaged = _flip_payload_byte(segment, 3)
+    with pytest.raises(JournalCorruptError, match=r"checksum mismatch at byte .* not a torn write"):
+        restore_state(config)
+    assert segment.read_bytes() == damaged  # the evidence is intact
+    assert sorted(p.name for p in config.state_dir.iterdir()) == [segment.name]
+
+
+def test_zeros_at_the_end_are_a_torn_tail(tmp_path: Path) -> None:
+    """A crash can leave the file longer than what reached it: zeros, never acknowledged."""
+    config = _config(tmp_path)
+    _write_events(config, 5)
+    segment = _segment(config)
+    size = segment.stat().st_size
+    with open(segment, "ab") as f:
+        f.write(bytes(4096))
     ledger, journal, report = restore_state(config)
-    assert report.dropped_reason == "checksum mismatch"
-    assert ledger.slots("USD")[2] == 2 * UNIT
+    assert ledger.slots("USD")[2] == 5 * UNIT
+    assert report.dropped_bytes == 4096 and "impossible record length 0" in report.dropped_reason
+    assert segment.stat().st_size == size
+    journal.close()
+
+
+def test_verify_reports_and_salvage_keeps_every_sound_record(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _write_events(config, 5)
+    segment = _segment(config)
+    damaged = _flip_payload_byte(segment, 3)
+    health = journal_repair.verify(config.state_dir)
+    assert health.damaged
+    (only,) = health.segments
+    assert len(only.records) == 5 and len(only.lost) == 1
+    assert only.lost[0].reason == "checksum mismatch"
+    report = journal_repair.salvage(config.state_dir)
+    assert report.kept == 5 and report.lost_bytes > 0
+    (aside,) = report.set_aside
+    assert aside.read_bytes() == damaged
+    assert "checksum mismatch" in report.record.read_text()
+    ledger, journal, restored = restore_state(config)
+    # The third allocate was in the damage; the two after it are kept.
+    assert ledger.slots("USD")[2] == 4 * UNIT
+    assert restored.replayed == 5
     ledger.check_invariant()
     journal.close()
+    assert not journal_repair.verify(config.state_dir).damaged
+    with pytest.raises(JournalCorruptError, match="nothing to salvage"):
+        journal_repair.salvage(config.state_dir)
+
+
+def test_a_torn_tail_is_not_damage_to_verify(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _write_events(config, 5)
+    segment = _segment(config)
+    segment.write_bytes(segment.read_bytes()[:-3])
+    health = journal_repair.verify(config.state_dir)
+    assert not health.damaged
+    assert "torn tail" in health.lines()[-1]
 
 
 def test_corrupt_snapshot_with_no_fallback_is_refused(tmp_path: Path) -> None:
