@@ -61,8 +61,29 @@ def peer_credentials(sock: trio.socket.SocketType) -> Peer:
     return Peer(*_PEERCRED.unpack(raw))
 
 
+@dataclass(eq=False, slots=True)
+class _Connection:
+    """What the server knows of one open connection, for fair limits."""
+
+    peer: Peer
+    scope: trio.CancelScope
+    # Since when it has waited for a request with nothing half-received, or None
+    # while part of a request is in hand or one is being answered.
+    idle_since: float | None = None
+    # When the first bytes of a request still incomplete arrived, if one is.
+    frame_started: float | None = None
+    evicted: bool = False
+
+
 class CommandServer:
-    """Per-connection conversation; shared state is only the connection count."""
+    """Per-connection conversation; shared state is only the set of open connections.
+
+    Limits are fair: one process holds at most ``max_connections_per_peer``;
+    when all ``max_connections`` are taken, the connection idle the longest is
+    closed to admit the newcomer (our clients reconnect on their next command);
+    and a request begun must be complete within ``frame_deadline_s``. So no
+    client, however many connections it opens, can lock the others out.
+    """
 
     def __init__(
         self,
@@ -73,37 +94,73 @@ class CommandServer:
         self._config = config
         self._send = send
         self._metrics = metrics
-        self.connections = 0
+        self._open: set[_Connection] = set()
+        self._per_pid: dict[int, int] = {}
+
+    @property
+    def connections(self) -> int:
+        return len(self._open)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async with stream:
-            if self.connections >= self._config.max_connections:
-                logger.warning("refusing a connection: %d already open", self.connections)
-                await self._reply_json(
-                    stream,
-                    error_reply(
-                        ErrorCode.TOO_MANY_CONNECTIONS,
-                        f"the gateway serves at most {self._config.max_connections} connections",
-                    ),
-                )
-                return
-            self.connections += 1
             try:
-                await self._converse(stream)
+                peer = peer_credentials(stream.socket)
+            except OSError as exc:
+                logger.debug("command connection gone before it was served: %s", exc)
+                return
+            refusal = self._admit(peer)
+            if refusal is not None:
+                logger.warning("refusing a connection from pid %d: %s", peer.pid, refusal)
+                await self._reply_json(stream, error_reply(ErrorCode.TOO_MANY_CONNECTIONS, refusal))
+                return
+            connection = _Connection(peer, trio.CancelScope())
+            self._open.add(connection)
+            self._per_pid[peer.pid] = self._per_pid.get(peer.pid, 0) + 1
+            try:
+                with connection.scope:
+                    await self._converse(stream, connection)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 logger.debug("command connection closed under us: %s", exc)
             except Exception:
                 # A bug in serving one connection must not take the others down.
                 logger.exception("command connection failed; closing it")
             finally:
-                self.connections -= 1
+                self._open.discard(connection)
+                left = self._per_pid[peer.pid] - 1
+                if left:
+                    self._per_pid[peer.pid] = left
+                else:
+                    del self._per_pid[peer.pid]
+
+    def _admit(self, peer: Peer) -> str | None:
+        """Make room for ``peer``'s new connection, or say why there is none."""
+        per_peer = self._config.max_connections_per_peer
+        if self._per_pid.get(peer.pid, 0) >= per_peer:
+            return f"pid {peer.pid} already holds {per_peer} connections (the most one may)"
+        if len(self._open) < self._config.max_connections:
+            return None
+        idle = [c for c in self._open if c.idle_since is not None]
+        if not idle:
+            return (
+                f"the gateway serves at most {self._config.max_connections} connections "
+                "and all are busy"
+            )
+        victim = min(idle, key=lambda c: c.idle_since or 0.0)
+        logger.info(
+            "all %d connections taken: closing pid %d's, idle the longest, to admit pid %d",
+            self._config.max_connections, victim.peer.pid, peer.pid,
+        )  # fmt: skip
+        victim.evicted = True
+        victim.scope.cancel()
+        self._open.discard(victim)  # counted out now; its task closes it at once
+        return None
 
     async def _reply_json(self, stream: trio.SocketStream, reply: Reply) -> None:
         with trio.move_on_after(1):
             await stream.send_all(encode_reply(reply, Framing.JSON))
 
-    async def _converse(self, stream: trio.SocketStream) -> None:
-        peer = peer_credentials(stream.socket)
+    async def _converse(self, stream: trio.SocketStream, connection: _Connection) -> None:
+        peer = connection.peer
         if peer.uid not in self._config.allowed_uids:
             logger.warning("refused command connection from uid %d (pid %d)", peer.uid, peer.pid)
             await self._reply_json(
@@ -113,19 +170,31 @@ class CommandServer:
             return
         logger.debug("command connection from pid %d uid %d", peer.pid, peer.uid)
         # One scope for the connection's life: its deadline is the idle timeout while
-        # we wait for bytes, and none while a request is being answered.
-        with trio.CancelScope() as idle:
-            await self._serve_frames(stream, idle)
-        if idle.cancelled_caught:
-            logger.info("closing command connection of pid %d: idle", peer.pid)
+        # we wait for a request, the frame deadline once part of one has arrived.
+        with trio.CancelScope() as deadline:
+            await self._serve_frames(stream, connection, deadline)
+        if deadline.cancelled_caught:
+            logger.info("closing command connection of pid %d: timed out", peer.pid)
 
-    async def _receive(self, stream: trio.SocketStream, idle: trio.CancelScope) -> bytes:
-        # The deadline is not lifted while a request is answered: answering takes
-        # far less than the idle timeout, and each deadline change costs a heap update.
-        idle.deadline = trio.current_time() + self._config.idle_timeout_s
+    async def _receive(
+        self,
+        stream: trio.SocketStream,
+        connection: _Connection,
+        deadline: trio.CancelScope,
+        mid_frame: bool,
+    ) -> bytes:
+        now = trio.current_time()
+        if not mid_frame:
+            connection.idle_since = now
+            deadline.deadline = now + self._config.idle_timeout_s
+        elif connection.frame_started is None:  # a request arrives in pieces
+            connection.frame_started = now
+            deadline.deadline = now + self._config.frame_deadline_s
         # The raw socket, not SocketStream: one request per call, and the stream's
         # per-call guards cost more than the request's own work (measured).
-        return await stream.socket.recv(RECEIVE_BYTES)
+        data = await stream.socket.recv(RECEIVE_BYTES)
+        connection.idle_since = None  # a request is arriving: not evictable
+        return data
 
     @staticmethod
     async def _write(stream: trio.SocketStream, data: bytes) -> None:
@@ -133,8 +202,10 @@ class CommandServer:
         while view:
             view = view[await stream.socket.send(view) :]
 
-    async def _serve_frames(self, stream: trio.SocketStream, idle: trio.CancelScope) -> None:
-        data = await self._receive(stream, idle)
+    async def _serve_frames(
+        self, stream: trio.SocketStream, connection: _Connection, deadline: trio.CancelScope
+    ) -> None:
+        data = await self._receive(stream, connection, deadline, mid_frame=False)
         if not data:
             return
         framing = detect_framing(data[0])
@@ -150,10 +221,14 @@ class CommandServer:
         decoder = JsonLineDecoder() if framing is Framing.JSON else CborFrameDecoder()
         frames = decoder.feed(data)
         while True:
+            if frames and connection.frame_started is not None:
+                # Complete at last: answering is not bound by the frame deadline.
+                connection.frame_started = None
+                deadline.deadline = trio.current_time() + self._config.idle_timeout_s
             for frame in frames:
                 if not await self._answer(stream, frame, framing):
                     return
-            data = await self._receive(stream, idle)
+            data = await self._receive(stream, connection, deadline, decoder.mid_frame)
             if not data:
                 for frame in decoder.at_eof():
                     await self._answer(stream, frame, framing)

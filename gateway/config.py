@@ -18,6 +18,10 @@ from mmapstore import DEFAULT_STRATEGY_COUNT, store_path
 RECONCILE_INTERVAL_S: Final = 60.0
 IDLE_TIMEOUT_S: Final = 300.0
 MAX_CONNECTIONS: Final = 256
+# One process may not hold more than this many of them (a leak or an attack).
+MAX_CONNECTIONS_PER_PEER: Final = 32
+# A request begun must be complete this soon: a trickle holds no connection open.
+FRAME_DEADLINE_S: Final = 5.0
 SHUTDOWN_GRACE_S: Final = 5.0
 HEARTBEAT_INTERVAL_S: Final = 0.5
 
@@ -44,7 +48,9 @@ class GatewayConfig:
     run_dir_mode: int = 0o700
     allowed_uids: frozenset[int] = field(default_factory=lambda: frozenset({os.getuid()}))
     max_connections: int = MAX_CONNECTIONS
+    max_connections_per_peer: int = MAX_CONNECTIONS_PER_PEER
     idle_timeout_s: float = IDLE_TIMEOUT_S
+    frame_deadline_s: float = FRAME_DEADLINE_S
     reconcile_interval_s: float = RECONCILE_INTERVAL_S
     recheck_s: float = RECHECK_S
     shutdown_grace_s: float = SHUTDOWN_GRACE_S
@@ -57,8 +63,10 @@ class GatewayConfig:
             raise ConfigError(f"strategy_count must be 2..1024, not {self.strategy_count}")
         if self.reconcile_interval_s < 0 or self.recheck_s <= 0:
             raise ConfigError("reconcile intervals must be positive (0 turns reconciling off)")
-        if self.max_connections < 1:
-            raise ConfigError("max_connections must be at least 1")
+        if self.max_connections < 1 or self.max_connections_per_peer < 1:
+            raise ConfigError("max_connections and max_connections_per_peer must be at least 1")
+        if self.idle_timeout_s <= 0 or self.frame_deadline_s <= 0:
+            raise ConfigError("idle_timeout_s and frame_deadline_s must be positive")
         tier_named(self.kraken_tier)  # raises ConfigError naming the known tiers
 
     @property
@@ -127,6 +135,8 @@ _FILE_KEYS: Final[dict[str, tuple[str, type | tuple[type, ...]]]] = {
     "allowed_uids": ("allowed_uids", list),
     "max_connections": ("max_connections", int),
     "idle_timeout_s": ("idle_timeout_s", (int, float)),
+    "max_connections_per_peer": ("max_connections_per_peer", int),
+    "frame_deadline_s": ("frame_deadline_s", (int, float)),
     "reconcile_interval_s": ("reconcile_interval_s", (int, float)),
     "recheck_s": ("recheck_s", (int, float)),
     "shutdown_grace_s": ("shutdown_grace_s", (int, float)),

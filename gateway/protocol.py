@@ -109,6 +109,11 @@ class JsonLineDecoder:
             elif line.strip():
                 frames.append(line)
 
+    @property
+    def mid_frame(self) -> bool:
+        """True while part of a request has arrived and the rest has not."""
+        return bool(self._buffer) or self._skipping
+
     def at_eof(self) -> list[Frame]:
         if self._buffer.strip() and not self._skipping:
             return [FrameError(ErrorCode.BAD_FRAME, "truncated request: no newline before EOF")]
@@ -122,6 +127,11 @@ class CborFrameDecoder:
         self._limit = limit
         self._buffer = bytearray()
         self._skip = 0
+
+    @property
+    def mid_frame(self) -> bool:
+        """True while part of a frame has arrived and the rest has not."""
+        return bool(self._buffer) or self._skip > 0
 
     def feed(self, data: bytes) -> list[Frame]:
         self._buffer += data

@@ -27,10 +27,11 @@ def main() -> None:
     parser.add_argument("totals")
     parser.add_argument("--strategy-count", type=int, default=8)
     parser.add_argument("--snapshot-every", type=int, default=100_000)
+    parser.add_argument("--config", type=Path, default=None, help="a TOML file, as for run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = GatewayConfig.from_env(
-        strategy_count=args.strategy_count, snapshot_every=args.snapshot_every
+        file=args.config, strategy_count=args.strategy_count, snapshot_every=args.snapshot_every
     )
     trio.run(serve, config, FakeExchange(json.loads(args.totals)))
 

@@ -201,7 +201,7 @@ async def test_peer_with_disallowed_uid_is_refused(
     running.stop.set()
 
 
-async def test_connection_limit_and_idle_timeout(
+async def test_connection_limit_evicts_the_longest_idle_and_idle_timeout(
     config: GatewayConfig, exchange: FakeExchange, nursery: trio.Nursery
 ) -> None:
     config = GatewayConfig(**{**config.__dict__, "max_connections": 2, "idle_timeout_s": 0.5})
@@ -211,13 +211,15 @@ async def test_connection_limit_and_idle_timeout(
         await RawClient.connect(config.socket_path) as second,
     ):
         assert (await first.json({"cmd": "status"}))["ok"] is True
+        await trio.sleep(0.01)
         assert (await second.json({"cmd": "status"}))["ok"] is True
+        # Full: the newcomer is admitted and the connection idle the longest goes.
         async with await RawClient.connect(config.socket_path) as third:
-            reply = await third.read_json()
-            assert reply["error"]["code"] == "TOO_MANY_CONNECTIONS"  # type: ignore[index]
-        # Idle connections are closed, which frees their places.
-        assert await first.is_closed()
-        assert await second.is_closed()
+            assert (await third.json({"cmd": "status"}))["ok"] is True
+            assert await first.is_closed()
+            # Idle connections are closed, which frees their places.
+            assert await second.is_closed()
+            assert await third.is_closed()
     async with await RawClient.connect(config.socket_path) as fourth:
         assert (await fourth.json({"cmd": "status"}))["ok"] is True
     running.stop.set()
