@@ -197,7 +197,15 @@ def unpack_header(buf: Readable, *, file_size: int, path: str) -> Header:
         raise StoreCorruptError(
             f"{path}: truncated ({file_size} bytes, the header says {geometry.file_size})"
         )
-    return Header(geometry, created_ns, exchange_raw.rstrip(b"\0").decode("ascii"))
+    return Header(geometry, created_ns, _decode_name(exchange_raw, f"{path}: exchange name"))
+
+
+def _decode_name(raw: bytes, what: str) -> str:
+    """A NUL-padded printable ASCII name, or StoreCorruptError (a crafted file)."""
+    name = raw.rstrip(b"\0")
+    if not name or not all(0x21 <= byte < 0x7F for byte in name):
+        raise StoreCorruptError(f"{what} {name!r} is not printable ASCII")
+    return name.decode("ascii")
 
 
 def pack_entry(buf: Writable, offset: int, name: str, scale: int, record_at: int) -> None:
@@ -207,7 +215,7 @@ def pack_entry(buf: Writable, offset: int, name: str, scale: int, record_at: int
 def unpack_entry(buf: Readable, offset: int) -> tuple[str, int, int]:
     """Return ``(name, scale, record_offset)`` of one directory entry."""
     raw, scale, record_at = _ENTRY.unpack_from(buf, offset)
-    return raw.rstrip(b"\0").decode("ascii"), scale, record_at
+    return _decode_name(raw, f"currency entry at byte {offset}:"), scale, record_at
 
 
 def encode_currency_name(name: str) -> bytes:

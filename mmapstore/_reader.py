@@ -119,9 +119,12 @@ class SlotValue(NamedTuple):
 _Entry = tuple[int, int, int, str]
 
 
+_PID_MAX: Final = 2**22  # Linux's ceiling for pid_max
+
+
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` is a running (not zombie) process visible from here."""
-    if pid <= 0:
+    if not 0 < pid <= _PID_MAX:  # a crafted header may hold any 64-bit number
         return False
     try:
         os.kill(pid, 0)
@@ -182,9 +185,12 @@ class StoreReader:
         self._mm = mm
         self._geometry = geometry
         self._strategy_count = geometry.strategy_count
-        self._words = memoryview(mm).cast("Q")
-        self._signed = memoryview(mm).cast("q")
-        self._floats = memoryview(mm).cast("d")
+        # Exactly the layout's bytes: a file longer than its header says (crafted,
+        # or not a multiple of 8) must not change what the views see.
+        self._view = memoryview(mm)[: geometry.file_size]
+        self._words = self._view.cast("Q")
+        self._signed = self._view.cast("q")
+        self._floats = self._view.cast("d")
         self._float_row = struct.Struct(f"<{geometry.strategy_count}d")
         self._known = 0
         self._by_name: dict[str, _Entry] = {}
@@ -193,7 +199,7 @@ class StoreReader:
         self._refresh_directory()
 
     def _release(self) -> None:
-        for view in (self._words, self._signed, self._floats):
+        for view in (self._words, self._signed, self._floats, self._view):
             view.release()
         self._mm.close()
 
