@@ -304,6 +304,18 @@ class Journal:
         self.events_since_snapshot = 0
         logger.info("journal %s: snapshot at event %d", self.directory, seq)
 
+    def abandon(self) -> None:
+        """Close and delete a journal nothing was ever acknowledged from.
+
+        Only for a first start that failed before it was ready: its events (the
+        ledger's opening, fills of a ledger never published) bind nothing.
+        """
+        self.discard_pending()
+        os.close(self._fd)
+        for path in [*_named(self.directory, "snapshot", ".cbor"), *segments_of(self.directory)]:
+            path.unlink(missing_ok=True)
+        _fsync_directory(self.directory)
+
     def close(self) -> None:
         os.close(self._fd)
 

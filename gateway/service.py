@@ -152,6 +152,10 @@ async def run_gateway(
         snapshot_every=config.snapshot_every,
         status_extra=lambda: {**exchange.status(), **reconcile_status.as_dict()},
     )
+    # A first start that fails before it is ready leaves no state behind: its slot
+    # count, epoch and files would otherwise bind (or refuse) the next start.
+    fresh = ledger.epoch_ns == 0 and report.snapshot_seq == 0 and report.replayed == 0
+    ready = False
     if ledger.epoch_ns == 0:
         core.open_ledger(time.time_ns())
     core.publish_all()  # restored values, marked "starting" until the bootstrap lands
@@ -193,6 +197,7 @@ async def run_gateway(
                     "gateway ready: %d currencies, %d slots", len(ledger.balances),
                     config.strategy_count,
                 )  # fmt: skip
+                ready = True
                 task_status.started(Running(core, report, stop, stopped))
                 await stop.wait()
                 logger.info("stopping: closing the command socket and the streams")
@@ -201,7 +206,15 @@ async def run_gateway(
             outer.cancel_scope.deadline = trio.current_time() + config.shutdown_grace_s
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(config.shutdown_grace_s):
-            await _close_core(core)
+            if ready or not fresh:
+                await _close_core(core)
+            else:
+                logger.warning(
+                    "the first start failed before the gateway was ready: %s is left "
+                    "without a journal, so the next start begins afresh", config.state_dir,
+                )  # fmt: skip
+                core.journal.abandon()
+                core.store.close()
         stopped.set()
 
 

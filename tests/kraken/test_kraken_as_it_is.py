@@ -9,7 +9,9 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+from mmapstore import StoreReader
 from tests.kraken.stack import (
     KrakenStack,
     assert_matches_simulator,
@@ -70,6 +72,14 @@ def test_a_key_without_a_needed_permission_is_refused_in_one_line(stack: KrakenS
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("gateway run: ") and "Traceback" not in done.stderr
     assert "Query closed orders & trades" in last and "Query open orders & trades" in last
+    # Issue 11 finding 16: the failed first start saved nothing that binds the next one.
+    state = Path(stack.env["HFT_STATE_DIR"]) / "kraken"
+    assert not list(state.glob("journal-*")) and not list(state.glob("snapshot-*"))
+    stack.sim_args = []
+    stack.start_sim_again()
+    stack.start_gateway("--strategy-count", "5")
+    with StoreReader(Path(stack.env["HFT_SHM_DIR"]) / "hft.kraken.balance") as reader:
+        assert reader.strategy_count == 5
 
 
 def test_a_malformed_execution_in_every_snapshot_is_skipped_not_a_reconnect_loop(
