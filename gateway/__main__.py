@@ -112,6 +112,8 @@ def _run_config(args: argparse.Namespace) -> GatewayConfig:
         rest_url=args.rest_url,
         ws_url=args.ws_url,
         kraken_tier=args.kraken_tier,
+        rebind_account=args.rebind_account,
+        fresh_state=args.fresh_state,
     )
 
 
@@ -348,6 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=sorted(TIERS),
         help=f"the account's verification tier, which sets Kraken's API counter ({DEFAULT_TIER})",
+    )
+    run.add_argument(
+        "--rebind-account",
+        action="store_true",
+        help="the state directory's account has a new API key: bind the state to this key",
+    )
+    run.add_argument(
+        "--fresh-state",
+        action="store_true",
+        help="set the state directory aside (renamed, kept) and start with empty slots",
     )
     run.set_defaults(handler=_cmd_run)
 

@@ -57,6 +57,9 @@ class GatewayConfig:
     # A restart replays at most this many events past the last snapshot (~1.2 s here).
     snapshot_every: int = 50_000
     metrics_port: int | None = None  # serve Prometheus metrics on 127.0.0.1:<port>
+    # The state directory belongs to one account; these two are explicit operator choices.
+    rebind_account: bool = False  # the same account, a new key: take the key as the account's
+    fresh_state: bool = False  # set the state directory aside and start with empty slots
 
     def __post_init__(self) -> None:
         if not 2 <= self.strategy_count <= 1024:

@@ -70,7 +70,14 @@ class LedgerOpened:
     epoch_ns: int
 
 
-Event = CommandApplied | FillApplied | TotalsSet | Corrected | LedgerOpened
+@dataclass(frozen=True, slots=True)
+class AccountBound:
+    """The ledger belongs to this exchange account (see ExchangeSession.account)."""
+
+    account: str
+
+
+Event = CommandApplied | FillApplied | TotalsSet | Corrected | LedgerOpened | AccountBound
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +143,9 @@ def apply_event(ledger: Ledger, event: Event) -> Outcome:
         case LedgerOpened(epoch_ns=epoch_ns):
             ledger.epoch_ns = epoch_ns
             return Outcome(())
+        case AccountBound(account=account):
+            ledger.account = account
+            return Outcome(())
         case _:
             assert_never(event)
 
@@ -189,6 +199,8 @@ def encode_event(event: Event) -> bytes:
             body = {_KIND: "correct", "currency": currency, "old": old, "new": new}
         case LedgerOpened(epoch_ns=epoch_ns):
             body = {_KIND: "opened", "epoch": epoch_ns}
+        case AccountBound(account=account):
+            body = {_KIND: "account", "account": account}
         case _:
             assert_never(event)
     return cbor2.dumps(body)
@@ -231,4 +243,9 @@ def decode_event(data: bytes) -> Event:
         return Corrected(body["currency"], body["old"], body["new"])
     if kind == "opened":
         return LedgerOpened(body["epoch"])
+    if kind == "account":
+        account = body["account"]
+        if not isinstance(account, str):
+            raise ValueError("account is not text")
+        return AccountBound(account)
     raise ValueError(f"unknown journal record kind {kind!r}")

@@ -200,6 +200,8 @@ class Ledger:
         self.last_fill_ns = 0
         # When this ledger began: older fills are already in the exchange's balances.
         self.epoch_ns = 0
+        # Which exchange account these slots belong to ("" before it was bound).
+        self.account = ""
 
     # -- queries ----------------------------------------------------------------
 
@@ -410,6 +412,7 @@ class Ledger:
             "replies": [[k, list(f), r] for k, (f, r) in self.replies.items()],
             "last_fill_ns": self.last_fill_ns,
             "epoch_ns": self.epoch_ns,
+            "account": self.account,
         }
 
     @classmethod
@@ -430,6 +433,7 @@ class Ledger:
         ledger._reply_order = deque(ledger.replies)
         ledger.last_fill_ns = _int(data["last_fill_ns"])
         ledger.epoch_ns = _int(data.get("epoch_ns", 0))
+        ledger.account = str(data.get("account", ""))
         ledger.check_invariant()
         return ledger
 

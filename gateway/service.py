@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
+from pathlib import Path
 from typing import Protocol
 
 import trio
@@ -64,6 +65,15 @@ class ExchangeSession(Protocol):
 
     def status(self) -> dict[str, object]:
         """The exchange side's health for ``status`` (websocket state, REST errors …)."""
+        ...
+
+    def account(self) -> str:
+        """Which exchange account the credentials reach, as stable text.
+
+        The state directory is bound to it: slots of one account must never be
+        applied to another (another key, the simulator). A fingerprint of the
+        key, and the exchange's own account id where one exists; never a secret.
+        """
         ...
 
     def feed_connection(self) -> int | None:
@@ -140,7 +150,14 @@ async def run_gateway(
         config.store_path, exchange=config.exchange, strategy_count=config.strategy_count
     )
     try:
+        if config.fresh_state:
+            _set_state_aside(config.state_dir)
         ledger, journal, report = restore_state(config)
+        try:
+            _check_account(ledger, exchange.account(), config)
+        except BaseException:
+            journal.close()
+            raise
     except BaseException:
         store.close()
         raise
@@ -158,6 +175,15 @@ async def run_gateway(
     ready = False
     if ledger.epoch_ns == 0:
         core.open_ledger(time.time_ns())
+    if ledger.account != exchange.account():
+        if ledger.account:
+            logger.warning(
+                "state %s re-bound from %s to %s (--rebind-account)",
+                config.state_dir, ledger.account, exchange.account(),
+            )  # fmt: skip
+        else:
+            logger.info("state %s bound to %s", config.state_dir, exchange.account())
+        core.bind_account(exchange.account())
     core.publish_all()  # restored values, marked "starting" until the bootstrap lands
     stop, stopped = trio.Event(), trio.Event()
     send, receive = trio.open_memory_channel[WriterMessage](WRITER_QUEUE)
@@ -216,6 +242,31 @@ async def run_gateway(
                 core.journal.abandon()
                 core.store.close()
         stopped.set()
+
+
+def _check_account(ledger: Ledger, account: str, config: GatewayConfig) -> None:
+    """Refuse a state directory that belongs to another account.
+
+    Raises:
+        ConfigError: it is bound to another account and no re-bind was asked for.
+    """
+    if not ledger.account or ledger.account == account or config.rebind_account:
+        return
+    raise ConfigError(
+        f"{config.state_dir} holds the slots of {ledger.account}, but these credentials are "
+        f"{account}: give this account its own --state-dir (or HFT_STATE_DIR), pass "
+        "--rebind-account if it is the same account with a new key, or --fresh-state "
+        "to set the old state aside and start with empty slots"
+    )
+
+
+def _set_state_aside(state_dir: Path) -> None:
+    """Move a state directory out of the way (never delete it): ``--fresh-state``."""
+    if not state_dir.exists():
+        return
+    aside = state_dir.with_name(f"{state_dir.name}.set-aside-{time.strftime('%Y%m%dT%H%M%S')}")
+    state_dir.rename(aside)
+    logger.warning("--fresh-state: %s set aside as %s; starting with empty slots", state_dir, aside)
 
 
 async def _bootstrap(

@@ -27,6 +27,7 @@ import trio
 from gateway.codes import ErrorCode
 from gateway.errors import JournalWriteError
 from gateway.events import (
+    AccountBound,
     CommandApplied,
     Corrected,
     Event,
@@ -293,7 +294,13 @@ class WriterCore:
 
     def open_ledger(self, epoch_ns: int) -> None:
         """Mark a new ledger's beginning, durably (call before any fill can arrive)."""
-        event = LedgerOpened(epoch_ns)
+        self._journal_now(LedgerOpened(epoch_ns))
+
+    def bind_account(self, account: str) -> None:
+        """Record, durably, which exchange account the ledger belongs to."""
+        self._journal_now(AccountBound(account))
+
+    def _journal_now(self, event: Event) -> None:
         apply_event(self.ledger, event)
         self.journal.append(encode_event(event))
         self.journal.commit()

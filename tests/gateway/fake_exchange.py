@@ -14,8 +14,11 @@ from gateway.messages import ExchangeHealthChanged, FillReceived, WriterMessage
 class FakeExchange:
     """Serves ``totals`` as the REST snapshot; ``push_fill`` plays the fill stream."""
 
-    def __init__(self, totals: Mapping[str, Decimal | int | str]) -> None:
+    def __init__(
+        self, totals: Mapping[str, Decimal | int | str], account_name: str = "fake account"
+    ) -> None:
         self.totals = {c: Decimal(v) for c, v in totals.items()}
+        self.account_name = account_name
         self._send: trio.MemorySendChannel[WriterMessage] | None = None
         self.fetches = 0
 
@@ -35,6 +38,9 @@ class FakeExchange:
             await send.send(ExchangeHealthChanged(feed_live=True))
             task_status.started()
             await trio.sleep_forever()
+
+    def account(self) -> str:
+        return self.account_name
 
     def feed_connection(self) -> int | None:
         return 1 if self._send is not None else None

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from clients import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, kraken_strategy_balance
 from mmapstore import StoreReader
 from tests.kraken.stack import (
     KrakenStack,
@@ -125,3 +126,67 @@ def test_a_pair_listed_after_start_is_learnt_by_the_catch_up(stack: KrakenStack)
     status = stack.status()
     assert status["executions_skipped"] == {} and int(str(status["fills_caught_up"])) > 0
     assert "asset and pair maps refreshed" in stack.log("gateway")
+
+
+def _allocate(stack: KrakenStack, amount: int) -> None:
+    system = IPCCommandSystem("test", run_dir=stack.run_dir)
+    system.start()
+    try:
+        payload = kraken_strategy_balance(
+            strategy="s", cmd="allocate", currency="USD", index=2, amount=amount
+        )
+        reply = system.send_command_blocking("kraken_gateway", KRAKEN_STRATEGY_BALANCE_CMD, payload)
+    finally:
+        system.close()
+    assert reply["ok"] is True
+
+
+def _usd(stack: KrakenStack) -> tuple[object, ...]:
+    with StoreReader(Path(stack.env["HFT_SHM_DIR"]) / "hft.kraken.balance") as reader:
+        return reader.record("USD").exact_all()
+
+
+def _run_refused(stack: KrakenStack, *extra: str) -> str:
+    """Start a gateway that must refuse; its last stderr line."""
+    env = {
+        **stack.env,
+        "KRAKEN_API_KEY": stack.address["api_key"],
+        "KRAKEN_API_SECRET": stack.address["api_secret"],
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "--log-level", "warning", "run",
+         "--rest-url", stack.address["rest_url"], "--ws-url", stack.address["ws_url"],
+         "--kraken-tier", "pro", *extra],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_state_of_one_account_is_refused_for_another(stack: KrakenStack) -> None:
+    """Issue 11 finding 15: a new key (here a new simulator) never takes the old slots."""
+    stack.start_gateway(*QUICK)
+    _allocate(stack, 100)
+    assert stack.stop_gateway(signal.SIGTERM) == 0
+    stack.sim_args = ["--balances", '{"USD": 50}']
+    stack.start_sim_again()  # another account: another key, USD 50
+    last = _run_refused(stack)
+    assert last.startswith("gateway run: ") and "holds the slots of kraken@" in last
+    assert "--rebind-account" in last and "--fresh-state" in last
+    # An explicit fresh start sets the old state aside (kept) and starts with empty slots.
+    stack.start_gateway(*QUICK, "--fresh-state")
+    state_root = Path(stack.env["HFT_STATE_DIR"])
+    assert [p.name.startswith("kraken.set-aside-") for p in state_root.iterdir()].count(True) == 1
+    usd = _usd(stack)
+    assert usd[0] == usd[1] == 50 and all(v == 0 for v in usd[2:])
+    _allocate(stack, 10)
+    assert stack.stop_gateway(signal.SIGTERM) == 0
+    # The same account with a rotated key: --rebind-account keeps the slots.
+    stack.sim_args = ["--balances", '{"USD": 50}']
+    stack.start_sim_again()
+    assert "holds the slots of" in _run_refused(stack)
+    stack.start_gateway(*QUICK, "--rebind-account")
+    assert _usd(stack)[2] == 10
+    assert stack.stop_gateway(signal.SIGTERM) == 0
+    stack.start_gateway(*QUICK)  # bound to the new key now: a plain start works
+    assert _usd(stack)[2] == 10

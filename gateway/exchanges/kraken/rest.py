@@ -11,6 +11,7 @@ other error is raised at once. The API secret is never logged or shown.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -87,6 +88,17 @@ class KrakenRestClient:
         )
         self.calls = 0
         self.failures = 0
+
+    @property
+    def account(self) -> str:
+        """Who these credentials are: the API's host and a fingerprint of the key.
+
+        The key's public half, hashed: enough to tell accounts (and the simulator)
+        apart in a state directory, nothing an attacker could use.
+        """
+        host = httpx.URL(self.base_url).netloc.decode("ascii")
+        fingerprint = hashlib.sha256((self._api_key or "").encode()).hexdigest()[:12]
+        return f"kraken@{host} key {fingerprint}"
 
     def __repr__(self) -> str:
         return f"KrakenRestClient({self.base_url!r}, api_key={'set' if self._api_key else None})"

@@ -112,6 +112,9 @@ class KrakenSession:
         self.skipped: dict[str, int] = {}  # executions not booked, by why
         self.last_error: str | None = None
 
+    def account(self) -> str:
+        return self.rest.account
+
     def feed_connection(self) -> int | None:
         """Which connection is live and caught up (a number), or None while none is."""
         return self.connections if self.ws_state == "live" else None
