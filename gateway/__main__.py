@@ -222,6 +222,12 @@ def _cmd_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+# A failing REST alone is a warning: fills still arrive and commands are durable.
+UNHEALTHY_CONDITIONS: Final = (
+    Condition.FEED_DOWN | Condition.JOURNAL_DOWN | Condition.OVERDRAWN | Condition.OUT_OF_RANGE
+)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     """Health from both sides: the store's header and the gateway's own status reply."""
     report: dict[str, object] = {"exchange": args.exchange}
@@ -236,9 +242,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
             "heartbeat_age_s": round(writer.heartbeat_age_s, 3),
             "conditions": [c.name for c in Condition if c in writer.conditions],
         }
-        # Live, with fills arriving and commands durable; a failing REST alone is a warning.
         healthy = writer.health is WriterHealth.LIVE and not (
-            writer.conditions & (Condition.FEED_DOWN | Condition.JOURNAL_DOWN)
+            writer.conditions & UNHEALTHY_CONDITIONS
         )
     except StoreError as exc:
         report["writer"] = {"health": "absent", "error": str(exc)}

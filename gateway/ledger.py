@@ -34,6 +34,8 @@ REPLIES_KEPT: Final = 100_000
 # Fill arithmetic (qty * price) needs more digits than Decimal's default 28.
 _EXACT = decimal.Context(prec=100, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.Inexact])
 _QUANTUM = Decimal(1).scaleb(-SCALE)
+# Rounding a fill to the ledger's decimals: wide enough for any value the edge admits.
+_ROUNDING = decimal.Context(prec=100, rounding=decimal.ROUND_HALF_EVEN)
 
 
 class Refused(Exception):  # noqa: N818 - a verdict, not a malfunction
@@ -144,17 +146,33 @@ def scale_exact(value: Decimal | int) -> int:
         raise Refused(ErrorCode.INVALID_AMOUNT, str(exc)) from None
 
 
-def scale_fill(value: Decimal) -> int:
-    """A fill quantity as a scaled integer, rounded half-even past 18 decimals.
+def scale_fact(value: Decimal) -> int:
+    """An amount the exchange reports (a fill's leg), scaled and rounded half-even.
 
-    Fills are facts and must be applied; a product of quantity and price may
-    carry more decimals than the ledger keeps (the exchange rounds too).
+    Facts must be applied, so there is no range here: the ledger holds any
+    integer, and a value the store cannot hold degrades that currency's record
+    (``OUT_OF_RANGE``) instead of stopping the gateway. The edge bounds every
+    exponent (see the exchange parsers), so this is never a huge computation.
+    A product of quantity and price may carry more decimals than the ledger
+    keeps (the exchange rounds too).
     """
     try:
-        exact = value.quantize(_QUANTUM, rounding=decimal.ROUND_HALF_EVEN)
-    except decimal.InvalidOperation:  # more digits than the context holds: far too large
-        raise StoreValueError(f"{value} does not fit a 128-bit value at scale {SCALE}") from None
-    return to_scaled(exact, SCALE)
+        exact = value.quantize(_QUANTUM, context=_ROUNDING)
+    except decimal.InvalidOperation:  # more than 100 digits: nothing an exchange books
+        raise StoreValueError(f"{value} is far beyond any balance") from None
+    return int(exact.scaleb(SCALE, context=_ROUNDING))
+
+
+def scale_fill(value: Decimal) -> int:
+    """An exchange total, scaled as :func:`scale_fact`, within the store's range.
+
+    Raises:
+        StoreValueError: the store could not hold it.
+    """
+    scaled = scale_fact(value)
+    if not INT128_MIN <= scaled <= INT128_MAX:
+        raise StoreValueError(f"{value} does not fit a 128-bit value at scale {SCALE}")
+    return scaled
 
 
 def _check_range(currency: str, *values: int) -> None:
@@ -320,9 +338,9 @@ class Ledger:
         sign = 1 if fill.side is Side.BUY else -1
         deltas: dict[str, int] = {}
         for currency, delta in (
-            (fill.base, sign * scale_fill(fill.qty)),
-            (fill.quote, -sign * scale_fill(cost)),
-            *((fee.asset, -scale_fill(fee.qty)) for fee in fill.fees),
+            (fill.base, sign * scale_fact(fill.qty)),
+            (fill.quote, -sign * scale_fact(cost)),
+            *((fee.asset, -scale_fact(fee.qty)) for fee in fill.fees),
         ):
             deltas[currency] = deltas.get(currency, 0) + delta
         negative: list[tuple[str, int, int]] = []

@@ -80,6 +80,17 @@ class GatewayCollector(Collector):
         journal = GaugeMetricFamily("gateway_journal_ok", "1 while the journal can be written")
         journal.add_metric([], 0.0 if core.journal_error else 1.0)
         yield journal
+        overdrawn = GaugeMetricFamily(
+            "gateway_overdrawn_slots", "Slots below zero, per currency", labels=["currency"]
+        )
+        for currency, slots in sorted(core.overdrawn.items()):
+            overdrawn.add_metric([currency], float(len(slots)))
+        yield overdrawn
+        out_of_range = GaugeMetricFamily(
+            "gateway_out_of_range_currencies", "Currencies with a balance the store cannot hold"
+        )
+        out_of_range.add_metric([], float(len(core.out_of_range)))
+        yield out_of_range
         feed = GaugeMetricFamily("gateway_feed_live", "1 while the exchange fill stream is live")
         feed.add_metric([], 1.0 if status.get("websocket") in ("live", "fake") else 0.0)
         yield feed

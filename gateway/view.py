@@ -107,6 +107,16 @@ def render(state: ViewState) -> Group:
     )
     if websocket not in ("live", "fake", "?"):
         header.append("\nfills are not arriving: balances may be stale", style="bold red")
+    overdrawn = status.get("overdrawn")
+    if isinstance(overdrawn, dict) and overdrawn:
+        where = ", ".join(f"{c} slot {', '.join(map(str, s))}" for c, s in overdrawn.items())
+        header.append(f"\noverdrawn (below zero): {where}", style="bold red")
+    out_of_range = status.get("out_of_range")
+    if isinstance(out_of_range, list) and out_of_range:
+        header.append(
+            f"\nbeyond the store's range (last values shown): {', '.join(out_of_range)}",
+            style="bold red",
+        )
     # One row per currency, one column per slot in use: exact value, float beneath.
     used = sorted(
         {0, 1}

@@ -52,7 +52,7 @@ from gateway.messages import (
     ReplySlot,
     WriterMessage,
 )
-from mmapstore import Condition
+from mmapstore import INT128_MAX, INT128_MIN, Condition
 
 if TYPE_CHECKING:
     from gateway.journal import Journal
@@ -111,6 +111,8 @@ class WriterCore:
         self.conditions = Condition(0)
         # Why the journal cannot be written, while it cannot: commands are refused.
         self.journal_error: str | None = None
+        self.overdrawn: dict[str, tuple[int, ...]] = {}  # currency -> slots below zero
+        self.out_of_range: set[str] = set()  # currencies the store cannot hold now
 
     # -- applying ---------------------------------------------------------------
 
@@ -286,11 +288,49 @@ class WriterCore:
     # -- publishing -------------------------------------------------------------
 
     def publish(self, currencies: set[str] | list[str]) -> None:
+        """Publish what changed, and keep OVERDRAWN and OUT_OF_RANGE true to it.
+
+        Facts (fills, corrections) cannot be refused: a balance the store cannot
+        hold stays exact in the ledger and the journal, its record keeps its
+        last values, and the condition says so, where a crash would help no one.
+        """
+        flagged = bool(self.overdrawn), bool(self.out_of_range)
         for currency in currencies:
+            values = self.ledger.balances[currency]
+            low, high = min(values), max(values)
+            if low < 0:
+                self._note_overdrawn(currency, values)
+            elif currency in self.overdrawn:
+                del self.overdrawn[currency]
+                logger.info("%s: no slot below zero any more", currency)
+            if low < INT128_MIN or high > INT128_MAX:
+                if currency not in self.out_of_range:
+                    self.out_of_range.add(currency)
+                    logger.error(
+                        "%s: a slot is beyond what the store can hold; its record keeps its "
+                        "last values until it is back in range (the ledger stays exact)",
+                        currency,
+                    )
+                continue
+            self.out_of_range.discard(currency)
             index = self._store_index.get(currency)
             if index is None:
                 index = self._store_index[currency] = self.store.add_currency(currency)
-            self.store.publish(index, self.ledger.balances[currency])
+            self.store.publish(index, values)
+        if flagged != (bool(self.overdrawn), bool(self.out_of_range)):
+            self._set_condition(Condition.OVERDRAWN, bool(self.overdrawn))
+            self._set_condition(Condition.OUT_OF_RANGE, bool(self.out_of_range))
+
+    def _note_overdrawn(self, currency: str, values: list[int]) -> None:
+        negative = tuple(i for i, v in enumerate(values) if v < 0)
+        if self.overdrawn.get(currency) != negative:
+            self.overdrawn[currency] = negative
+            logger.warning(
+                "%s overdrawn: slot(s) %s below zero (%s); a withdrawal beyond what was "
+                "available, or a strategy that sold more than its slot",
+                currency, ", ".join(map(str, negative)),
+                ", ".join(format_scaled(values[i]) for i in negative),
+            )  # fmt: skip
 
     def open_ledger(self, epoch_ns: int) -> None:
         """Mark a new ledger's beginning, durably (call before any fill can arrive)."""
@@ -339,6 +379,8 @@ class WriterCore:
             "commands_unavailable": stats.commands_unavailable,
             "journal": "ok" if self.journal_error is None else f"failing: {self.journal_error}",
             "conditions": [c.name for c in Condition if c in self.conditions],
+            "overdrawn": {c: list(slots) for c, slots in sorted(self.overdrawn.items())},
+            "out_of_range": sorted(self.out_of_range),
             "last_fill_ns": self.ledger.last_fill_ns,
         }
         if self.status_extra is not None:

@@ -63,6 +63,11 @@ class Condition(IntFlag):
     FEED_DOWN = 1  # the exchange's fill stream is not connected: balances may be stale
     JOURNAL_DOWN = 2  # the state directory cannot be written: commands are refused
     REST_DOWN = 4  # the exchange's REST API is failing: no reconciliation
+    OVERDRAWN = 8  # a slot is below zero (a withdrawal beyond available, a strategy oversold)
+    OUT_OF_RANGE = 16  # a balance the store cannot hold: that record keeps its last values
+
+
+CONDITION_BITS: Final = 0b11111  # the bits a reader of this layout knows
 
 
 # Header: the static part is written once, before the file is renamed into place.

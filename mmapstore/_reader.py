@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Final, NamedTuple, TypeVar
 
 from mmapstore._layout import (
+    CONDITION_BITS,
     H_CURRENCY_COUNT,
     H_FLAGS,
     H_GENERATION,
@@ -422,7 +423,7 @@ class StoreReader:
             health = WriterHealth.STARTING
         else:
             health = WriterHealth.LIVE
-        conditions = Condition(int(self._words[H_FLAGS]) & 0b111)
+        conditions = Condition(int(self._words[H_FLAGS]) & CONDITION_BITS)
         return WriterStatus(health, pid, int(self._words[H_GENERATION]), age, conditions)
 
     def _replaced_on_disk(self) -> bool:

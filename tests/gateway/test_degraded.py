@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 
@@ -148,3 +148,57 @@ async def test_an_exchange_balance_too_large_for_the_store_is_refused_in_one_lin
         leaves = leaves[0].exceptions
     assert len(leaves) == 1 and isinstance(leaves[0], BootstrapError)
     assert "USD balance (1E+21) is larger than the store can hold" in str(leaves[0])
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 2) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+async def test_a_slot_below_zero_is_overdrawn_until_it_is_not(
+    gateway: Running, raw: RawClient, exchange: FakeExchange, config: GatewayConfig
+) -> None:
+    """Issue 11 finding 15: a negative slot is never silent."""
+    assert (await raw.json({**ALLOCATE, "request_id": "x"}))["ok"] is True  # USD slot 2: 10
+    with StoreReader(config.store_path) as reader:
+        assert Condition.OVERDRAWN not in reader.writer_status().conditions
+        # Strategy 2 buys BTC for 30 USD with only 10 allocated: slot 2 is -20.
+        fill = Fill("T-over", "BTC", "USD", Side.BUY, Decimal("0.3"), Decimal(100),
+                    userref=2, timestamp_ns=time.time_ns())  # fmt: skip
+        await exchange.push_fill(fill)
+        await _until(lambda: Condition.OVERDRAWN in reader.writer_status().conditions)
+        status = (await raw.json({"cmd": "status"}))["status"]
+        assert isinstance(status, dict) and status["overdrawn"] == {"USD": [2]}
+        assert "OVERDRAWN" in status["conditions"]
+        # Funding the slot clears it.
+        top_up = {**ALLOCATE, "amount": 20, "request_id": "y"}
+        assert (await raw.json(top_up))["ok"] is True
+        await _until(lambda: Condition.OVERDRAWN not in reader.writer_status().conditions)
+        status = (await raw.json({"cmd": "status"}))["status"]
+        assert isinstance(status, dict) and status["overdrawn"] == {}
+
+
+async def test_a_fill_beyond_the_stores_range_degrades_that_currency_without_a_crash(
+    gateway: Running, raw: RawClient, exchange: FakeExchange, config: GatewayConfig
+) -> None:
+    """Facts cannot be refused: the ledger keeps it exactly, the store shows a condition."""
+    with StoreReader(config.store_path) as reader:
+        before = reader.record("USD").exact_all()
+        huge = Fill("T-huge", "BTC", "USD", Side.BUY, Decimal(10) ** 15, Decimal(10) ** 10,
+                    userref=3, timestamp_ns=time.time_ns())  # fmt: skip
+        await exchange.push_fill(huge)
+        await _until(lambda: Condition.OUT_OF_RANGE in reader.writer_status().conditions)
+        assert reader.record("USD").exact_all() == before  # last values kept
+        assert reader.record("BTC").exact_all()[3] == Decimal(10) ** 15  # BTC still published
+        status = (await raw.json({"cmd": "status"}))["status"]
+        assert isinstance(status, dict) and status["out_of_range"] == ["USD"]
+        # The gateway carries on: commands on other currencies, queries, heartbeats.
+        assert (await raw.json({"cmd": "query", "currency": "BTC"}))["ok"] is True
+        assert reader.writer_status().alive
+        # Selling it back brings USD into range again and republishes it.
+        back = Fill("T-back", "BTC", "USD", Side.SELL, Decimal(10) ** 15, Decimal(10) ** 10,
+                    userref=3, timestamp_ns=time.time_ns())  # fmt: skip
+        await exchange.push_fill(back)
+        await _until(lambda: Condition.OUT_OF_RANGE not in reader.writer_status().conditions)
+        assert reader.record("USD").exact_all()[:2] == before[:2]
