@@ -127,11 +127,16 @@ def kraken_strategy_balance(
     amount: int | Decimal | str | float | None = None,
     delta: int | Decimal | str | float | None = None,
     request_id: str | None = None,
+    ref_id: str | None = None,
 ) -> Payload:
     """Build the seed's payload; the amount comes as ``amount=`` or ``delta=`` (not both).
 
+    ``ref_id`` (adjust only) names the exchange's transfer the adjust is the
+    notice of, so the gateway never counts it twice (docs/protocol.md).
+
     Raises:
-        ValueError: an unknown cmd, or neither or both of amount and delta.
+        ValueError: an unknown cmd, neither or both of amount and delta, or a
+            ref_id on another command than adjust.
         TypeError: an amount of another type.
     """
     if cmd not in BALANCE_COMMANDS:
@@ -149,6 +154,10 @@ def kraken_strategy_balance(
     }
     if request_id is not None:
         payload["request_id"] = request_id
+    if ref_id is not None:
+        if cmd != "adjust":
+            raise ValueError("ref_id names a transfer: only adjust takes it")
+        payload["ref_id"] = ref_id
     return payload
 
 

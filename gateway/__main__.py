@@ -27,7 +27,7 @@ from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, krake
 from gateway import journal_repair
 from gateway.config import GatewayConfig, default_state_dir
 from gateway.demo import run_demo
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, only_leaf
 from gateway.exchanges.kraken.ratelimit import DEFAULT_TIER, TIERS, tier_named
 from gateway.exchanges.kraken.rest import KRAKEN_REST_URL, KrakenRestClient
 from gateway.exchanges.kraken.session import KRAKEN_WS_URL, KrakenSession
@@ -207,6 +207,7 @@ def _cmd_cmd(args: argparse.Namespace) -> int:
         index=args.index,
         amount=args.amount,
         request_id=args.request_id,
+        ref_id=args.ref_id,
     )
     system = _client(args)
     try:
@@ -399,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--amount", required=True, type=Decimal)
     cmd.add_argument("--index", required=True, type=int)
     cmd.add_argument("--request-id", default=None)
+    cmd.add_argument(
+        "--ref-id", default=None, help="adjust only: the exchange's reference of the transfer"
+    )
     cmd.set_defaults(handler=_cmd_cmd)
 
     status = sub.add_parser("status", help="health of the running gateway (exit 0 if healthy)")
@@ -453,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"gateway {args.command}: {exc}") from None
     except BaseExceptionGroup as group:
         # Trio's nurseries wrap a task's failure; one known failure is still one line.
-        leaf = _only_leaf(group)
+        leaf = only_leaf(group)
         if isinstance(leaf, REPORTED):
             raise SystemExit(f"gateway {args.command}: {leaf}") from None
         raise

@@ -19,6 +19,7 @@ class ErrorCode(StrEnum):
     # The ledger's verdict.
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     SLOT_OWNED = "SLOT_OWNED"  # the slot belongs to another strategy
+    TRANSFER_CLAIMED = "TRANSFER_CLAIMED"  # an adjust already took this ref_id's transfer
     # The gateway's condition.
     PERMISSION_DENIED = "PERMISSION_DENIED"  # peer uid not allowed
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"

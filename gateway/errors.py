@@ -54,3 +54,20 @@ class CommandProtocolError(GatewayError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def only_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside nested groups, if there is exactly one.
+
+    Trio's nurseries wrap a task's failure in a group; a caller that handles
+    one failure by its type unwraps it with this.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    return leaves[0] if len(leaves) == 1 else None

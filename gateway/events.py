@@ -23,6 +23,7 @@ from gateway.ledger import (
     Ledger,
     Refused,
     Side,
+    Transfer,
     format_scaled,
 )
 
@@ -39,7 +40,9 @@ class CommandApplied:
     @property
     def fingerprint(self) -> tuple[object, ...]:
         c = self.command
-        return (c.kind.value, c.strategy, c.currency, c.index, c.amount)
+        if c.ref_id is None:  # as before ref ids existed: remembered replies still match
+            return (c.kind.value, c.strategy, c.currency, c.index, c.amount)
+        return (c.kind.value, c.strategy, c.currency, c.index, c.amount, c.ref_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +51,16 @@ class FillApplied:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferApplied:
+    transfer: Transfer
+
+
+@dataclass(frozen=True, slots=True)
 class TotalsSet:
-    """The exchange's totals at bootstrap (scaled)."""
+    """The exchange's totals at bootstrap (scaled), as of a moment (ns; 0 if unknown)."""
 
     totals: Mapping[str, int]
+    as_of_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +86,15 @@ class AccountBound:
     account: str
 
 
-Event = CommandApplied | FillApplied | TotalsSet | Corrected | LedgerOpened | AccountBound
+Event = (
+    CommandApplied
+    | FillApplied
+    | TransferApplied
+    | TotalsSet
+    | Corrected
+    | LedgerOpened
+    | AccountBound
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +152,13 @@ def apply_event(ledger: Ledger, event: Event) -> Outcome:
             if outcome is None:
                 return Outcome((), durable=False)
             return Outcome(outcome.changed, fill=outcome)
-        case TotalsSet(totals=totals):
-            return Outcome(tuple(ledger.set_totals(totals)))
+        case TransferApplied(transfer=transfer):
+            currency = ledger.apply_transfer(transfer)
+            if currency is None:
+                return Outcome((), durable=False)
+            return Outcome((currency,))
+        case TotalsSet(totals=totals, as_of_ns=as_of_ns):
+            return Outcome(tuple(ledger.set_totals(totals, as_of_ns)))
         case Corrected(currency=currency, new_total=new_total):
             ledger.correct(currency, new_total)
             return Outcome((currency,))
@@ -177,6 +199,8 @@ def encode_event(event: Event) -> bytes:
                 "amount": c.amount,
                 "rid": request_id,
             }
+            if c.ref_id is not None:
+                body["ref"] = c.ref_id
         case FillApplied(fill=f):
             body = {
                 _KIND: "fill",
@@ -193,8 +217,18 @@ def encode_event(event: Event) -> bytes:
                 "clid": f.cl_ord_id,
                 "cost": None if f.cost is None else str(f.cost),
             }
-        case TotalsSet(totals=totals):
-            body = {_KIND: "totals", "totals": dict(totals)}
+        case TransferApplied(transfer=t):
+            body = {
+                _KIND: "transfer",
+                "id": t.ledger_id,
+                "ref": t.ref_id,
+                "currency": t.currency,
+                "amount": str(t.amount),
+                "kind": t.kind,
+                "ts": t.timestamp_ns,
+            }
+        case TotalsSet(totals=totals, as_of_ns=as_of_ns):
+            body = {_KIND: "totals", "totals": dict(totals), "asof": as_of_ns}
         case Corrected(currency=currency, old_total=old, new_total=new):
             body = {_KIND: "correct", "currency": currency, "old": old, "new": new}
         case LedgerOpened(epoch_ns=epoch_ns):
@@ -219,6 +253,7 @@ def decode_event(data: bytes) -> Event:
             body["currency"],
             body["index"],
             body["amount"],
+            body.get("ref"),
         )
         return CommandApplied(command, body["rid"])
     if kind == "fill":
@@ -237,8 +272,18 @@ def decode_event(data: bytes) -> Event:
             cost=None if body.get("cost") is None else Decimal(body["cost"]),
         )
         return FillApplied(fill)
+    if kind == "transfer":
+        transfer = Transfer(
+            ledger_id=body["id"],
+            ref_id=body["ref"],
+            currency=body["currency"],
+            amount=Decimal(body["amount"]),
+            kind=body["kind"],
+            timestamp_ns=body["ts"],
+        )
+        return TransferApplied(transfer)
     if kind == "totals":
-        return TotalsSet(dict(body["totals"]))
+        return TotalsSet(dict(body["totals"]), body.get("asof", 0))
     if kind == "correct":
         return Corrected(body["currency"], body["old"], body["new"])
     if kind == "opened":

@@ -30,6 +30,7 @@ FIRST_STRATEGY: Final = 2
 # hours at ordinary rates, and ~8 MB (200,000 cost 32 MB and the RSS goal).
 APPLIED_FILLS_KEPT: Final = 50_000
 REPLIES_KEPT: Final = 100_000
+TRANSFER_REFS_KEPT: Final = 50_000
 
 # Fill arithmetic (qty * price) needs more digits than Decimal's default 28.
 _EXACT = decimal.Context(prec=100, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.Inexact])
@@ -62,6 +63,8 @@ class BalanceCommand:
     currency: str
     index: int
     amount: int
+    # adjust only: the exchange's reference of the transfer this adjust is the notice of.
+    ref_id: str | None = None
 
 
 class Side(StrEnum):
@@ -92,6 +95,31 @@ class Fill:
     cl_ord_id: str | None = None
     # The quote leg as the exchange booked it; None books qty * price (older journals).
     cost: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """Money the exchange moved outside trading: a deposit, withdrawal, transfer, earn move.
+
+    ``amount`` is the signed change of the balance (the fee already taken off);
+    ``ledger_id`` makes it exactly-once; ``ref_id`` is what an ``adjust`` names
+    to say "that transfer was mine" (docs/protocol.md).
+    """
+
+    ledger_id: str
+    ref_id: str
+    currency: str
+    amount: Decimal
+    kind: str
+    timestamp_ns: int = 0
+
+
+@dataclass(slots=True)
+class TransferRef:
+    """What the ledger knows of one ref id in one currency."""
+
+    seen: int | None = None  # net amount the exchange's entries booked, once one arrived
+    claimed: int | None = None  # the delta an adjust with this ref moved, once one did
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +164,10 @@ class AppliedFills:
         self.ids = dict(pairs)
         self.order = deque(self.ids)
         self.watermark_ns = watermark_ns
+
+
+def _ref_key(ref_id: str, currency: str) -> str:
+    return f"{currency} {ref_id}"
 
 
 def scale_exact(value: Decimal | int) -> int:
@@ -220,6 +252,13 @@ class Ledger:
         self.epoch_ns = 0
         # Which exchange account these slots belong to ("" before it was bound).
         self.account = ""
+        # Transfers (deposits, withdrawals ...) applied, by ledger id; and by ref id, for adjust.
+        self.transfers = AppliedFills()
+        self.transfer_refs: dict[str, TransferRef] = {}
+        self._ref_order: deque[str] = deque()
+        self.last_transfer_ns = 0
+        # The bootstrap's totals hold every transfer before this moment.
+        self.totals_as_of_ns = 0
 
     # -- queries ----------------------------------------------------------------
 
@@ -260,6 +299,10 @@ class Ledger:
             if amount == 0:
                 raise Refused(ErrorCode.INVALID_AMOUNT, "adjust needs a non-zero delta")
             self._check_owner(command.strategy, index)
+            if command.ref_id is not None and self._adjust_seen_transfer(command, slots):
+                if index >= FIRST_STRATEGY:
+                    self._rebind(command.strategy, index)
+                return tuple(slots)
             new_total, new_target = slots[TOTAL] + amount, slots[target] + amount
             _check_range(command.currency, new_total, new_target)
             if new_total < 0 or new_target < 0:
@@ -269,6 +312,8 @@ class Ledger:
                     f"{TOTAL if new_total < 0 else target} negative",
                 )
             slots[TOTAL], slots[target] = new_total, new_target
+            if command.ref_id is not None:  # ahead of the exchange's own entry for it
+                self._ref(command.ref_id, command.currency).claimed = amount
         else:
             if not FIRST_STRATEGY <= index < self.strategy_count:
                 raise Refused(
@@ -293,6 +338,91 @@ class Ledger:
         if index >= FIRST_STRATEGY:
             self._rebind(command.strategy, index)
         return tuple(slots)
+
+    def _adjust_seen_transfer(self, command: BalanceCommand, slots: list[int]) -> bool:
+        """An adjust naming a transfer: True if it was handled as one already seen.
+
+        A transfer the exchange streamed is already in slots 0 and 1; its notice
+        moves it from slot 1 to the strategy's slot (index 0: nothing to move),
+        so it is never counted twice. One not seen yet is an ordinary adjust,
+        and the entry, when it arrives, books only what differs from it.
+
+        Raises:
+            Refused: the transfer was claimed already, or its amount differs.
+        """
+        assert command.ref_id is not None
+        known = self.transfer_refs.get(_ref_key(command.ref_id, command.currency))
+        if known is not None and known.claimed is not None:
+            raise Refused(
+                ErrorCode.TRANSFER_CLAIMED,
+                f"transfer {command.ref_id!r} ({command.currency}) was already adjusted",
+            )
+        if known is None or known.seen is None:
+            return False
+        amount, index = command.amount, command.index
+        if amount != known.seen:
+            raise Refused(
+                ErrorCode.INVALID_AMOUNT,
+                f"the exchange booked transfer {command.ref_id!r} as "
+                f"{format_scaled(known.seen)} {command.currency}, not {format_scaled(amount)}",
+            )
+        if index >= FIRST_STRATEGY:
+            if slots[AVAILABLE] - amount < 0 or slots[index] + amount < 0:
+                raise Refused(
+                    ErrorCode.INSUFFICIENT_FUNDS,
+                    f"adjust {format_scaled(amount)} {command.currency} of transfer "
+                    f"{command.ref_id!r} would make slot "
+                    f"{AVAILABLE if slots[AVAILABLE] - amount < 0 else index} negative",
+                )
+            _check_range(command.currency, slots[index] + amount)
+            slots[AVAILABLE] -= amount
+            slots[index] += amount
+        known.claimed = amount
+        return True
+
+    def _ref(self, ref_id: str, currency: str) -> TransferRef:
+        key = _ref_key(ref_id, currency)
+        known = self.transfer_refs.get(key)
+        if known is None:
+            known = self.transfer_refs[key] = TransferRef()
+            self._ref_order.append(key)
+            while len(self._ref_order) > TRANSFER_REFS_KEPT:
+                self.transfer_refs.pop(self._ref_order.popleft(), None)
+        return known
+
+    # -- transfers ------------------------------------------------------------------
+
+    @property
+    def transfer_position_ns(self) -> int:
+        """Where a catch-up of transfers starts: the epoch or the last transfer."""
+        return max(self.epoch_ns, self.last_transfer_ns)
+
+    def apply_transfer(self, transfer: Transfer) -> str | None:
+        """Book a transfer in slots 0 and 1, once per ledger id; returns the currency.
+
+        None when it was applied before, or is history older than the ledger.
+        One from before the last bootstrap's request is in its totals: it is
+        remembered (so an adjust naming it moves it) but not booked again.
+        """
+        if self.transfers.seen(transfer.ledger_id, transfer.timestamp_ns):
+            return None
+        self.transfers.add(transfer.ledger_id, transfer.timestamp_ns)
+        if 0 < transfer.timestamp_ns < self.epoch_ns:
+            return None
+        net = scale_fact(transfer.amount)
+        known = self._ref(transfer.ref_id, transfer.currency)
+        # Before the bootstrap's totals were asked for, they hold it already: seen
+        # (for an adjust naming it), not booked again.
+        in_totals = 0 < transfer.timestamp_ns < self.totals_as_of_ns
+        booked = 0 if in_totals else net
+        if known.seen is None and known.claimed is not None:
+            booked -= known.claimed  # an adjust booked it ahead: only the difference
+        known.seen = (known.seen or 0) + net
+        slots = self._slots_for(transfer.currency)
+        slots[TOTAL] += booked
+        slots[AVAILABLE] += booked
+        self.last_transfer_ns = max(self.last_transfer_ns, transfer.timestamp_ns)
+        return transfer.currency
 
     def _check_owner(self, strategy: str, index: int) -> None:
         owner = self.owners.get(index)
@@ -364,12 +494,14 @@ class Ledger:
 
     # -- totals from the exchange -------------------------------------------------
 
-    def set_totals(self, totals: Mapping[str, int]) -> list[str]:
+    def set_totals(self, totals: Mapping[str, int], as_of_ns: int = 0) -> list[str]:
         """Take the exchange's totals (bootstrap): slot 0 = total, slot 1 absorbs the rest.
 
         Strategy slots keep their values; a currency the exchange no longer
-        lists is taken as zero. Returns the currencies that changed.
+        lists is taken as zero. Transfers before ``as_of_ns`` are in these
+        totals (see :meth:`apply_transfer`). Returns the currencies that changed.
         """
+        self.totals_as_of_ns = max(self.totals_as_of_ns, as_of_ns)
         changed = []
         for currency in sorted(set(totals) | set(self.balances)):
             total = totals.get(currency, 0)
@@ -431,6 +563,11 @@ class Ledger:
             "last_fill_ns": self.last_fill_ns,
             "epoch_ns": self.epoch_ns,
             "account": self.account,
+            "transfers": [[k, v] for k, v in self.transfers.ids.items()],
+            "transfers_watermark_ns": self.transfers.watermark_ns,
+            "transfer_refs": [[k, r.seen, r.claimed] for k, r in self.transfer_refs.items()],
+            "last_transfer_ns": self.last_transfer_ns,
+            "totals_as_of_ns": self.totals_as_of_ns,
         }
 
     @classmethod
@@ -452,6 +589,16 @@ class Ledger:
         ledger.last_fill_ns = _int(data["last_fill_ns"])
         ledger.epoch_ns = _int(data.get("epoch_ns", 0))
         ledger.account = str(data.get("account", ""))
+        ledger.transfers.restore(
+            ((str(k), _int(v)) for k, v in _pairs(data.get("transfers", []))),
+            _int(data.get("transfers_watermark_ns", 0)),
+        )
+        refs = data.get("transfer_refs", [])
+        assert isinstance(refs, list)
+        ledger.transfer_refs = {str(k): TransferRef(seen, claimed) for k, seen, claimed in refs}
+        ledger._ref_order = deque(ledger.transfer_refs)
+        ledger.last_transfer_ns = _int(data.get("last_transfer_ns", 0))
+        ledger.totals_as_of_ns = _int(data.get("totals_as_of_ns", 0))
         ledger.check_invariant()
         return ledger
 

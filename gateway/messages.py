@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import trio
 
 from gateway.events import Reply
-from gateway.ledger import BalanceCommand, Fill
+from gateway.ledger import BalanceCommand, Fill, Transfer
 
 
 class ReplySlot:
@@ -54,10 +54,21 @@ class FillReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferReceived:
+    """A deposit, withdrawal or other non-trade movement the exchange streamed."""
+
+    transfer: Transfer
+
+
+@dataclass(frozen=True, slots=True)
 class BalancesFetched:
-    """The exchange's totals (scaled). ``applied`` is set once they are published."""
+    """The exchange's totals (scaled). ``applied`` is set once they are published.
+
+    ``as_of_ns``: when the request was sent; transfers before it are in them.
+    """
 
     totals: Mapping[str, int]
+    as_of_ns: int = 0
     applied: trio.Event = field(default_factory=trio.Event)
 
 
@@ -95,6 +106,7 @@ WriterMessage = (
     CommandReceived
     | QueryReceived
     | FillReceived
+    | TransferReceived
     | BalancesFetched
     | CorrectionProposed
     | ExchangeHealthChanged

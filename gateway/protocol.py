@@ -48,7 +48,10 @@ _DECIMAL_RE: Final = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.A
 MAX_AMOUNT_DIGITS: Final = 60
 MAX_AMOUNT_EXPONENT: Final = 60
 
-BALANCE_FIELDS: Final = frozenset({"strategy", "cmd", "currency", "amount", "index", "request_id"})
+BALANCE_FIELDS: Final = frozenset(
+    {"strategy", "cmd", "currency", "amount", "index", "request_id", "ref_id"}
+)
+MAX_REF_ID_CHARS: Final = 64  # an exchange's transfer reference (Kraken's: 18 characters)
 QUERY_FIELDS: Final = frozenset({"cmd", "currency", "strategy", "request_id"})
 
 
@@ -290,7 +293,19 @@ def parse_request(body: dict[str, object], strategy_count: int) -> tuple[Request
         )
     index = _index(body["index"], kind, strategy_count)
     amount = _amount(body["amount"], signed=kind is CommandKind.ADJUST)
-    return BalanceCommand(kind, strategy, _currency(body["currency"]), index, amount), request_id
+    ref_id = body.get("ref_id")
+    if ref_id is not None:
+        if kind is not CommandKind.ADJUST:
+            raise CommandProtocolError(
+                ErrorCode.INVALID_REQUEST, "'ref_id' names a transfer: only adjust takes it"
+            )
+        if not isinstance(ref_id, str) or not _is_text(ref_id, MAX_REF_ID_CHARS):
+            raise CommandProtocolError(
+                ErrorCode.INVALID_REQUEST,
+                f"'ref_id' must be printable text of 1..{MAX_REF_ID_CHARS} characters",
+            )
+    command = BalanceCommand(kind, strategy, _currency(body["currency"]), index, amount, ref_id)
+    return command, request_id
 
 
 def _check_fields(body: dict[str, object], allowed: frozenset[str]) -> None:

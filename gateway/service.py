@@ -53,13 +53,18 @@ class ExchangeSession(Protocol):
         send: trio.MemorySendChannel[WriterMessage],
         *,
         position_ns: Callable[[], int],
+        transfer_position_ns: Callable[[], int],
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Stream fills to ``send`` (owned and closed by it) until cancelled.
+        """Stream fills (and transfers, where the exchange streams them) to ``send``.
 
+        ``send`` is owned and closed by it; it runs until cancelled.
         ``started()`` once subscribed and caught up: every fill since
         ``position_ns()`` (the ledger's epoch or last fill, whichever is later)
         sent, so no fill after that moment is missed, however long that takes.
+        Transfers since ``transfer_position_ns()`` may follow (those before the
+        bootstrap's request are in its totals); ``feed_connection`` is None
+        until they have.
         """
         ...
 
@@ -193,7 +198,11 @@ async def run_gateway(
             async with send, trio.open_nursery() as producers:
                 # Subscribe to fills before the REST snapshot, so no fill falls between them.
                 await producers.start(
-                    partial(exchange.run_fills, position_ns=lambda: ledger.position_ns),
+                    partial(
+                        exchange.run_fills,
+                        position_ns=lambda: ledger.position_ns,
+                        transfer_position_ns=lambda: ledger.transfer_position_ns,
+                    ),
                     send.clone(),
                 )
                 await _bootstrap(exchange, send, core)
@@ -274,22 +283,29 @@ async def _bootstrap(
 ) -> None:
     """Take the exchange's totals as the ledger's, once no fill raced the request.
 
-    A fill applied while the REST call was in flight may or may not be in its
+    A fill or transfer applied while the REST call was in flight may or may not be in its
     answer, so such an answer is fetched again (a few times, then taken: the
     reconciler mends what is left).
 
     Raises:
         BootstrapError: the totals could not be fetched.
     """
+
+    def moved() -> int:
+        return core.stats.fills_applied + core.stats.transfers_applied
+
     for attempt in range(BOOTSTRAP_ATTEMPTS):
-        before = core.stats.fills_applied
+        before = moved()
+        requested_ns = time.time_ns()
         try:
             totals = await exchange.fetch_totals()
         except ExchangeError as exc:
             raise BootstrapError(f"could not fetch the exchange's balances: {exc}") from exc
-        if core.stats.fills_applied == before or attempt + 1 == BOOTSTRAP_ATTEMPTS:
+        if moved() == before or attempt + 1 == BOOTSTRAP_ATTEMPTS:
             break
-        logger.info("bootstrap: a fill landed during the balance request; fetching again")
+        logger.info(
+            "bootstrap: a fill or transfer landed during the balance request; fetching again"
+        )
     scaled = {}
     for currency, amount in totals.items():
         try:
@@ -298,7 +314,7 @@ async def _bootstrap(
             raise BootstrapError(
                 f"the exchange's {currency} balance ({amount}) is larger than the store can hold"
             ) from None
-    bootstrap = BalancesFetched(scaled)
+    bootstrap = BalancesFetched(scaled, requested_ns)
     await send.send(bootstrap)
     await bootstrap.applied.wait()
 

@@ -36,6 +36,7 @@ from gateway.events import (
     Outcome,
     Reply,
     TotalsSet,
+    TransferApplied,
     apply_event,
     encode_event,
     error_reply,
@@ -50,6 +51,7 @@ from gateway.messages import (
     HeartbeatTick,
     QueryReceived,
     ReplySlot,
+    TransferReceived,
     WriterMessage,
 )
 from mmapstore import INT128_MAX, INT128_MIN, Condition
@@ -69,6 +71,7 @@ SNAPSHOT_EVERY_EVENTS: Final = 50_000
 class WriterStats:
     fills_applied: int = 0
     fills_duplicate: int = 0
+    transfers_applied: int = 0
     commands_applied: int = 0
     commands_refused: int = 0
     commands_unavailable: int = 0
@@ -167,8 +170,18 @@ class WriterCore:
                         "fill %s left %s slot %d negative: %s",
                         fill.exec_id, currency, slot_index, format_scaled(value),
                     )  # fmt: skip
-            case BalancesFetched(totals=totals, applied=applied):
-                self._apply(TotalsSet(totals), batch)
+            case TransferReceived(transfer=transfer):
+                outcome = self._apply(TransferApplied(transfer), batch)
+                if not outcome.changed:
+                    return  # seen before (a reconnect's catch-up repeats entries)
+                self.stats.transfers_applied += 1
+                logger.info(
+                    "%s %s %s booked to slots 0 and 1 (ledger %s, ref %s)",
+                    transfer.kind, transfer.amount, transfer.currency, transfer.ledger_id,
+                    transfer.ref_id,
+                )  # fmt: skip
+            case BalancesFetched(totals=totals, as_of_ns=as_of_ns, applied=applied):
+                self._apply(TotalsSet(totals, as_of_ns), batch)
                 batch.published.append(applied)
                 batch.needs_sync = True
             case CorrectionProposed(currency=currency, seen_total=seen, new_total=new):
@@ -323,7 +336,9 @@ class WriterCore:
 
     def _note_overdrawn(self, currency: str, values: list[int]) -> None:
         negative = tuple(i for i, v in enumerate(values) if v < 0)
-        if self.overdrawn.get(currency) != negative:
+        if currency in self.overdrawn:
+            self.overdrawn[currency] = negative  # still overdrawn: said once already
+        else:
             self.overdrawn[currency] = negative
             logger.warning(
                 "%s overdrawn: slot(s) %s below zero (%s); a withdrawal beyond what was "
@@ -372,6 +387,7 @@ class WriterCore:
             "journal_events": self.journal.next_seq,
             "fills_applied": stats.fills_applied,
             "fills_duplicate": stats.fills_duplicate,
+            "transfers_applied": stats.transfers_applied,
             "commands_applied": stats.commands_applied,
             "commands_refused": stats.commands_refused,
             "corrections": stats.corrections,

@@ -228,6 +228,38 @@ def run_rate(stack: Stack, rate: int, seconds: float) -> dict[str, float]:
     }
 
 
+def run_deposits(stack: Stack, count: int = 40) -> dict[str, float]:
+    """Deposit to visible: ``/sim/deposit`` until slot 0 shows it in shared memory.
+
+    The simulator streams the ledger entry on ``balances`` before it answers;
+    the floor is that control call's own HTTP round trip, in the same run.
+    """
+    visible: list[float] = []
+    floor: list[float] = []
+    with StoreReader(store_path("kraken", stack.root / "shm")) as reader:
+        for _ in range(count):
+            before = reader.slot("USD", 0).scaled
+            started = time.perf_counter()
+            stack.control("deposit", {"asset": "USD", "amount": "1"})
+            floor.append(time.perf_counter() - started)
+            while reader.slot("USD", 0).scaled == before:
+                if time.perf_counter() - started > 10:
+                    break
+                time.sleep(0.0001)
+            visible.append(time.perf_counter() - started)
+            time.sleep(0.02)
+    visible.sort()
+    floor.sort()
+    return {
+        "count": count,
+        "median_ms": statistics.median(visible) * 1000,
+        "p99_ms": visible[int(len(visible) * 0.99)] * 1000,
+        "max_ms": visible[-1] * 1000,
+        "floor_median_ms": statistics.median(floor) * 1000,
+        "floor_p99_ms": floor[int(len(floor) * 0.99)] * 1000,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rates", default="1000,10000")

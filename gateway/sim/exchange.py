@@ -185,6 +185,53 @@ class Trade:
 
 
 @dataclass
+class LedgerEntry:
+    """One line of the account's ledger, as Kraken keeps it: the balance moves by amount - fee."""
+
+    ledger_id: str
+    ref_id: str
+    time_ns: int
+    kind: str  # deposit, withdrawal, trade, transfer, earn ...
+    asset: str  # REST key
+    amount: Decimal
+    fee: Decimal
+    balance: Decimal
+    wallet_type: str = "spot"
+    wallet_id: str = "main"
+
+    def rest(self) -> dict[str, object]:
+        """As ``Ledgers`` shows it."""
+        return {
+            "refid": self.ref_id,
+            "time": f"{self.time_ns / 1e9:.4f}",
+            "type": self.kind,
+            "subtype": "",
+            "aclass": "currency",
+            "asset": self.asset,
+            "amount": _fmt(self.amount, self.asset),
+            "fee": _fmt(self.fee, self.asset),
+            "balance": _fmt(self.balance, self.asset),
+        }
+
+    def ws(self) -> dict[str, object]:
+        """As a ``balances`` update carries it (WS v2 asset codes, exact numbers)."""
+        return {
+            "ledger_id": self.ledger_id,
+            "ref_id": self.ref_id,
+            "timestamp": format_timestamp(self.time_ns),
+            "type": self.kind,
+            "asset": ASSETS.get(self.asset, ("", 0, self.asset))[2],
+            "asset_class": "currency",
+            "category": self.kind,
+            "wallet_type": self.wallet_type,
+            "wallet_id": self.wallet_id,
+            "amount": self.amount,
+            "fee": self.fee,
+            "balance": self.balance,
+        }
+
+
+@dataclass
 class SimExchange:
     """The account behind one API key."""
 
@@ -203,6 +250,7 @@ class SimExchange:
     trades: list[Trade] = field(default_factory=list)
     recent: deque[Trade] = field(default_factory=lambda: deque(maxlen=SNAPSHOT_TRADES))
     trade_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
+    ledger: list[LedgerEntry] = field(default_factory=list)
 
     @classmethod
     def funded(cls, balances: Mapping[str, Decimal] | None = None, **keys: str) -> SimExchange:
@@ -244,13 +292,69 @@ class SimExchange:
 
     # -- money ----------------------------------------------------------------------
 
-    def move(self, asset_code: str, amount: Decimal) -> None:
-        """A deposit (positive) or withdrawal (negative) that only REST sees."""
+    def move(
+        self,
+        asset_code: str,
+        amount: Decimal,
+        *,
+        fee: Decimal = Decimal(0),
+        kind: str | None = None,
+        ref_id: str | None = None,
+        now_ns: int | None = None,
+    ) -> LedgerEntry:
+        """A deposit (positive) or withdrawal (negative), less ``fee``; its ledger entry.
+
+        Raises:
+            SimError: the balance would go below zero.
+        """
         key = V2_TO_REST.get(asset_code.upper(), asset_code.upper())
-        new = self.balances.get(key, Decimal(0)) + amount
+        new = self.balances.get(key, Decimal(0)) + amount - fee
         if new < 0:
             raise SimError("EFunding:Insufficient funds")
         self.balances[key] = new
+        return self._entry(
+            kind or ("deposit" if amount > 0 else "withdrawal"),
+            ref_id or kraken_id("F"), key, amount, fee, now_ns,
+        )  # fmt: skip
+
+    def _entry(
+        self,
+        kind: str,
+        ref_id: str,
+        key: str,
+        amount: Decimal,
+        fee: Decimal,
+        now_ns: int | None,
+    ) -> LedgerEntry:
+        entry = LedgerEntry(
+            kraken_id("L"), ref_id, now_ns if now_ns is not None else time.time_ns(), kind, key,
+            amount, fee, self.balances.get(key, Decimal(0)),
+        )  # fmt: skip
+        self.ledger.append(entry)
+        return entry
+
+    def ledgers(
+        self, start: int | None, ofs: int, end: int | str | None = None, kind: str = "all"
+    ) -> dict[str, object]:
+        """``Ledgers``: newest first, one page of 50, ``start``/``end`` as for trades,
+        ``kind`` one entry type (or ``all``).
+
+        Raises:
+            SimError: ``end`` names no entry.
+        """
+        entries = self.ledger if kind == "all" else [e for e in self.ledger if e.kind == kind]
+        if isinstance(end, str):
+            index = next((i for i, e in enumerate(entries) if e.ledger_id == end), None)
+            if index is None:
+                raise SimError("EGeneral:Invalid arguments:end")
+            entries = entries[: index + 1]
+        elif end is not None:
+            entries = [e for e in entries if e.time_ns <= end * 1_000_000_000]
+        chosen = [
+            e for e in reversed(entries) if start is None or e.time_ns > start * 1_000_000_000
+        ]
+        page = chosen[ofs : ofs + TRADES_PAGE]
+        return {"ledger": {e.ledger_id: e.rest() for e in page}, "count": len(chosen)}
 
     def balance_ex(self) -> dict[str, dict[str, str]]:
         return {
@@ -344,6 +448,9 @@ class SimExchange:
             self.trades.append(trade)
             self.recent.append(trade)
             trades.append(trade)
+            # The ledger's two lines per trade (type trade, ref_id the trade's id).
+            self._entry("trade", trade.txid, base, sign * qty, Decimal(0), now)
+            self._entry("trade", trade.txid, quote, -sign * cost, fee, now)
         return trades
 
     def drift(self, pair_key: str, rng: random.Random) -> None:

@@ -36,7 +36,9 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from gateway.exchanges.kraken.ratelimit import Tier, call_cost
 from gateway.sim.exchange import (
+    ASSETS,
     PAIRS,
+    LedgerEntry,
     SimError,
     SimExchange,
     SimPair,
@@ -71,6 +73,11 @@ PERMISSIONS: Final = {
     "ledger": ("Ledgers", "QueryLedgers"),
     "trade": ("AddOrder", "CancelOrder"),
 }
+# Kraken's documented ``type`` filter of Ledgers.
+LEDGER_TYPES: Final = frozenset(
+    {"all", "trade", "deposit", "withdrawal", "transfer", "margin", "adjustment", "rollover",
+     "credit", "settled", "staking", "dividend", "sale", "nft_rebate"}
+)  # fmt: skip
 NEEDED: Final = {method: name for name, methods in PERMISSIONS.items() for method in methods}
 
 
@@ -106,10 +113,14 @@ class ApiCounterState:
 
 @dataclass
 class _Subscription:
-    """One WS connection's state: subscribed or not, and its own message sequence."""
+    """One WS connection's state: its channels, and a message sequence per channel."""
 
-    subscribed: bool = False
-    sequence: int = 0
+    channels: set[str] = field(default_factory=set)
+    sequences: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self.channels)
 
 
 @dataclass
@@ -121,6 +132,7 @@ class Simulator:
     counter: ApiCounterState = field(default_factory=ApiCounterState)
     faults: FaultPlan = field(default_factory=FaultPlan)
     subscribers: set[trio.MemorySendChannel[str]] = field(default_factory=set)
+    balance_subscribers: set[trio.MemorySendChannel[str]] = field(default_factory=set)
     ws_scopes: set[trio.CancelScope] = field(default_factory=set)
     generator: trio.CancelScope | None = None
     # Probe mode: when each execution update left for the socket (ns), in order.
@@ -146,17 +158,26 @@ class Simulator:
         for events in orders.values():
             self.broadcast_raw(_UPDATE_PREFIX + ', "data": ' + dumps(events))
 
-    def broadcast_raw(self, message: str) -> None:
+    def broadcast_entries(self, entries: list[LedgerEntry]) -> None:
+        """Push ledger entries to every ``balances`` subscriber, in one update message."""
+        if entries and self.balance_subscribers:
+            data = dumps([entry.ws() for entry in entries])
+            self.broadcast_raw(_BALANCES_PREFIX + ', "data": ' + data, self.balance_subscribers)
+
+    def broadcast_raw(
+        self, message: str, subscribers: set[trio.MemorySendChannel[str]] | None = None
+    ) -> None:
         """One update (without its sequence) to every subscriber; a slow one is dropped."""
-        for channel in list(self.subscribers):
+        chosen = self.subscribers if subscribers is None else subscribers
+        for channel in list(chosen):
             try:
                 channel.send_nowait(message)
             except trio.WouldBlock:
                 logger.warning("a WS subscriber is too slow: dropping its connection")
-                self.subscribers.discard(channel)
+                chosen.discard(channel)
                 channel.close()
             except trio.ClosedResourceError:
-                self.subscribers.discard(channel)
+                chosen.discard(channel)
 
     def drop_websockets(self) -> int:
         dropped = len(self.ws_scopes)
@@ -220,6 +241,7 @@ def _private(sim: Simulator, method: str, form: dict[str, str]) -> object:
         return {"token": exchange.new_token(), "expires": 900}
     if method == "AddOrder":
         userref = form.get("userref")
+        entries_before = len(exchange.ledger)
         trades = exchange.execute(
             form.get("pair", ""),
             form.get("type", ""),
@@ -231,6 +253,7 @@ def _private(sim: Simulator, method: str, form: dict[str, str]) -> object:
         )
         if trades:
             sim.broadcast(trades)
+            sim.broadcast_entries(exchange.ledger[entries_before:])
             trade = trades[0]
             return {
                 "descr": {"order": f"{trade.side} {trade.order_qty} {trade.pair.altname} @ market"},
@@ -243,6 +266,17 @@ def _private(sim: Simulator, method: str, form: dict[str, str]) -> object:
             _start(form),
             int(form.get("ofs") or 0),
             int(end) if end is not None and end.isdigit() else end,
+        )
+    if method == "Ledgers":
+        end = form.get("end") or None
+        kind = form.get("type") or "all"
+        if kind not in LEDGER_TYPES:
+            raise SimError("EGeneral:Invalid arguments:type")
+        return exchange.ledgers(
+            _start(form),
+            int(form.get("ofs") or 0),
+            int(end) if end is not None and end.isdigit() else end,
+            kind,
         )
     if method == "OpenOrders":
         return exchange.open_orders()
@@ -271,8 +305,16 @@ async def _control(
     exchange = sim.exchange
     if name in ("deposit", "withdraw"):
         amount = _decimal(str(body.get("amount")), "amount")
-        exchange.move(str(body.get("asset", "")), amount if name == "deposit" else -amount)
-        return {"balances": exchange.balance_ex()}
+        fee = _decimal(str(body.get("fee", "0")), "fee")
+        entry = exchange.move(
+            str(body.get("asset", "")), amount if name == "deposit" else -amount, fee=fee,
+            kind=str(body["kind"]) if "kind" in body else None,
+            ref_id=str(body["ref_id"]) if "ref_id" in body else None,
+        )  # fmt: skip
+        if not body.get("silent"):  # silent: only REST (Ledgers, balances) shows it
+            sim.broadcast_entries([entry])
+        return {"balances": exchange.balance_ex(), "ledger_id": entry.ledger_id,
+                "ref_id": entry.ref_id}  # fmt: skip
     if name == "drop-websockets":
         return {"dropped": sim.drop_websockets()}
     if name == "fail-rest":
@@ -327,6 +369,8 @@ async def _control(
             "rest_counter": round(sim.counter.level, 2),
             "ws_connections": sim.ws_connections,
             "subscribers": len(sim.subscribers),
+            "balance_subscribers": len(sim.balance_subscribers),
+            "ledger_entries": len(exchange.ledger),
         }
     raise SimError(f"EGeneral:Unknown control {name}")
 
@@ -356,6 +400,7 @@ async def _generate_trades(
     with scope:
         while limit == 0 or made < limit:
             trades: list[Trade] = []
+            entries_before = len(sim.exchange.ledger)
             for _ in range(batch):
                 if probe:
                     trades += sim.exchange.execute(pairs[0], "buy", qty, userref=userrefs[0])
@@ -375,6 +420,7 @@ async def _generate_trades(
                     continue
                 made += 1
             sim.broadcast(trades)
+            sim.broadcast_entries(sim.exchange.ledger[entries_before:])
             next_at += interval
             await trio.sleep_until(next_at)
 
@@ -511,6 +557,7 @@ async def _serve_ws(sim: Simulator, request: WebSocketRequest) -> None:
         finally:
             sim.ws_scopes.discard(scope)
             sim.subscribers.discard(send)
+            sim.balance_subscribers.discard(send)
             sim.ws_connections -= 1
 
 
@@ -530,10 +577,16 @@ async def _ws_sender(
                 if subscription.subscribed:  # Kraken sends none before a subscription
                     await ws.send_message('{"channel":"heartbeat"}')
                 continue
-            if message.startswith(_UPDATE_PREFIX):
-                subscription.sequence += 1
-                message += f', "sequence": {subscription.sequence}}}'
-                if sim.record_sends:
+            channel = (
+                "executions" if message.startswith(_UPDATE_PREFIX)
+                else "balances" if message.startswith(_BALANCES_PREFIX)
+                else None
+            )  # fmt: skip
+            if channel is not None:
+                sequence = subscription.sequences.get(channel, 0) + 1
+                subscription.sequences[channel] = sequence
+                message += f', "sequence": {sequence}}}'
+                if sim.record_sends and channel == "executions":
                     sim.sent_ns.append(time.time_ns())
             await ws.send_message(message)
     except (ConnectionClosed, trio.EndOfChannel):
@@ -541,6 +594,7 @@ async def _ws_sender(
 
 
 _UPDATE_PREFIX: Final = '{"channel": "executions", "type": "update"'
+_BALANCES_PREFIX: Final = '{"channel": "balances", "type": "update"'
 
 
 async def _ws_reader(
@@ -601,17 +655,20 @@ async def _ws_reader(
                 if params.get("snap_trades")
                 else []
             )
-            subscription.subscribed = True
-            subscription.sequence = 1
+            subscription.channels.add("executions")
+            subscription.sequences["executions"] = 1
             send.send_nowait(
                 dumps(
                     {"channel": "executions", "type": "snapshot", "data": snapshot, "sequence": 1}
                 )
             )
             sim.subscribers.add(send)
+        elif method == "subscribe" and params.get("channel") == "balances":
+            _subscribe_balances(sim, send, subscription, params, req_id)
         elif method == "unsubscribe":
             sim.subscribers.discard(send)
-            subscription.subscribed = False
+            sim.balance_subscribers.discard(send)
+            subscription.channels.clear()
             send.send_nowait(dumps({"method": "unsubscribe", "success": True, "req_id": req_id}))
         else:
             send.send_nowait(
@@ -624,6 +681,47 @@ async def _ws_reader(
                     }
                 )
             )
+
+
+def _subscribe_balances(
+    sim: Simulator,
+    send: trio.MemorySendChannel[str],
+    subscription: _Subscription,
+    params: dict[str, object],
+    req_id: object,
+) -> None:
+    """Ack, then (unless ``snapshot`` is false) each asset's balance by wallet, then updates."""
+    if not sim.exchange.token_valid(params.get("token")):
+        refusal = {"method": "subscribe", "success": False, "req_id": req_id,
+                   "error": "EAccount:Invalid permissions"}  # fmt: skip
+        send.send_nowait(dumps(refusal))
+        return
+    snapshot = params.get("snapshot", True) is not False
+    send.send_nowait(
+        dumps(
+            {
+                "method": "subscribe", "success": True, "req_id": req_id,
+                "time_in": _now(), "time_out": _now(),
+                "result": {"channel": "balances", "snapshot": snapshot},
+            }
+        )
+    )  # fmt: skip
+    subscription.channels.add("balances")
+    if snapshot:
+        subscription.sequences["balances"] = 1
+        data = [
+            {
+                "asset": ASSETS.get(key, ("", 0, key))[2],
+                "asset_class": "currency",
+                "balance": amount,
+                "wallets": [{"type": "spot", "id": "main", "balance": amount}],
+            }
+            for key, amount in sim.exchange.balances.items()
+        ]
+        send.send_nowait(
+            dumps({"channel": "balances", "type": "snapshot", "data": data, "sequence": 1})
+        )
+    sim.balance_subscribers.add(send)
 
 
 def _now() -> str:

@@ -31,6 +31,7 @@ class FakeExchange:
         send: trio.MemorySendChannel[WriterMessage],
         *,
         position_ns: Callable[[], int],
+        transfer_position_ns: Callable[[], int],
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with send:

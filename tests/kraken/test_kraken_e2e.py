@@ -43,7 +43,11 @@ async def test_order_with_userref_2_shows_in_slots_0_and_2_within_a_second(
     assert seen_after < 1.0
 
 
-def test_deposit_is_corrected_into_slots_0_and_1_after_two_passes(stack: KrakenStack) -> None:
+def test_a_movement_the_stream_never_showed_is_corrected_after_two_passes(
+    stack: KrakenStack,
+) -> None:
+    """The reconciler stays the safety net: a movement neither streamed (``silent``) nor of
+    a kind the Ledgers catch-up asks for (an ``adjustment``) is found by it alone."""
     stack.start_gateway("--reconcile-interval", "1", "--recheck-interval", "0.5")
     system = IPCCommandSystem("a", run_dir=stack.run_dir)
     system.start()
@@ -52,7 +56,9 @@ def test_deposit_is_corrected_into_slots_0_and_1_after_two_passes(stack: KrakenS
     )
     system.send_command_blocking("kraken_gateway", KRAKEN_STRATEGY_BALANCE_CMD, payload)
     system.close()
-    stack.control("deposit", {"asset": "USD", "amount": "1234.5"})
+    stack.control(
+        "deposit", {"asset": "USD", "amount": "1234.5", "silent": True, "kind": "adjustment"}
+    )
     wait_until(lambda: gateway_slots(stack)["USD"][0] != 100000, 10, "the correction")
     usd = gateway_slots(stack)["USD"]
     assert usd[:3] == (Decimal("101234.5"), Decimal("100984.5"), Decimal(250))

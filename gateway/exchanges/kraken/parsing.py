@@ -27,7 +27,7 @@ from typing import Final
 
 from gateway.exchanges.kraken.assets import AssetMap
 from gateway.exchanges.kraken.errors import KrakenProtocolError
-from gateway.ledger import Fee, Fill, Side
+from gateway.ledger import Fee, Fill, Side, Transfer
 
 _JSON: Final = json.JSONDecoder(parse_float=Decimal)
 MAX_EXPONENT: Final = 40  # no amount, price or time Kraken sends is near 1e40 or 1e-40
@@ -199,13 +199,22 @@ class WsExecutions:
 
 
 @dataclass(frozen=True, slots=True)
+class WsBalances:
+    """A ``balances`` message: the transfers among its ledger entries (none in a snapshot)."""
+
+    snapshot: bool
+    transfers: tuple[Transfer, ...]
+    skipped: tuple[SkippedExecution, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class WsIgnored:
     """A message of a channel or kind the gateway does not use."""
 
     channel: str
 
 
-WsMessage = WsStatus | WsHeartbeat | WsAck | WsExecutions | WsIgnored
+WsMessage = WsStatus | WsHeartbeat | WsAck | WsExecutions | WsBalances | WsIgnored
 
 
 def parse_ws_message(text: str | bytes, decimals: Mapping[str, int] = _NO_DECIMALS) -> WsMessage:
@@ -250,7 +259,119 @@ def parse_ws_message(text: str | bytes, decimals: Mapping[str, int] = _NO_DECIMA
             sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else None,
             tuple(skipped),
         )
+    if channel == "balances":
+        return _parse_balances(message, decimals)
     return WsIgnored(str(channel))
+
+
+# -- ledger entries: transfers --------------------------------------------------------
+
+# Booked by the executions channel (and TradesHistory), never twice from the ledger.
+TRADE_ENTRY: Final = "trade"
+# Margin positions do not move spot balances the way the ledger's amount says.
+MARGIN_ENTRIES: Final = frozenset({"margin", "rollover", "settled"})
+_MAX_ID: Final = 64
+
+
+def _entry_id(entry: Mapping[str, object], name: str, *, required: bool) -> str:
+    value = entry.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not (0 < len(value) <= _MAX_ID) or not value.isprintable():
+        raise KrakenProtocolError(f"{name} is not a printable id: {str(value)[:40]!r}")
+    return value
+
+
+def _transfer(
+    ledger_id: str,
+    entry: Mapping[str, object],
+    currency: str,
+    timestamp_ns: int,
+    decimals: Mapping[str, int],
+) -> Transfer | SkippedExecution | None:
+    """The common part of a WS and a REST ledger entry; None for a trade."""
+    kind = entry.get("type")
+    if not isinstance(kind, str) or not kind or len(kind) > _MAX_ID:
+        raise KrakenProtocolError(f"ledger entry type is not a name: {str(kind)[:40]!r}")
+    if kind == TRADE_ENTRY:
+        return None
+    if kind in MARGIN_ENTRIES:
+        return SkippedExecution(ledger_id, "margin", f"a {kind} entry does not move spot balances")
+    # The entry's amount and fee are both its asset's; the balance moves by their difference.
+    net = _decimal(entry, "amount") - _decimal(entry, "fee")
+    return Transfer(
+        ledger_id=ledger_id,
+        ref_id=_entry_id(entry, "ref_id" if "ref_id" in entry else "refid", required=False),
+        currency=currency,
+        amount=booked(net, currency, decimals),
+        kind=kind,
+        timestamp_ns=timestamp_ns,
+    )
+
+
+def parse_ws_ledger_entry(
+    item: Mapping[str, object], decimals: Mapping[str, int] = _NO_DECIMALS
+) -> Transfer | SkippedExecution | None:
+    """One ledger entry of a ``balances`` update; None for a trade (executions books it).
+
+    Spot wallets and the auto-earn ``flex`` wallet count with the base asset (as
+    ``.F`` balances do at bootstrap); other earn wallets (bonded, locked
+    staking) stay with the reconciler, as their balances stay apart.
+    """
+    ledger_id = str(item.get("ledger_id") or "?")[:_MAX_ID]
+    try:
+        ledger_id = _entry_id(item, "ledger_id", required=True)
+        currency = AssetMap.split_symbol(f"{_str(item, 'asset')}/X")[0]
+        wallet = (item.get("wallet_type", "spot"), item.get("wallet_id", "main"))
+        parsed = _transfer(
+            ledger_id, item, currency, parse_timestamp_ns(item.get("timestamp")), decimals
+        )
+    except (KrakenProtocolError, ValueError) as exc:
+        return SkippedExecution(ledger_id, "malformed", str(exc))
+    if isinstance(parsed, Transfer) and wallet[0] != "spot" and wallet != ("earn", "flex"):
+        return SkippedExecution(
+            ledger_id, "other-wallet", f"a {wallet[0]}/{wallet[1]} wallet is not spot funds"
+        )
+    return parsed
+
+
+def parse_rest_ledger_entry(
+    ledger_id: str, entry: Mapping[str, object], assets: AssetMap
+) -> Transfer | SkippedExecution | None:
+    """One ``Ledgers`` entry, as :func:`parse_ws_ledger_entry` books its WS twin."""
+    try:
+        ledger_id = _entry_id({"ledger_id": ledger_id}, "ledger_id", required=True)
+        key = _str(entry, "asset")
+        currency = assets.asset(key)
+        if currency.endswith(EARN_SUFFIX):
+            currency = currency.removesuffix(EARN_SUFFIX)
+        elif "." in currency:
+            return SkippedExecution(ledger_id, "other-wallet", f"{key} is not spot funds")
+        seconds = _decimal(entry, "time")
+        return _transfer(ledger_id, entry, currency, int(seconds * 1_000_000_000), assets.decimals)
+    except KrakenProtocolError as exc:
+        return SkippedExecution(ledger_id[:_MAX_ID], "malformed", str(exc))
+
+
+def _parse_balances(message: Mapping[str, object], decimals: Mapping[str, int]) -> WsBalances:
+    data = message.get("data")
+    if not isinstance(data, list):
+        raise KrakenProtocolError("balances data is not a list")
+    if message.get("type") == "snapshot":
+        # Balances, not entries: the REST bootstrap and the reconciler own totals.
+        return WsBalances(True, ())
+    transfers = []
+    skipped = []
+    for item in data:
+        if not isinstance(item, dict):
+            skipped.append(SkippedExecution("?", "malformed", "a ledger entry is not an object"))
+            continue
+        parsed = parse_ws_ledger_entry(item, decimals)
+        if isinstance(parsed, SkippedExecution):
+            skipped.append(parsed)
+        elif parsed is not None:
+            transfers.append(parsed)
+    return WsBalances(False, tuple(transfers), tuple(skipped))
 
 
 # -- REST trades ----------------------------------------------------------------------

@@ -256,17 +256,44 @@ class KrakenRestClient:
         ``start`` is a unix time in whole seconds (exclusive), ``end`` a trade id
         (inclusive), as Kraken documents them.
         """
-        params: list[tuple[str, str | int | Decimal]] = [("ofs", ofs)]
+        return await self._history_page("TradesHistory", "trades", start, end, ofs)
+
+    async def ledgers(
+        self,
+        *,
+        start: int | None = None,
+        end: str | None = None,
+        ofs: int = 0,
+        kind: str = "all",
+    ) -> tuple[dict[str, dict[str, object]], int]:
+        """One page of ledger entries (newest first, 50 a page): (entries by id, count).
+
+        ``start`` and ``end`` as for :meth:`trades_history` (``end`` a ledger id);
+        ``kind`` is Kraken's ``type`` filter (one type, or ``all``).
+        """
+        extra: list[tuple[str, str | int | Decimal]] = [] if kind == "all" else [("type", kind)]
+        return await self._history_page("Ledgers", "ledger", start, end, ofs, extra)
+
+    async def _history_page(
+        self,
+        method: str,
+        key: str,
+        start: int | None,
+        end: str | None,
+        ofs: int,
+        extra: list[tuple[str, str | int | Decimal]] | None = None,
+    ) -> tuple[dict[str, dict[str, object]], int]:
+        params: list[tuple[str, str | int | Decimal]] = [("ofs", ofs), *(extra or [])]
         if start is not None:
             params.append(("start", start))
         if end is not None:
             params.append(("end", end))
-        result = await self.private("TradesHistory", params)
-        trades = result.get("trades") if isinstance(result, dict) else None
+        result = await self.private(method, params)
+        entries = result.get(key) if isinstance(result, dict) else None
         count = result.get("count") if isinstance(result, dict) else None
-        if not isinstance(trades, dict) or not isinstance(count, int):
-            raise KrakenProtocolError("TradesHistory: result lacks trades or count")
-        return trades, count
+        if not isinstance(entries, dict) or not isinstance(count, int):
+            raise KrakenProtocolError(f"{method}: result lacks {key} or count")
+        return entries, count
 
     async def open_orders(self) -> dict[str, object]:
         result = await self.private("OpenOrders")

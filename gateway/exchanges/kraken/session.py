@@ -1,12 +1,14 @@
-"""The Kraken exchange session: balances from REST, fills from the WS v2 ``executions`` channel.
+"""The Kraken exchange session: balances from REST, fills and transfers from WS v2.
 
 Implements ``gateway.service.ExchangeSession``. At start it checks that the
-API key has every permission the gateway's calls need. The fill stream takes
-a fresh token for every connection, subscribes with ``snap_trades``, and
-closes any gap between the ledger's position and the snapshot with
-``TradesHistory`` (paced by the API counter, however long that takes), then
-feeds the snapshot's trades to the writer (which skips those already
-applied). It reconnects with backoff when the connection drops or goes quiet.
+API key has every permission the gateway's calls need. Each connection takes
+a fresh token and subscribes to ``executions`` (with ``snap_trades``) and
+``balances``. It closes any gap between the ledger's position and the
+snapshot with ``TradesHistory`` (paced by the API counter, however long that
+takes), then feeds the snapshot's trades and what arrived meanwhile to the
+writer (which skips what it has applied), and closes any gap in transfers with
+``Ledgers`` beside the live stream. It reconnects with backoff when the connection
+drops or goes quiet.
 """
 
 from __future__ import annotations
@@ -14,15 +16,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from functools import partial
 from typing import Final, TypeVar
 
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
 
-from gateway.errors import BootstrapError
+from gateway.errors import BootstrapError, only_leaf
 from gateway.exchanges.kraken.assets import AssetMap
 from gateway.exchanges.kraken.errors import (
     PERMISSIONS,
@@ -35,17 +42,19 @@ from gateway.exchanges.kraken.parsing import (
     EARN_SUFFIX,
     SkippedExecution,
     WsAck,
+    WsBalances,
     WsExecutions,
     WsHeartbeat,
     WsIgnored,
     WsStatus,
     parse_balance,
+    parse_rest_ledger_entry,
     parse_rest_trade,
     parse_ws_message,
 )
 from gateway.exchanges.kraken.rest import KrakenRestClient, RetryPolicy
-from gateway.ledger import Fill
-from gateway.messages import ExchangeHealthChanged, FillReceived, WriterMessage
+from gateway.ledger import Fill, Transfer
+from gateway.messages import ExchangeHealthChanged, FillReceived, TransferReceived, WriterMessage
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,10 +68,18 @@ STARTUP_ATTEMPTS: Final = 5
 MAX_CATCH_UP_PAGES: Final = 10_000
 CATCH_UP_PAGE: Final = 50  # TradesHistory's page size
 QUERY_ORDERS_CHUNK: Final = 50  # the most txids QueryOrders takes in one call
+# A connection asks Ledgers once it has held this long.
+TRANSFER_CATCH_UP_DELAY_S: Final = 5.0
+# The ledger entry kinds a connection's catch-up asks for, one Ledgers filter each.
+CATCH_UP_TRANSFER_KINDS: Final = ("deposit", "withdrawal", "transfer")
 # TradesHistory's start is whole seconds and exclusive: ask from a second before.
 CATCH_UP_OVERLAP_S: Final = 1
 # Messages the connection keeps reading (and holds) while a catch-up runs: ~15 MB at most.
 WS_QUEUE_MESSAGES: Final = 20_000
+
+
+def format_ns(ns: int) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(ns / 1e9)) + f".{ns % 10**9 // 10**6:03d}"
 
 
 def _trade_time(trade: dict[str, object]) -> Decimal:
@@ -99,6 +116,7 @@ class KrakenSession:
         self.rest = rest
         self.ws_url = ws_url
         self.position_ns: Callable[[], int] = lambda: 0
+        self.transfer_position_ns: Callable[[], int] = lambda: 0
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.reconnect = reconnect or RetryPolicy(attempts=1_000_000, base_s=0.25, cap_s=10.0)
         self._assets: AssetMap | None = None
@@ -108,6 +126,9 @@ class KrakenSession:
         self.reconnects = 0
         self.fills_received = 0
         self.caught_up = 0
+        self.transfers_received = 0
+        self.transfers_caught_up = 0
+        self._transfers_pending = False  # a reconnect's transfer catch-up is under way
         self.catch_up: str | None = None  # progress of a catch-up while one runs
         self.skipped: dict[str, int] = {}  # executions not booked, by why
         self.last_error: str | None = None
@@ -116,8 +137,13 @@ class KrakenSession:
         return self.rest.account
 
     def feed_connection(self) -> int | None:
-        """Which connection is live and caught up (a number), or None while none is."""
-        return self.connections if self.ws_state == "live" else None
+        """Which connection is live and caught up (a number), or None while none is.
+
+        Caught up means transfers too: a REST total compared while a reconnect's
+        ``Ledgers`` catch-up is still on its way would see them as drift.
+        """
+        live = self.ws_state == "live" and not self._transfers_pending
+        return self.connections if live else None
 
     def status(self) -> dict[str, object]:
         return {
@@ -126,6 +152,8 @@ class KrakenSession:
             "ws_reconnects": self.reconnects,
             "fills_received": self.fills_received,
             "fills_caught_up": self.caught_up,
+            "transfers_received": self.transfers_received,
+            "transfers_caught_up": self.transfers_caught_up,
             "catch_up": self.catch_up,
             "executions_skipped": dict(self.skipped),
             "rest_calls": self.rest.calls,
@@ -157,6 +185,7 @@ class KrakenSession:
             ("GetWebSocketsToken", self.rest.websockets_token),
             ("TradesHistory", lambda: self.rest.trades_history(start=int(time.time()))),
             ("OpenOrders", self.rest.open_orders),
+            ("Ledgers", lambda: self.rest.ledgers(start=int(time.time()))),
         ]
         missing = []
         for method, probe in probes:
@@ -211,20 +240,23 @@ class KrakenSession:
         send: trio.MemorySendChannel[WriterMessage],
         *,
         position_ns: Callable[[], int],
+        transfer_position_ns: Callable[[], int],
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Stream fills to the writer until cancelled; reconnect whenever the stream fails.
+        """Stream fills and transfers to the writer until cancelled; reconnect on failure.
 
         ``started()`` after the first subscription's snapshot and its catch-up
-        (every fill since ``position_ns()``) have been sent to the writer. A
-        catch-up takes as long as Kraken's API counter needs; the stream is
-        read (and held) meanwhile.
+        (every fill since ``position_ns()``) have been sent to the writer; the
+        transfers since ``transfer_position_ns()`` follow beside the live
+        stream. A catch-up takes as long as Kraken's API counter needs; the
+        stream is read (and held) meanwhile.
 
         Raises:
             BootstrapError: the key lacks a permission, or no subscription after
                 ``STARTUP_ATTEMPTS`` tries at start.
         """
         self.position_ns = position_ns
+        self.transfer_position_ns = transfer_position_ns
         live_once = False
         live_now = False
 
@@ -287,45 +319,119 @@ class KrakenSession:
                 "req_id": self.connections,
             }
             await ws.send_message(json.dumps(subscribe))
+            balances = {
+                "method": "subscribe",
+                "params": {"channel": "balances", "token": token, "snapshot": False},
+                "req_id": -self.connections,
+            }
+            await ws.send_message(json.dumps(balances))
             snapshot: WsExecutions | None = None
+            # What arrives before the catch-up is done: sent after it (the writer
+            # skips what it has).
+            held_fills: list[Fill] = []
+            held: list[Transfer] = []
             with trio.fail_after(SUBSCRIBE_TIMEOUT_S):
-                while snapshot is None:
+                acks = 0
+                while snapshot is None or acks < 2:
                     message = parse_ws_message(await ws.get_message(), decimals)
                     if isinstance(message, WsAck) and message.method == "subscribe":
                         if not message.success:
                             raise KrakenProtocolError(f"subscribe refused: {message.error}")
+                        acks += 1
                     elif isinstance(message, WsStatus):
                         self.system = message.system
                     elif isinstance(message, WsExecutions):
-                        snapshot = message
+                        if message.snapshot and snapshot is None:
+                            snapshot = message
+                        else:  # an update while the balances ack is awaited
+                            self._count_skipped(message.skipped)
+                            held_fills.extend(message.fills)
+                    elif isinstance(message, WsBalances):
+                        self._count_skipped(message.skipped)
+                        held.extend(message.transfers)
             # Not under the subscribe timeout: a catch-up lasts as long as the counter needs.
             await self._take_snapshot(snapshot, send)
+            for fill in held_fills:
+                self.fills_received += 1
+                await send.send(FillReceived(fill))
+            for transfer in held:
+                await send.send(TransferReceived(transfer))
+            try:
+                await self._live(ws, send, decimals, on_live)
+            except BaseExceptionGroup as group:
+                # One failure of the connection (closed, stale, a catch-up refused) is
+                # handled by its type, as if no nursery had wrapped it.
+                leaf = only_leaf(group)
+                if leaf is None:
+                    raise
+                raise leaf from None
+
+    async def _live(
+        self,
+        ws: WebSocketConnection,
+        send: trio.MemorySendChannel[WriterMessage],
+        decimals: Mapping[str, int],
+        on_live: Callable[[], None],
+    ) -> None:
+        """Go live (catching up transfers at start, or beside the stream on a reconnect)."""
+        async with trio.open_nursery() as nursery:
+            # Ledgers beside the live stream, not before it, once the connection has
+            # held a while: trade catch-ups need the API counter more (a flapping link
+            # or a crash loop spends nothing on it), and order does not matter for
+            # transfers (once by ledger id; those before the bootstrap's request are
+            # in its totals). The reconciler waits meanwhile (feed_connection None).
+            self._transfers_pending = True
+            nursery.start_soon(self._send_transfers_caught_up, send, TRANSFER_CATCH_UP_DELAY_S)
             self.ws_state = "live"
-            logger.info("Kraken executions stream live (%s)", self.ws_url)
+            logger.info("Kraken executions and balances streams live (%s)", self.ws_url)
             await send.send(ExchangeHealthChanged(feed_live=True))
             on_live()
-            while True:
-                with trio.move_on_after(self.heartbeat_timeout_s) as quiet:
-                    text = await ws.get_message()
-                if quiet.cancelled_caught:
-                    raise StreamStale(f"nothing for {self.heartbeat_timeout_s} s")
-                message = parse_ws_message(text, decimals)
-                if isinstance(message, WsExecutions):
-                    self._count_skipped(message.skipped)
-                    for fill in message.fills:
-                        self.fills_received += 1
-                        await send.send(FillReceived(fill))
-                elif isinstance(message, WsStatus):
-                    self.system = message.system
-                    logger.info("Kraken system status: %s", message.system)
-                elif isinstance(message, WsHeartbeat | WsAck | WsIgnored):
-                    pass
+            await self._stream(ws, send, decimals)
+
+    async def _send_transfers_caught_up(
+        self, send: trio.MemorySendChannel[WriterMessage], after_s: float = 0.0
+    ) -> None:
+        try:
+            await trio.sleep(after_s)
+            for transfer in await self._catch_up_transfers():
+                await send.send(TransferReceived(transfer))
+        finally:
+            self._transfers_pending = False
+
+    async def _stream(
+        self,
+        ws: WebSocketConnection,
+        send: trio.MemorySendChannel[WriterMessage],
+        decimals: Mapping[str, int],
+    ) -> None:
+        """The live connection: every execution and ledger entry to the writer, in order."""
+        while True:
+            with trio.move_on_after(self.heartbeat_timeout_s) as quiet:
+                text = await ws.get_message()
+            if quiet.cancelled_caught:
+                raise StreamStale(f"nothing for {self.heartbeat_timeout_s} s")
+            message = parse_ws_message(text, decimals)
+            if isinstance(message, WsExecutions):
+                self._count_skipped(message.skipped)
+                for fill in message.fills:
+                    self.fills_received += 1
+                    await send.send(FillReceived(fill))
+            elif isinstance(message, WsBalances):
+                self._count_skipped(message.skipped)
+                for transfer in message.transfers:
+                    self.transfers_received += 1
+                    await send.send(TransferReceived(transfer))
+            elif isinstance(message, WsStatus):
+                self.system = message.system
+                logger.info("Kraken system status: %s", message.system)
+            elif isinstance(message, WsHeartbeat | WsAck | WsIgnored):
+                pass
 
     def _count_skipped(self, skipped: tuple[SkippedExecution, ...]) -> None:
         """Log and count executions that are not booked; the reconciler mends balances."""
         for item in skipped:
             self.skipped[item.kind] = self.skipped.get(item.kind, 0) + 1
-            logger.warning("Kraken execution %s not booked (%s): %s", item.exec_id, item.kind,
+            logger.warning("Kraken entry %s not booked (%s): %s", item.exec_id, item.kind,
                            item.reason)  # fmt: skip
 
     async def _take_snapshot(
@@ -342,6 +448,11 @@ class KrakenSession:
         fills = sorted(message.fills, key=lambda f: f.timestamp_ns)
         full = len(fills) + len(message.skipped) >= SNAPSHOT_TRADES
         if full and (not fills or fills[0].timestamp_ns > position):
+            logger.info(
+                "the snapshot's oldest trade (%s) is newer than the ledger's position (%s): "
+                "catching up from REST", format_ns(fills[0].timestamp_ns) if fills else "none",
+                format_ns(position),
+            )  # fmt: skip
             for fill in await self._catch_up(position):
                 self.caught_up += 1
                 await send.send(FillReceived(fill))
@@ -349,36 +460,78 @@ class KrakenSession:
             self.fills_received += 1
             await send.send(FillReceived(fill))
 
+    async def _history(
+        self,
+        what: str,
+        fetch: Callable[..., Awaitable[tuple[dict[str, dict[str, object]], int]]],
+        since_ns: int,
+    ) -> dict[str, dict[str, object]]:
+        """Every entry of a history method (``TradesHistory``, ``Ledgers``) after ``since_ns``.
+
+        ``start`` is whole seconds, as Kraken documents it, and exclusive, and
+        several entries may share a second: ask from a second earlier (the
+        writer skips what it has). Pages come newest first, by offset. Entries
+        made meanwhile would push older ones to later offsets, faster than a
+        paced catch-up pages (a hole, and then a loop over entries already
+        seen), so after the first page the window ends at its newest entry
+        (``end``, inclusive); later ones come on the stream.
+        """
+        start = max(0, since_ns // 1_000_000_000 - CATCH_UP_OVERLAP_S)
+        entries: dict[str, dict[str, object]] = {}
+        count = 0
+        end: str | None = None
+        for page in range(MAX_CATCH_UP_PAGES):
+            self.catch_up = f"{what}: {len(entries)} of {count or '?'} fetched"
+            batch, count = await self._patiently(
+                partial(fetch, start=start, end=end, ofs=len(entries))
+            )
+            before = len(entries)
+            entries.update(batch)
+            if end is None and batch:
+                end = max(batch, key=lambda key: _trade_time(batch[key]))
+            if len(batch) < CATCH_UP_PAGE or len(entries) >= count:
+                break
+            if len(entries) == before:
+                raise KrakenProtocolError(f"{what} paging brought nothing new")
+            if page % 10 == 9:
+                logger.info("catching up: %d of %d %s fetched", len(entries), count, what)
+            if page + 1 == MAX_CATCH_UP_PAGES:
+                logger.error("catch-up stopped after %d pages of %s", MAX_CATCH_UP_PAGES, what)
+        return entries
+
+    async def _catch_up_transfers(self) -> list[Transfer]:
+        """Deposits, withdrawals and transfers since the ledger's transfer position, oldest first.
+
+        The ``balances`` channel has no snapshot of entries, so every connection
+        asks ``Ledgers``, one call per kind when nothing happened (the counter's
+        +2 each), filtered by ``type``: unfiltered, a busy account's trade
+        entries (two a trade) would cost more pages than the trade catch-up.
+        Rarer kinds missed in a gap (staking, adjustments) are the reconciler's.
+        """
+        since = self.transfer_position_ns()
+        entries: dict[str, dict[str, object]] = {}
+        for kind in CATCH_UP_TRANSFER_KINDS:
+            fetch = partial(self.rest.ledgers, kind=kind)
+            entries.update(await self._history(f"{kind} entries", fetch, since))
+        assets = await self.assets()
+        transfers = []
+        skipped = []
+        for ledger_id, entry in entries.items():
+            parsed = parse_rest_ledger_entry(ledger_id, entry, assets)
+            if isinstance(parsed, SkippedExecution):
+                skipped.append(parsed)
+            elif parsed is not None:
+                transfers.append(parsed)
+        self._count_skipped(tuple(skipped))
+        self.transfers_caught_up += len(transfers)
+        if transfers:
+            logger.warning("caught up %d transfers since the ledger's position", len(transfers))
+        return sorted(transfers, key=lambda t: t.timestamp_ns)
+
     async def _catch_up(self, since_ns: int) -> list[Fill]:
         """Every trade after ``since_ns`` from REST, oldest first, with its order's userref."""
         started = trio.current_time()
-        # Whole seconds, as Kraken documents ``start``; exclusive, and several trades may
-        # share a second: ask from a second earlier, the writer skips what it has.
-        start = max(0, since_ns // 1_000_000_000 - CATCH_UP_OVERLAP_S)
-        trades: dict[str, dict[str, object]] = {}
-        count = 0
-        end: str | None = None
-        # Pages come newest first, by offset. Trades made meanwhile would push older
-        # ones to later offsets, faster than a paced catch-up pages (a hole, and then
-        # a loop over trades already seen), so after the first page the window ends
-        # at its newest trade (``end``, inclusive); later trades come on the stream.
-        for page in range(MAX_CATCH_UP_PAGES):
-            self.catch_up = f"trades: {len(trades)} of {count or '?'} fetched"
-            batch, count = await self._patiently(
-                partial(self.rest.trades_history, start=start, end=end, ofs=len(trades))
-            )
-            before = len(trades)
-            trades.update(batch)
-            if end is None and batch:
-                end = max(batch, key=lambda txid: _trade_time(batch[txid]))
-            if len(batch) < CATCH_UP_PAGE or len(trades) >= count:
-                break
-            if len(trades) == before:
-                raise KrakenProtocolError("TradesHistory paging brought nothing new")
-            if page % 10 == 9:
-                logger.info("catching up: %d of %d trades fetched", len(trades), count)
-            if page + 1 == MAX_CATCH_UP_PAGES:
-                logger.error("catch-up stopped after %d pages of trades", MAX_CATCH_UP_PAGES)
+        trades = await self._history("trades", self.rest.trades_history, since_ns)
         order_ids = sorted({str(t.get("ordertxid")) for t in trades.values() if t.get("ordertxid")})
         userrefs: dict[str, int | None] = {}
         for first in range(0, len(order_ids), QUERY_ORDERS_CHUNK):
