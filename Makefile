@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test lint demo bench clean
+.PHONY: test lint demo bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# The fuzz targets (tests/fuzz, and the store file in tests/mmapstore) for long:
+# HFT_FUZZ_EXAMPLES inputs each, about 20 minutes at the default on 2 cores.
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP)
+	HFT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider \
+		tests/fuzz tests/mmapstore/test_crafted_files.py --hypothesis-show-statistics
 
 demo: $(STAMP)
 	$(BIN)/gateway demo

@@ -1,0 +1,230 @@
+"""Fuzzing every decoder at the edge: whatever bytes arrive, only the documented error.
+
+One target per decoder: command frames (JSON lines and CBOR, then the request
+parser and the reply encoder), Kraken's WS messages and REST entries, and the
+journal's records. Each property is "answers, or raises its own error type,
+quickly". A short run here in ``make test``; ``make fuzz`` sets
+``HFT_FUZZ_EXAMPLES`` for a long one (the store file as a reader sees it is
+fuzzed in tests/mmapstore/test_crafted_files.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from decimal import Decimal
+
+import cbor2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.errors import CommandProtocolError
+from gateway.events import Event, apply_event, decode_event, encode_event
+from gateway.exchanges.kraken.assets import AssetMap
+from gateway.exchanges.kraken.errors import KrakenProtocolError
+from gateway.exchanges.kraken.parsing import (
+    parse_rest_ledger_entry,
+    parse_rest_trade,
+    parse_ws_message,
+)
+from gateway.journal import scan_records
+from gateway.ledger import Ledger, Refused
+from gateway.protocol import (
+    CborFrameDecoder,
+    FrameError,
+    Framing,
+    JsonLineDecoder,
+    decode_frame,
+    encode_reply,
+    parse_request,
+)
+from gateway.sim.exchange import public_asset_pairs, public_assets
+
+EXAMPLES = int(os.environ.get("HFT_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+SLOW_S = 0.5  # no single input may take longer (the stall of issue 11 took seconds)
+
+# JSON-ish values: the shapes a hostile client or a broken exchange would send.
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20),
+    st.sampled_from(["1e999999999", "1e-999999999", "NaN", "-0", "١٢", "1_000", "0x10",
+                     "\ud800", "1" * 5000, "allocate", "adjust", "USD", "usd", "BTC"]),
+)  # fmt: skip
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=5)
+    ),
+    max_leaves=12,
+)
+request_keys = st.sampled_from(
+    ["cmd", "strategy", "currency", "amount", "index", "request_id", "ref_id", "extra"]
+)
+requests = st.dictionaries(request_keys, values, max_size=7)
+
+
+def _quick(started: float) -> None:
+    assert time.perf_counter() - started < SLOW_S, "one input took too long"
+
+
+def _answer(frame: bytes | FrameError, framing: Framing) -> None:
+    """What the command server does with a frame, minus the writer."""
+    if isinstance(frame, FrameError):
+        return
+    try:
+        body = decode_frame(frame, framing)
+        request, _ = parse_request(body, 8)
+    except CommandProtocolError as exc:
+        encode_reply({"ok": False, "error": {"code": exc.code, "message": exc.message}}, framing)
+        return
+    assert request is not None
+
+
+@FUZZ
+@given(chunks=st.lists(st.binary(max_size=300), max_size=6))
+def test_json_lines_decoder_on_any_bytes(chunks: list[bytes]) -> None:
+    decoder = JsonLineDecoder(limit=512)
+    started = time.perf_counter()
+    for chunk in chunks:
+        for frame in decoder.feed(chunk):
+            _answer(frame, Framing.JSON)
+    decoder.at_eof()
+    _quick(started)
+
+
+@FUZZ
+@given(body=requests)
+def test_any_json_request_is_answered_or_refused(body: dict[str, object]) -> None:
+    try:
+        line = json.dumps(body).encode()
+    except (ValueError, UnicodeEncodeError):
+        return
+    started = time.perf_counter()
+    for frame in JsonLineDecoder().feed(line + b"\n"):
+        _answer(frame, Framing.JSON)
+    _quick(started)
+
+
+@FUZZ
+@given(body=requests, noise=st.binary(max_size=8))
+def test_any_cbor_request_is_answered_or_refused(body: dict[str, object], noise: bytes) -> None:
+    try:
+        payload = cbor2.dumps(body) + noise
+    except (ValueError, TypeError, UnicodeEncodeError, cbor2.CBOREncodeError):
+        return
+    started = time.perf_counter()
+    decoder = CborFrameDecoder()
+    for frame in decoder.feed(len(payload).to_bytes(4, "big") + payload):
+        _answer(frame, Framing.CBOR)
+    _quick(started)
+
+
+@FUZZ
+@given(data=st.binary(max_size=400))
+def test_cbor_frames_on_any_bytes(data: bytes) -> None:
+    decoder = CborFrameDecoder(limit=1024)
+    started = time.perf_counter()
+    for frame in decoder.feed(b"\x00" + data):
+        _answer(frame, Framing.CBOR)
+    _quick(started)
+
+
+_ASSETS = AssetMap.from_rest(public_assets(), public_asset_pairs())  # type: ignore[arg-type]
+_WS_CHANNELS = st.sampled_from(["executions", "balances", "status", "heartbeat", None, 7])
+_WS_ITEM_KEYS = st.sampled_from(
+    ["exec_type", "exec_id", "symbol", "side", "last_qty", "last_price", "cost", "fees",
+     "timestamp", "order_userref", "ledger_id", "ref_id", "type", "asset", "amount", "fee",
+     "wallet_type", "wallet_id", "margin"]
+)  # fmt: skip
+ws_items = st.dictionaries(_WS_ITEM_KEYS, values, max_size=12)
+
+
+@FUZZ
+@given(
+    channel=_WS_CHANNELS,
+    kind=st.sampled_from(["snapshot", "update", None]),
+    data=st.lists(ws_items, max_size=4) | values,
+)
+def test_kraken_ws_messages(channel: object, kind: object, data: object) -> None:
+    message = {"channel": channel, "type": kind, "data": data, "sequence": 1}
+    try:
+        text = json.dumps(message)
+    except (ValueError, UnicodeEncodeError):
+        return
+    started = time.perf_counter()
+    with contextlib.suppress(KrakenProtocolError):
+        parse_ws_message(text, _ASSETS.decimals)
+    _quick(started)
+
+
+@FUZZ
+@given(text=st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
+def test_kraken_ws_frames_of_any_text(text: str) -> None:
+    with contextlib.suppress(KrakenProtocolError):
+        parse_ws_message(text)
+
+
+_REST_KEYS = st.sampled_from(
+    ["pair", "type", "vol", "price", "cost", "fee", "time", "ordertxid", "margin", "posstatus",
+     "refid", "asset", "amount", "balance", "aclass", "subtype"]
+)  # fmt: skip
+
+
+@FUZZ
+@given(entry=st.dictionaries(_REST_KEYS, values, max_size=12), key=st.text(max_size=70))
+def test_kraken_rest_trades_and_ledger_entries(entry: dict[str, object], key: str) -> None:
+    started = time.perf_counter()
+    with contextlib.suppress(KrakenProtocolError):
+        parse_rest_trade(key, entry, _ASSETS, {})
+    parse_rest_ledger_entry(key, entry, _ASSETS)  # sets a bad entry aside, never raises
+    _quick(started)
+
+
+@FUZZ
+@given(data=st.binary(max_size=600))
+def test_journal_records_of_any_bytes(data: bytes) -> None:
+    """A damaged journal: scanning stops at the damage; decoding raises ValueError-like errors."""
+    scan = scan_records(data)
+    ledger = Ledger(4)
+    for payload in scan.records:
+        try:
+            event: Event = decode_event(payload)
+        except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError):
+            continue
+        try:
+            apply_event(ledger, event)
+        except (ValueError, KeyError, TypeError, Refused, ArithmeticError):
+            continue
+
+
+@FUZZ
+@given(body=st.dictionaries(st.sampled_from(["t", "id", "ref", "currency", "amount", "kind", "ts",
+                                             "totals", "asof", "epoch", "account"]),
+                            values, max_size=8))  # fmt: skip
+def test_journal_events_of_any_shape(body: dict[str, object]) -> None:
+    try:
+        payload = cbor2.dumps(body)
+    except (ValueError, TypeError, cbor2.CBOREncodeError):
+        return
+    try:
+        event = decode_event(payload)
+    except (ValueError, KeyError, TypeError, ArithmeticError, cbor2.CBORDecodeError):
+        return
+    # What decodes, and encodes, decodes again to the same event: replay is stable.
+    try:
+        again = encode_event(event)
+    except (ValueError, TypeError, cbor2.CBOREncodeError):
+        return
+    assert decode_event(again) == event
+
+
+def test_decimal_json_numbers_stay_exact() -> None:
+    """The fuzzers' own premise: Kraken numbers are parsed as Decimal, not float."""
+    message = parse_ws_message(
+        '{"channel":"balances","type":"update","data":[{"ledger_id":"L1","ref_id":"R",'
+        '"timestamp":"2023-09-22T10:33:05.710082Z","type":"deposit","asset":"USD",'
+        '"amount":0.1,"fee":0.0,"wallet_type":"spot","wallet_id":"main"}]}'
+    )
+    assert message.transfers[0].amount == Decimal("0.1")  # type: ignore[union-attr]
