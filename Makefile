@@ -8,10 +8,14 @@ STAMP := $(VENV)/.installed-test
 
 .PHONY: test lint demo bench fuzz clean
 
+# setuptools tells every editable install of a flat layout to "be careful with
+# folders named like the package" (an InformationOnly warning, nothing to act on).
+PIP := PYTHONWARNINGS=ignore $(BIN)/python -m pip
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[test]'
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -35,7 +39,7 @@ demo: $(STAMP)
 # The whole suite, under 10 minutes on 2 cores; writes docs/benchmarks.md and its plots.
 # Redis is installed as a user would (Debian's package) when it is missing and we are root.
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(PIP) install --quiet -e '.[test,bench]'
 	command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq redis-server >/dev/null; } || echo "no redis-server: the Redis rows are skipped"
 	$(BIN)/python tools/bench_suite.py
 

@@ -210,15 +210,18 @@ class IPCCommandSystem:
             self._run_dir = default_run_dir()
         self._started = True
 
-    def _prepare(self, service: str, command_type: str, payload: Mapping[str, object]) -> bytes:
+    def _prepare(
+        self, service: str, command_type: str, payload: Mapping[str, object]
+    ) -> tuple[str, bytes]:
+        """The request's id (the payload's, or a new one) and its bytes."""
         if not self._started:
             raise RuntimeError("call start() before send_command()")
         allowed = SERVICE_COMMANDS.get(service)
         if allowed is not None and command_type not in allowed:
             raise ValueError(f"{service} does not take {command_type!r} commands")
         body = dict(payload)
-        body.setdefault("request_id", f"{self.name}-{uuid.uuid4().hex}")
-        return json.dumps(body, separators=(",", ":")).encode() + b"\n"
+        request_id = body.setdefault("request_id", f"{self.name}-{uuid.uuid4().hex}")
+        return str(request_id), json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
     def _path(self, service: str) -> Path:
         """The service's socket, once its directory is known to be the gateway's."""
@@ -249,24 +252,26 @@ class IPCCommandSystem:
             CommandRefusedError: the gateway refused it (``code``, ``message``).
             CommandTimeoutError: no reply within the timeout.
         """
-        request = self._prepare(service, command_type, payload)
+        request_id, request = self._prepare(service, command_type, payload)
         timeout = self.timeout_s if timeout_s is None else timeout_s
         library = sniffio.current_async_library()
         if library == "trio":
             with trio.move_on_after(timeout) as scope:
-                return await self._trio_round_trip(service, request)
+                return await self._trio_round_trip(service, request_id, request)
             self._drop(service, trio.lowlevel.current_root_task())
             assert scope.cancelled_caught
         elif library == "asyncio":
             try:
-                return await asyncio.wait_for(self._asyncio_round_trip(service, request), timeout)
+                return await asyncio.wait_for(
+                    self._asyncio_round_trip(service, request_id, request), timeout
+                )
             except TimeoutError:
                 self._drop(service, asyncio.get_running_loop())
         else:
             raise RuntimeError(f"send_command does not support {library}")
-        raise CommandTimeoutError(f"{service} did not answer within {timeout} s")
+        raise _timed_out(service, timeout, request_id)
 
-    async def _trio_round_trip(self, service: str, request: bytes) -> Payload:
+    async def _trio_round_trip(self, service: str, request_id: str, request: bytes) -> Payload:
         loop_key = trio.lowlevel.current_root_task()
         for attempt in (1, 2):
             connection = self._connections.get((service, loop_key))
@@ -290,7 +295,7 @@ class IPCCommandSystem:
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, EOFError) as exc:
                 self._drop(service, loop_key)
                 if fresh or attempt == 2:
-                    raise _unavailable(service, self._path(service), exc) from exc
+                    raise _unavailable(service, self._path(service), exc, request_id) from exc
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -300,7 +305,7 @@ class IPCCommandSystem:
             _extend(connection.buffer, await connection.reader.receive_some(65536))
         return line
 
-    async def _asyncio_round_trip(self, service: str, request: bytes) -> Payload:
+    async def _asyncio_round_trip(self, service: str, request_id: str, request: bytes) -> Payload:
         loop_key = asyncio.get_running_loop()
         for attempt in (1, 2):
             connection = self._connections.get((service, loop_key))
@@ -330,7 +335,7 @@ class IPCCommandSystem:
             except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
                 self._drop(service, loop_key)
                 if fresh or attempt == 2:
-                    raise _unavailable(service, self._path(service), exc) from exc
+                    raise _unavailable(service, self._path(service), exc, request_id) from exc
         raise AssertionError("unreachable")
 
     # -- blocking -----------------------------------------------------------------------
@@ -344,7 +349,7 @@ class IPCCommandSystem:
         timeout_s: float | None = None,
     ) -> Payload:
         """``send_command`` for code without an event loop. Same errors."""
-        request = self._prepare(service, command_type, payload)
+        request_id, request = self._prepare(service, command_type, payload)
         timeout = self.timeout_s if timeout_s is None else timeout_s
         for attempt in (1, 2):
             connection = self._connections.get((service, None))
@@ -367,11 +372,11 @@ class IPCCommandSystem:
                 return _check_reply(json.loads(self._blocking_read_line(connection)))
             except TimeoutError as exc:
                 self._drop(service, None)
-                raise CommandTimeoutError(f"{service} did not answer within {timeout} s") from exc
+                raise _timed_out(service, timeout, request_id) from exc
             except (OSError, EOFError) as exc:
                 self._drop(service, None)
                 if fresh or attempt == 2:
-                    raise _unavailable(service, self._path(service), exc) from exc
+                    raise _unavailable(service, self._path(service), exc, request_id) from exc
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -436,9 +441,26 @@ def _extend(buffer: bytearray, data: bytes) -> None:
         raise EOFError("reply too large")
 
 
-def _unavailable(service: str, path: Path, exc: BaseException) -> GatewayUnavailableError:
+def _timed_out(service: str, timeout: float, request_id: str) -> CommandTimeoutError:
+    error = CommandTimeoutError(
+        f"{service} did not answer within {timeout} s; the command may have been applied: "
+        f"resend it with request_id {request_id!r} to find out"
+    )
+    error.request_id = request_id
+    return error
+
+
+def _unavailable(
+    service: str, path: Path, exc: BaseException, request_id: str
+) -> GatewayUnavailableError:
+    """Nobody listening (nothing sent), or a connection lost after sending (maybe applied)."""
     if isinstance(exc, FileNotFoundError | ConnectionRefusedError):
         return GatewayUnavailableError(
             f"{service} is not running (no one listens on {path}); start the gateway first"
         )
-    return GatewayUnavailableError(f"lost the connection to {service} at {path}: {exc}")
+    error = GatewayUnavailableError(
+        f"lost the connection to {service} at {path} ({exc}); the command may have been "
+        f"applied: resend it with request_id {request_id!r} to find out"
+    )
+    error.request_id = request_id
+    return error

@@ -41,7 +41,14 @@ GatewayNotRunningError = StoreNotFoundError
 
 
 class CommandError(Exception):
-    """Root of the errors of sending a command."""
+    """Root of the errors of sending a command.
+
+    ``request_id`` is set when the request may have reached the gateway (a
+    timeout, a connection lost after sending): resending it with that id tells
+    whether it was applied, and never applies it twice.
+    """
+
+    request_id: str | None = None
 
 
 class GatewayUnavailableError(CommandError, ConnectionError):

@@ -8,21 +8,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
 import trio
 from rich.console import Console
 from rich.live import Live
 
-from clients import CommandError, CommandRefusedError, StoreError, WriterHealth
+from clients import (
+    CommandError,
+    CommandRefusedError,
+    CommandTimeoutError,
+    StoreError,
+    WriterHealth,
+)
 from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, kraken_strategy_balance
 from gateway import journal_repair
 from gateway.config import GatewayConfig, default_state_dir
@@ -42,14 +52,61 @@ from mmapstore import Condition, StoreLockedError, StoreReader, store_path, writ
 logger = logging.getLogger("gateway")
 
 EXCHANGES: Final = ("kraken",)
+PIPED_WIDTH: Final = 400  # columns when stdout is not a terminal
+# A decimal amount as people type it: ASCII digits, one point, an optional exponent.
+AMOUNT_PATTERN: Final = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line: what was wrong and where to read more, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _amount(text: str) -> Decimal:
+    if not AMOUNT_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a decimal amount (digits and one '.', e.g. 1000.5)"
+        )
+    return Decimal(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.fromtimestamp(record.created, tz=UTC)
+        entry: dict[str, object] = {
+            "time": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonLogFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     # One line per HTTP request is noise at info; failures surface as our own warnings.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -200,15 +257,21 @@ def _client(args: argparse.Namespace) -> IPCCommandSystem:
 
 
 def _cmd_cmd(args: argparse.Namespace) -> int:
-    payload = kraken_strategy_balance(
-        strategy=args.strategy,
-        cmd=args.action,
-        currency=args.currency,
-        index=args.index,
-        amount=args.amount,
-        request_id=args.request_id,
-        ref_id=args.ref_id,
-    )
+    # Our own id, so that a timeout can say which one to resend.
+    request_id = args.request_id or f"cli-{uuid.uuid4().hex[:16]}"
+    try:
+        payload = kraken_strategy_balance(
+            strategy=args.strategy,
+            cmd=args.action,
+            currency=args.currency,
+            index=args.index,
+            amount=args.amount,
+            delta=args.delta,
+            request_id=request_id,
+            ref_id=args.ref_id,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"gateway cmd: {exc}") from None
     system = _client(args)
     try:
         reply = system.send_command_blocking(
@@ -217,6 +280,18 @@ def _cmd_cmd(args: argparse.Namespace) -> int:
     except CommandRefusedError as exc:
         print(json.dumps(exc.reply))
         raise SystemExit(f"gateway cmd: refused: {exc}") from None
+    except CommandError as exc:
+        if exc.request_id is None:
+            raise
+        what = (
+            f"no reply within {args.timeout:g} s"
+            if isinstance(exc, CommandTimeoutError)
+            else "the connection was lost before the reply"
+        )
+        raise SystemExit(
+            f"gateway cmd: {what}: the {args.action} may have been applied; run the same "
+            f"command with --request-id {exc.request_id} to find out (it is applied at most once)"
+        ) from None
     finally:
         system.close()
     print(json.dumps(reply))
@@ -227,6 +302,34 @@ def _cmd_cmd(args: argparse.Namespace) -> int:
 UNHEALTHY_CONDITIONS: Final = (
     Condition.FEED_DOWN | Condition.JOURNAL_DOWN | Condition.OVERDRAWN | Condition.OUT_OF_RANGE
 )
+
+
+def _plain(value: object) -> str:
+    """A value as an operator reads it: no Python reprs."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(map(_plain, value)) if value else "none"
+    if isinstance(value, Mapping):
+        if not value:
+            return "none"
+        return "; ".join(f"{k}: {_plain(v)}" for k, v in value.items())
+    return str(value)
+
+
+def report_lines(report: Mapping[str, object], indent: str = "") -> list[str]:
+    """Aligned ``key: value`` lines; a nested section is indented under its name."""
+    width = max((len(str(k)) for k in report), default=0) + 1
+    lines = []
+    for key, value in report.items():
+        if isinstance(value, Mapping) and value and indent == "":
+            lines.append(f"{key}:")
+            lines.extend(report_lines(value, indent + "  "))
+        else:
+            lines.append(f"{indent}{f'{key}:':<{width}} {_plain(value)}")
+    return lines
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -264,8 +367,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        for key, value in report.items():
-            print(f"{key}: {value}")
+        print("\n".join(report_lines(report)))
     if not healthy:
         raise SystemExit(f"gateway status: {args.exchange} gateway is not healthy")
     return 0
@@ -276,15 +378,21 @@ def _cmd_balances(args: argparse.Namespace) -> int:
     system = IPCCommandSystem("gateway-view", run_dir=args.run_dir, timeout_s=0.5)
     system.start()
     service = f"{args.exchange}_gateway"
-    console = Console()
+    # Piped, nothing is cut to a pretend 80 columns: the tables take the room they need.
+    console = Console() if sys.stdout.isatty() else Console(width=PIPED_WIDTH)
     try:
         with StoreReader(path) as reader:
+            if args.json:
+                print(json.dumps(gather(reader, system, service).as_json(), indent=2))
+                return 0
             if not args.watch:
-                console.print(render(gather(reader, system, service)))
+                state = gather(reader, system, service)
+                console.print(render(state, console.width, floats=args.floats))
                 return 0
             with Live(console=console, refresh_per_second=8) as live:
                 while True:
-                    live.update(render_panel(gather(reader, system, service), str(path)))
+                    state = gather(reader, system, service)
+                    live.update(render_panel(state, str(path), console.width, floats=args.floats))
                     time.sleep(args.interval)
     except StoreError as exc:
         raise SystemExit(f"gateway balances: {exc}") from None
@@ -326,30 +434,79 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------
 
 
+RUN_EPILOG: Final = """\
+credentials (never flags, so they stay out of ps and shell history):
+  KRAKEN_API_KEY, KRAKEN_API_SECRET  the API key and its private key (base64)
+directories:
+  HFT_SHM_DIR    the store file (default /dev/shm)
+  HFT_STATE_DIR  journal, snapshots, nonces (default ~/.local/state/hft)
+  HFT_RUN_DIR    the command socket (default /tmp/hft-<uid>)
+docs/operations.md has the TOML keys, a systemd unit and what each condition means."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="Balance gateway")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="gateway", description="Balance gateway")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="debug also prints the traceback of a failure (info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one object per line on stderr, for log shippers (text)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--exchange", default="kraken", choices=EXCHANGES)
-        p.add_argument("--run-dir", type=Path, default=None, help="default: $HFT_RUN_DIR")
-        p.add_argument("--shm-dir", type=Path, default=None, help="default: $HFT_SHM_DIR")
-        p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
+    def where(p: argparse.ArgumentParser, *, timeout: bool = True) -> None:
+        p.add_argument(
+            "--exchange", default="kraken", choices=EXCHANGES, help="which gateway (kraken)"
+        )
+        p.add_argument(
+            "--run-dir", type=Path, default=None, help="the socket's directory ($HFT_RUN_DIR)"
+        )
+        p.add_argument(
+            "--shm-dir", type=Path, default=None, help="the store's directory ($HFT_SHM_DIR)"
+        )
+        if timeout:
+            p.add_argument(
+                "--timeout", type=_seconds, default=5.0, help="seconds to wait for a reply (5)"
+            )
 
-    run = sub.add_parser("run", help="run the gateway in the foreground")
-    common(run)
+    run = sub.add_parser(
+        "run",
+        help="run the gateway in the foreground",
+        description="Run the gateway in the foreground until SIGINT or SIGTERM.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where(run, timeout=False)
     run.set_defaults(exchange=None)
-    run.add_argument("--strategy-count", type=int, default=None)
-    run.add_argument("--reconcile-interval", type=float, default=None, help="seconds (60)")
-    run.add_argument("--recheck-interval", type=float, default=None, help="seconds (3)")
-    run.add_argument("--state-dir", type=Path, default=None, help="default: $HFT_STATE_DIR")
-    run.add_argument("--metrics-port", type=int, default=None, help="Prometheus on 127.0.0.1")
-    run.add_argument("--config", type=Path, default=None, help="a TOML file (docs/operations.md)")
-    run.add_argument("--rest-url", default=None, help=f"default {KRAKEN_REST_URL}")
-    run.add_argument("--ws-url", default=None, help=f"default {KRAKEN_WS_URL}")
     run.add_argument(
-        "--ready-file", type=Path, default=None, help="gets JSON (pid, socket, store) once ready"
+        "--strategy-count", type=int, default=None, help="slots per currency, 2..1024 (8)"
+    )
+    run.add_argument(
+        "--reconcile-interval", type=float, default=None, help="seconds between REST checks (60)"
+    )
+    run.add_argument(
+        "--recheck-interval", type=float, default=None, help="seconds before a recheck (3)"
+    )
+    run.add_argument(
+        "--state-dir", type=Path, default=None, help="journal and snapshots ($HFT_STATE_DIR)"
+    )
+    run.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus on 127.0.0.1:PORT"
+    )
+    run.add_argument("--config", type=Path, default=None, help="a TOML file (docs/operations.md)")
+    run.add_argument("--rest-url", default=None, help=f"the REST API ({KRAKEN_REST_URL})")
+    run.add_argument("--ws-url", default=None, help=f"the private websocket ({KRAKEN_WS_URL})")
+    run.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        help="written once ready: JSON with pid, socket, store and state_dir",
     )
     run.add_argument(
         "--kraken-tier",
@@ -370,13 +527,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
 
     sim = sub.add_parser("sim", help="run the Kraken-compatible simulator")
-    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     sim.add_argument("--port", type=int, default=0, help="REST port (0: any free one)")
     sim.add_argument("--ws-port", type=int, default=0, help="WS port (0: any free one)")
-    sim.add_argument("--api-key", default=None)
-    sim.add_argument("--api-secret", default=None)
-    sim.add_argument("--balances", default=None, help='JSON, e.g. \'{"USD": 1000, "BTC": 1}\'')
-    sim.add_argument("--ready-file", type=Path, default=None)
+    sim.add_argument("--api-key", default=None, help="the key it accepts (default: a new one)")
+    sim.add_argument(
+        "--api-secret", default=None, help="its private key, base64 (default: a new one)"
+    )
+    sim.add_argument(
+        "--balances", default=None, help='starting balances, JSON: \'{"USD": 1000, "BTC": 1}\''
+    )
+    sim.add_argument(
+        "--ready-file", type=Path, default=None, help="written once listening: URLs and keys"
+    )
     sim.add_argument(
         "--tier",
         default=DEFAULT_TIER,
@@ -392,40 +555,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.set_defaults(handler=_cmd_sim)
 
-    cmd = sub.add_parser("cmd", help="send one allocate / release / adjust command")
-    common(cmd)
-    cmd.add_argument("action", choices=["allocate", "release", "adjust"])
-    cmd.add_argument("--strategy", required=True)
-    cmd.add_argument("--currency", required=True)
-    cmd.add_argument("--amount", required=True, type=Decimal)
-    cmd.add_argument("--index", required=True, type=int)
-    cmd.add_argument("--request-id", default=None)
+    cmd = sub.add_parser(
+        "cmd",
+        help="send one allocate / release / adjust command",
+        description="Send one command; an ok means it is journalled and fsynced.",
+    )
+    where(cmd)
+    cmd.add_argument("action", choices=["allocate", "release", "adjust"], help="the command")
+    cmd.add_argument("--strategy", required=True, help="the strategy's name")
+    cmd.add_argument("--currency", required=True, help="e.g. usd, btc (any case)")
+    how_much = cmd.add_mutually_exclusive_group(required=True)
+    how_much.add_argument("--amount", type=_amount, help="the amount (allocate, release)")
+    how_much.add_argument("--delta", type=_amount, help="the signed change (adjust)")
+    cmd.add_argument("--index", required=True, type=int, help="the slot: 2.. (0 for adjust)")
+    cmd.add_argument(
+        "--request-id",
+        default=None,
+        help="to resend a command safely: one id is applied at most once (default: a new id)",
+    )
     cmd.add_argument(
         "--ref-id", default=None, help="adjust only: the exchange's reference of the transfer"
     )
     cmd.set_defaults(handler=_cmd_cmd)
 
     status = sub.add_parser("status", help="health of the running gateway (exit 0 if healthy)")
-    common(status)
-    status.add_argument("--json", action="store_true")
+    where(status)
+    status.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     status.set_defaults(handler=_cmd_status)
 
     balances = sub.add_parser("balances", help="read-only view of the shared memory")
-    common(balances)
-    balances.add_argument("--watch", action="store_true")
-    balances.add_argument("--interval", type=float, default=0.2)
+    where(balances)
+    balances.add_argument("--watch", action="store_true", help="redraw until Ctrl-C")
+    balances.add_argument(
+        "--interval", type=_seconds, default=0.2, help="seconds between redraws (0.2)"
+    )
+    balances.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    balances.add_argument(
+        "--floats", action="store_true", help="also show the float each reader gets"
+    )
     balances.set_defaults(handler=_cmd_balances)
 
     journal = sub.add_parser("journal", help="verify or salvage the saved state")
-    journal.add_argument("action", choices=["verify", "salvage"])
-    journal.add_argument("--exchange", default="kraken", choices=EXCHANGES)
-    journal.add_argument("--state-dir", type=Path, default=None, help="default: $HFT_STATE_DIR")
-    journal.add_argument("--shm-dir", type=Path, default=None, help="default: $HFT_SHM_DIR")
+    journal.add_argument("action", choices=["verify", "salvage"], help="what to do")
+    journal.add_argument("--exchange", default="kraken", choices=EXCHANGES, help="(kraken)")
+    journal.add_argument(
+        "--state-dir", type=Path, default=None, help="journal and snapshots ($HFT_STATE_DIR)"
+    )
+    journal.add_argument(
+        "--shm-dir", type=Path, default=None, help="the store's directory ($HFT_SHM_DIR)"
+    )
     journal.set_defaults(handler=_cmd_journal)
 
     demo = sub.add_parser("demo", help="simulator + gateway + live view (Ctrl-C stops)")
     demo.add_argument(
-        "--duration", type=float, default=None, help="run headless this long, then print a summary"
+        "--duration",
+        type=_seconds,
+        default=None,
+        help="run headless this long, then print a summary",
     )
     demo.set_defaults(handler=_cmd_demo)
     return parser
@@ -434,31 +620,20 @@ def build_parser() -> argparse.ArgumentParser:
 REPORTED: Final = (GatewayError, StoreLockedError, CommandError, StoreError)
 
 
-def _only_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one exception inside nested groups, if there is exactly one."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        current = pending.pop()
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        else:
-            leaves.append(current)
-    return leaves[0] if len(leaves) == 1 else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
     except REPORTED as exc:
+        logger.debug("the failure's traceback", exc_info=exc)
         raise SystemExit(f"gateway {args.command}: {exc}") from None
     except BaseExceptionGroup as group:
         # Trio's nurseries wrap a task's failure; one known failure is still one line.
         leaf = only_leaf(group)
         if isinstance(leaf, REPORTED):
+            logger.debug("the failure's traceback", exc_info=group)
             raise SystemExit(f"gateway {args.command}: {leaf}") from None
         raise
 

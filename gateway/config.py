@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from clients.command import default_run_dir
 from gateway.errors import ConfigError
@@ -33,6 +34,21 @@ def default_state_dir(env: Mapping[str, str]) -> Path:
     if env.get("XDG_STATE_HOME"):
         return Path(env["XDG_STATE_HOME"]) / "hft"
     return Path(env.get("HOME") or Path.home()) / ".local" / "state" / "hft"
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    """An address the HTTP or websocket client can use, or a one-line ConfigError."""
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in schemes and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        usable = False
+    if not usable:
+        raise ConfigError(
+            f"{name} must be an address with a host, starting "
+            f"{' or '.join(f'{s}://' for s in schemes)}, not {url!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,8 @@ class GatewayConfig:
         if self.idle_timeout_s <= 0 or self.frame_deadline_s <= 0:
             raise ConfigError("idle_timeout_s and frame_deadline_s must be positive")
         tier_named(self.kraken_tier)  # raises ConfigError naming the known tiers
+        _check_url("rest_url (--rest-url)", self.rest_url, ("http", "https"))
+        _check_url("ws_url (--ws-url)", self.ws_url, ("ws", "wss"))
 
     @property
     def service(self) -> str:

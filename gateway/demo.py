@@ -32,7 +32,8 @@ from gateway.view import gather, render_panel
 from mmapstore import StoreReader, store_path
 
 SERVICE: Final = "kraken_gateway"
-STRATEGIES: Final = (("alpha", 2), ("beta", 3), ("gamma", 4))
+# Slots 5..7: the README's examples (slot 2) can run beside the demo without colliding.
+STRATEGIES: Final = (("alpha", 5), ("beta", 6), ("gamma", 7))
 ALLOCATIONS: Final = {"USD": "20000", "USDT": "20000", "BTC": "2", "ETH": "20"}
 TRADE_RATE: Final = 8.0
 DEPOSIT_EVERY_S: Final = 12.0
@@ -46,6 +47,13 @@ class DemoStack:
     sim: subprocess.Popen[bytes]
     gateway: subprocess.Popen[bytes]
     address: dict[str, str]
+
+    def exports(self) -> str:
+        """One shell line that points another terminal's gateway commands at this demo."""
+        return (
+            f"export HFT_SHM_DIR={self.root / 'shm'} HFT_RUN_DIR={self.run_dir} "
+            f"HFT_STATE_DIR={self.root / 'state'}"
+        )
 
     @property
     def store(self) -> Path:
@@ -143,6 +151,14 @@ def run_demo(duration_s: float | None, console: Console | None = None) -> int:
     """Run the demo; with ``duration_s`` headless, printing a summary, else live until Ctrl-C."""
     console = console or Console()
     stack = start_stack()
+    gateway = Path(sys.executable).parent / "gateway"
+    console.print(
+        f"demo: store, socket and state in {stack.root}; from another terminal:\n"
+        f"  {stack.exports()}\n"
+        f"  {gateway} status   # or: balances --watch, cmd allocate ... --index 2",
+        highlight=False,
+        soft_wrap=True,
+    )
     system = IPCCommandSystem("demo", run_dir=stack.run_dir)
     system.start()
     frames = 0
@@ -150,7 +166,9 @@ def run_demo(duration_s: float | None, console: Console | None = None) -> int:
     interrupted = False
     try:
         commands = allocate(stack, system)
-        stack.control("trade-generator", {"rate": TRADE_RATE, "userrefs": [2, 3, 4]})
+        stack.control(
+            "trade-generator", {"rate": TRADE_RATE, "userrefs": [i for _, i in STRATEGIES]}
+        )
         started = time.monotonic()
         next_deposit = started + DEPOSIT_EVERY_S / 2
         with StoreReader(stack.store) as reader:
@@ -170,7 +188,11 @@ def run_demo(duration_s: float | None, console: Console | None = None) -> int:
                     invariant_held &= state.invariant_ok
                     frames += 1
                     if live is not None:
-                        live.update(render_panel(state, "gateway demo: Ctrl-C stops everything"))
+                        live.update(
+                            render_panel(
+                                state, "gateway demo: Ctrl-C stops everything", console.width
+                            )
+                        )
                     time.sleep(0.2)
             except KeyboardInterrupt:
                 interrupted = True

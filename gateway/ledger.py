@@ -31,6 +31,7 @@ FIRST_STRATEGY: Final = 2
 APPLIED_FILLS_KEPT: Final = 50_000
 REPLIES_KEPT: Final = 100_000
 TRANSFER_REFS_KEPT: Final = 50_000
+UNKNOWN_CURRENCY_LISTED: Final = 12  # currencies named in an UNKNOWN_CURRENCY refusal
 
 # Fill arithmetic (qty * price) needs more digits than Decimal's default 28.
 _EXACT = decimal.Context(prec=100, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.Inexact])
@@ -275,6 +276,17 @@ class Ledger:
 
     # -- commands ---------------------------------------------------------------
 
+    def unknown_currency(self, currency: str) -> Refused:
+        """The refusal for a currency this account has no balance of, naming those it has."""
+        held = sorted(self.balances)
+        listed = ", ".join(held[:UNKNOWN_CURRENCY_LISTED])
+        if len(held) > UNKNOWN_CURRENCY_LISTED:
+            listed += f" and {len(held) - UNKNOWN_CURRENCY_LISTED} more"
+        return Refused(
+            ErrorCode.UNKNOWN_CURRENCY,
+            f"no {currency} balance on this account (it holds {listed or 'none yet'})",
+        )
+
     def apply_command(self, command: BalanceCommand) -> tuple[int, ...]:
         """Apply allocate / release / adjust; return the currency's new slots.
 
@@ -284,10 +296,7 @@ class Ledger:
         """
         slots = self.balances.get(command.currency)
         if slots is None:
-            raise Refused(
-                ErrorCode.UNKNOWN_CURRENCY,
-                f"no {command.currency} balance on this account",
-            )
+            raise self.unknown_currency(command.currency)
         index, amount = command.index, command.amount
         if command.kind is CommandKind.ADJUST:
             target = AVAILABLE if index == TOTAL else index

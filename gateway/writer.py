@@ -367,7 +367,8 @@ class WriterCore:
 
     def query(self, currency: str | None) -> Reply:
         if currency is not None and currency not in self.ledger.balances:
-            return error_reply("UNKNOWN_CURRENCY", f"no {currency} balance on this account")
+            refused = self.ledger.unknown_currency(currency)
+            return error_reply(refused.code, refused.message)
         currencies = [currency] if currency is not None else sorted(self.ledger.balances)
         return {
             "ok": True,

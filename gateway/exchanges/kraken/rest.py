@@ -11,6 +11,8 @@ other error is raised at once. The API secret is never logged or shown.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import logging
 import random
@@ -24,6 +26,7 @@ from urllib.parse import urlencode
 import httpx
 import trio
 
+from gateway.errors import ConfigError
 from gateway.exchanges.kraken.errors import (
     KrakenError,
     KrakenProtocolError,
@@ -58,6 +61,18 @@ class RetryPolicy:
         return random.uniform(ceiling / 2, ceiling)
 
 
+def _check_secret(secret: str) -> None:
+    """Refuse a private key that could never sign, before any request goes out."""
+    try:
+        decoded = base64.b64decode(secret, validate=True)
+    except binascii.Error:
+        decoded = b""
+    if not decoded:
+        raise ConfigError(
+            "KRAKEN_API_SECRET is not base64: copy the private key exactly as Kraken showed it"
+        )
+
+
 class KrakenRestClient:
     """One API key's REST client. Use as ``async with``; it owns its HTTP connection pool."""
 
@@ -74,6 +89,8 @@ class KrakenRestClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        if api_secret is not None:
+            _check_secret(api_secret)
         self._api_key = api_key
         self._api_secret = api_secret
         self._nonces = nonces or NonceSource()
@@ -197,7 +214,10 @@ class KrakenRestClient:
         except httpx.TimeoutException as exc:
             raise KrakenTransportError(f"{method}: timed out") from exc
         except httpx.TransportError as exc:
-            raise KrakenTransportError(f"{method}: {type(exc).__name__}: {exc}") from exc
+            raise KrakenTransportError(
+                f"{method}: cannot reach {self.base_url} ({type(exc).__name__}: {exc}); "
+                "check --rest-url and the network"
+            ) from exc
         if response.status_code >= 500:
             raise KrakenTransportError(f"{method}: HTTP {response.status_code}")
         if response.status_code != 200:

@@ -24,6 +24,7 @@ from typing import Final, TypeVar
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
     open_websocket_url,
@@ -100,6 +101,25 @@ def _parse_rest_trade(
 
 class StreamStale(Exception):  # noqa: N818 - a condition that ends one connection
     """No message (not even a heartbeat) for too long: the connection is dead."""
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A websocket or REST failure in words.
+
+    A refused upgrade gives its HTTP status; an empty HandshakeError the network
+    error behind it.
+    """
+    if isinstance(exc, ConnectionRejected):
+        body = (exc.body or b"")[:120].decode("utf-8", "replace")
+        return f"the server refused the websocket: HTTP {exc.status_code} {body}".rstrip()
+    if isinstance(exc, HandshakeError) and not str(exc):
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"cannot connect: {cause.strerror}"
+        if cause is not None:
+            return f"cannot connect: {type(cause).__name__}: {cause}"
+        return "the websocket handshake failed"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class KrakenSession:
@@ -197,7 +217,7 @@ class KrakenSession:
                     raise BootstrapError(f"Kraken refused the API key: {exc}") from None
                 missing.append(needed)
             except KrakenError as exc:
-                raise BootstrapError(f"Kraken {method} failed: {exc}") from None
+                raise BootstrapError(f"Kraken's REST API failed: {exc}") from None
         if missing:
             raise BootstrapError(
                 "the Kraken API key lacks the permission(s) "
@@ -280,10 +300,12 @@ class KrakenSession:
                     ConnectionClosed, HandshakeError, OSError, StreamStale, KrakenError,
                     trio.TooSlowError,
                 ) as exc:  # fmt: skip
-                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self.last_error = describe_failure(exc)
                     if not live_once and attempt + 1 >= STARTUP_ATTEMPTS:
+                        hint = "" if isinstance(exc, KrakenError) else " (check --ws-url)"
                         raise BootstrapError(
-                            f"could not subscribe to Kraken executions at {self.ws_url}: {exc}"
+                            f"could not subscribe to Kraken executions at {self.ws_url}: "
+                            f"{self.last_error}{hint}"
                         ) from exc
                     logger.warning("Kraken executions stream failed: %s", self.last_error)
                 finally:
