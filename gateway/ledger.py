@@ -256,7 +256,7 @@ class Ledger:
         # Transfers (deposits, withdrawals ...) applied, by ledger id; and by ref id, for adjust.
         self.transfers = AppliedFills()
         self.transfer_refs: dict[str, TransferRef] = {}
-        self._ref_order: deque[str] = deque()
+        self._ref_order: deque[str] = deque()  # see AppliedFills for why not dict order
         self.last_transfer_ns = 0
         # The bootstrap's totals hold every transfer before this moment.
         self.totals_as_of_ns = 0

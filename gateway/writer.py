@@ -336,16 +336,14 @@ class WriterCore:
 
     def _note_overdrawn(self, currency: str, values: list[int]) -> None:
         negative = tuple(i for i, v in enumerate(values) if v < 0)
-        if currency in self.overdrawn:
-            self.overdrawn[currency] = negative  # still overdrawn: said once already
-        else:
-            self.overdrawn[currency] = negative
+        if currency not in self.overdrawn:  # said once on entering, not on every change
             logger.warning(
                 "%s overdrawn: slot(s) %s below zero (%s); a withdrawal beyond what was "
                 "available, or a strategy that sold more than its slot",
                 currency, ", ".join(map(str, negative)),
                 ", ".join(format_scaled(values[i]) for i in negative),
             )  # fmt: skip
+        self.overdrawn[currency] = negative
 
     def open_ledger(self, epoch_ns: int) -> None:
         """Mark a new ledger's beginning, durably (call before any fill can arrive)."""

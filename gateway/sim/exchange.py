@@ -16,10 +16,10 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
-from typing import Final
+from typing import Final, Protocol, TypeVar
 
 from gateway.exchanges.kraken.parsing import format_timestamp
 from gateway.exchanges.kraken.signing import sign
@@ -231,6 +231,32 @@ class LedgerEntry:
         }
 
 
+class _Dated(Protocol):
+    @property
+    def time_ns(self) -> int: ...
+
+
+_D = TypeVar("_D", bound=_Dated)
+
+
+def _history_window(
+    items: Sequence[_D], ids: Sequence[str], start: int | None, end: int | str | None
+) -> list[_D]:
+    """Kraken's history window, newest first: after ``start`` (unix s, exclusive) up to
+    ``end`` (unix s, or an item's id, inclusive).
+
+    Raises:
+        SimError: ``end`` names no item.
+    """
+    if isinstance(end, str):
+        if end not in ids:
+            raise SimError("EGeneral:Invalid arguments:end")
+        items = items[: ids.index(end) + 1]
+    elif end is not None:
+        items = [item for item in items if item.time_ns <= end * 1_000_000_000]
+    return [i for i in reversed(items) if start is None or i.time_ns > start * 1_000_000_000]
+
+
 @dataclass
 class SimExchange:
     """The account behind one API key."""
@@ -343,16 +369,7 @@ class SimExchange:
             SimError: ``end`` names no entry.
         """
         entries = self.ledger if kind == "all" else [e for e in self.ledger if e.kind == kind]
-        if isinstance(end, str):
-            index = next((i for i, e in enumerate(entries) if e.ledger_id == end), None)
-            if index is None:
-                raise SimError("EGeneral:Invalid arguments:end")
-            entries = entries[: index + 1]
-        elif end is not None:
-            entries = [e for e in entries if e.time_ns <= end * 1_000_000_000]
-        chosen = [
-            e for e in reversed(entries) if start is None or e.time_ns > start * 1_000_000_000
-        ]
+        chosen = _history_window(entries, [e.ledger_id for e in entries], start, end)
         page = chosen[ofs : ofs + TRADES_PAGE]
         return {"ledger": {e.ledger_id: e.rest() for e in page}, "count": len(chosen)}
 
@@ -471,15 +488,7 @@ class SimExchange:
         Raises:
             SimError: ``end`` names no trade.
         """
-        trades = self.trades
-        if isinstance(end, str):
-            index = next((i for i, t in enumerate(trades) if t.txid == end), None)
-            if index is None:
-                raise SimError("EGeneral:Invalid arguments:end")
-            trades = trades[: index + 1]
-        elif end is not None:
-            trades = [t for t in trades if t.time_ns <= end * 1_000_000_000]
-        chosen = [t for t in reversed(trades) if start is None or t.time_ns > start * 1_000_000_000]
+        chosen = _history_window(self.trades, [t.txid for t in self.trades], start, end)
         page = chosen[ofs : ofs + TRADES_PAGE]
         return {"trades": {t.txid: t.rest() for t in page}, "count": len(chosen)}
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import calendar
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Final
+from functools import partial
+from typing import Final, TypeVar
 
 from gateway.exchanges.kraken.assets import AssetMap
 from gateway.exchanges.kraken.errors import KrakenProtocolError
@@ -241,23 +242,15 @@ def parse_ws_message(text: str | bytes, decimals: Mapping[str, int] = _NO_DECIMA
         data = message.get("data")
         if not isinstance(data, list):
             raise KrakenProtocolError("executions data is not a list")
-        fills = []
-        skipped = []
-        for item in data:
-            if not isinstance(item, dict):
-                skipped.append(SkippedExecution("?", "malformed", "an execution is not an object"))
-                continue
-            parsed = parse_execution(item, decimals)
-            if isinstance(parsed, SkippedExecution):
-                skipped.append(parsed)
-            elif parsed is not None:
-                fills.append(parsed)
+        fills, skipped = _parse_each(
+            data, partial(parse_execution, decimals=decimals), "an execution"
+        )
         sequence = message.get("sequence")
         return WsExecutions(
             message.get("type") == "snapshot",
-            tuple(fills),
+            fills,
             sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else None,
-            tuple(skipped),
+            skipped,
         )
     if channel == "balances":
         return _parse_balances(message, decimals)
@@ -353,6 +346,29 @@ def parse_rest_ledger_entry(
         return SkippedExecution(ledger_id[:_MAX_ID], "malformed", str(exc))
 
 
+_Parsed = TypeVar("_Parsed")
+
+
+def _parse_each(
+    data: list[object],
+    parse: Callable[[Mapping[str, object]], _Parsed | SkippedExecution | None],
+    what: str,
+) -> tuple[tuple[_Parsed, ...], tuple[SkippedExecution, ...]]:
+    """Each item of a channel's data parsed: what it books, and what it skips and why."""
+    parsed: list[_Parsed] = []
+    skipped: list[SkippedExecution] = []
+    for item in data:
+        if not isinstance(item, dict):
+            skipped.append(SkippedExecution("?", "malformed", f"{what} is not an object"))
+            continue
+        result = parse(item)
+        if isinstance(result, SkippedExecution):
+            skipped.append(result)
+        elif result is not None:
+            parsed.append(result)
+    return tuple(parsed), tuple(skipped)
+
+
 def _parse_balances(message: Mapping[str, object], decimals: Mapping[str, int]) -> WsBalances:
     data = message.get("data")
     if not isinstance(data, list):
@@ -360,18 +376,10 @@ def _parse_balances(message: Mapping[str, object], decimals: Mapping[str, int]) 
     if message.get("type") == "snapshot":
         # Balances, not entries: the REST bootstrap and the reconciler own totals.
         return WsBalances(True, ())
-    transfers = []
-    skipped = []
-    for item in data:
-        if not isinstance(item, dict):
-            skipped.append(SkippedExecution("?", "malformed", "a ledger entry is not an object"))
-            continue
-        parsed = parse_ws_ledger_entry(item, decimals)
-        if isinstance(parsed, SkippedExecution):
-            skipped.append(parsed)
-        elif parsed is not None:
-            transfers.append(parsed)
-    return WsBalances(False, tuple(transfers), tuple(skipped))
+    transfers, skipped = _parse_each(
+        data, partial(parse_ws_ledger_entry, decimals=decimals), "a ledger entry"
+    )
+    return WsBalances(False, transfers, skipped)
 
 
 # -- REST trades ----------------------------------------------------------------------
