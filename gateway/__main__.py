@@ -527,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
 
     sim = sub.add_parser("sim", help="run the Kraken-compatible simulator")
+    sim.add_argument(
+        "--exchange", default="kraken", choices=EXCHANGES, help="which exchange to play (kraken)"
+    )
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     sim.add_argument("--port", type=int, default=0, help="REST port (0: any free one)")
     sim.add_argument("--ws-port", type=int, default=0, help="WS port (0: any free one)")

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -28,8 +23,9 @@ from rich.live import Live
 
 from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, kraken_strategy_balance
 from clients.errors import CommandError
+from gateway.launcher import LaunchError, LocalStack
 from gateway.view import gather, render_panel
-from mmapstore import StoreReader, store_path
+from mmapstore import StoreReader
 
 SERVICE: Final = "kraken_gateway"
 # Slots 5..7: the README's examples (slot 2) can run beside the demo without colliding.
@@ -40,101 +36,24 @@ DEPOSIT_EVERY_S: Final = 12.0
 START_TIMEOUT_S: Final = 30.0
 
 
-@dataclass
-class DemoStack:
-    root: Path
-    run_dir: Path
-    sim: subprocess.Popen[bytes]
-    gateway: subprocess.Popen[bytes]
-    address: dict[str, str]
-
-    def exports(self) -> str:
-        """One shell line that points another terminal's gateway commands at this demo."""
-        return (
-            f"export HFT_SHM_DIR={self.root / 'shm'} HFT_RUN_DIR={self.run_dir} "
-            f"HFT_STATE_DIR={self.root / 'state'}"
-        )
-
-    @property
-    def store(self) -> Path:
-        return store_path("kraken", self.root / "shm")
-
-    def control(self, name: str, body: dict[str, object]) -> dict[str, object]:
-        reply = httpx.post(f"{self.address['rest_url']}/sim/{name}", json=body, timeout=5).json()
-        assert isinstance(reply, dict)
-        return reply
-
-    def stop(self) -> None:
-        """SIGTERM both processes and wait: the gateway flushes, snapshots and marks stopped."""
-        for process in (self.gateway, self.sim):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in (self.gateway, self.sim):
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def _wait_for(
-    condition: Callable[[], bool], process: subprocess.Popen[bytes], log: Path, what: str
-) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not condition():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"gateway demo: {what} did not start; its log:\n{log.read_text()}")
-        time.sleep(0.05)
-
-
-def start_stack(log_level: str = "warning") -> DemoStack:
+def start_stack(log_level: str = "warning") -> LocalStack:
+    """The simulator and the gateway, in a new private directory; ready once this returns."""
     root = Path(tempfile.mkdtemp(prefix="hft-demo-"))
-    run_dir = root / "run"
-    (root / "shm").mkdir()
-    env = {
-        **os.environ,
-        "HFT_SHM_DIR": str(root / "shm"),
-        "HFT_STATE_DIR": str(root / "state"),
-        "HFT_RUN_DIR": str(run_dir),
-    }
-    ready = root / "sim.json"
-    gateway_cli = [sys.executable, "-m", "gateway", "--log-level", log_level]
-    with open(root / "sim.log", "ab") as log:
-        # Own sessions: a terminal's Ctrl-C reaches only this process, which then stops
-        # the gateway and the simulator in order.
-        sim = subprocess.Popen(
-            [*gateway_cli, "sim", "--ready-file", str(ready)],
-            env=env,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
+    # Own sessions: a terminal's Ctrl-C reaches only this process, which then stops
+    # the gateway and the simulator in order.
+    stack = LocalStack(root, root / "run", log_level=log_level, own_session=True)
+    try:
+        stack.start_sim(timeout_s=START_TIMEOUT_S)
+        stack.start_gateway(
+            "--reconcile-interval", "5", "--recheck-interval", "1", timeout_s=START_TIMEOUT_S
         )
-    _wait_for(ready.exists, sim, root / "sim.log", "the simulator")
-    address = json.loads(ready.read_text())
-    env |= {"KRAKEN_API_KEY": address["api_key"], "KRAKEN_API_SECRET": address["api_secret"]}
-    with open(root / "gateway.log", "ab") as log:
-        gateway = subprocess.Popen(
-            [
-                *gateway_cli,
-                "run",
-                "--rest-url",
-                address["rest_url"],
-                "--ws-url",
-                address["ws_url"],
-                "--reconcile-interval",
-                "5",
-                "--recheck-interval",
-                "1",
-            ],
-            env=env,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    _wait_for((run_dir / f"{SERVICE}.sock").exists, gateway, root / "gateway.log", "the gateway")
-    return DemoStack(root, run_dir, sim, gateway, address)
+    except LaunchError as exc:
+        stack.stop()
+        raise SystemExit(f"gateway demo: {exc}") from None
+    return stack
 
 
-def allocate(stack: DemoStack, system: IPCCommandSystem) -> int:
+def allocate(stack: LocalStack, system: IPCCommandSystem) -> int:
     """Give each strategy some capital, over IPC like a strategy would."""
     sent = 0
     for strategy, index in STRATEGIES:
@@ -204,10 +123,11 @@ def run_demo(duration_s: float | None, console: Console | None = None) -> int:
         raise SystemExit(f"gateway demo: {exc}") from None
     finally:
         with contextlib.suppress(httpx.HTTPError):
-            stack.control("trade-generator", {"rate": 0})
+            stack.control("trade-generator", {"rate": 0}, timeout_s=5)
         system.close()
         stack.stop()
     status = final.status
+    assert stack.gateway is not None
     summary = {
         "seconds": round(time.monotonic() - started, 1),
         "fills_applied": status.get("fills_applied"),

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gateway.exchanges.kraken.rest import KrakenRestClient  # noqa: E402
+from gateway.launcher import LocalStack  # noqa: E402
 from mmapstore import StoreReader, store_path  # noqa: E402
 
 PROBE_SLOT = 5
@@ -70,7 +70,9 @@ async def bare_client(address: dict[str, str], rate: int, count: int) -> list[in
         token = await rest.websockets_token()
     received: list[int] = []
     async with open_websocket_url(address["ws_url"]) as ws:
-        subscribe = {"method": "subscribe", "params": {"channel": "executions", "token": token}}
+        # As the gateway subscribes: open / close transitions only, no pending_new.
+        params = {"channel": "executions", "token": token, "order_status": False}
+        subscribe = {"method": "subscribe", "params": params}
         await ws.send_message(json.dumps(subscribe))
         while '"snapshot"' not in await ws.get_message():
             pass
@@ -118,65 +120,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Stack:
+class Stack(LocalStack):
+    """The simulator and, unless told otherwise, the gateway, in temporary directories."""
+
     def __init__(self, *, with_gateway: bool = True) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="bench-fills-"))
-        self.run_dir = Path(tempfile.mkdtemp(prefix="hft-"))
-        (self.root / "shm").mkdir()
-        self.env = {
-            **os.environ,
-            "HFT_SHM_DIR": str(self.root / "shm"),
-            "HFT_STATE_DIR": str(self.root / "state"),
-            "HFT_RUN_DIR": str(self.run_dir),
-        }
-        ready = self.root / "sim.json"
-        self.sim = self._spawn("sim", ["sim", "--ready-file", str(ready)], self.env)
-        while not ready.exists():
-            time.sleep(0.02)
-        self.address = json.loads(ready.read_text())
-        self.gateway: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            Path(tempfile.mkdtemp(prefix="bench-fills-")),
+            Path(tempfile.mkdtemp(prefix="hft-")),
+            log_level="warning",
+        )
+        self.start_sim()
         if with_gateway:
-            self.gateway = self._start_gateway()
-
-    def _start_gateway(self) -> subprocess.Popen[bytes]:
-        env = {
-            **self.env,
-            "KRAKEN_API_KEY": self.address["api_key"],
-            "KRAKEN_API_SECRET": self.address["api_secret"],
-        }
-        gateway = self._spawn(
-            "gateway",
-            ["--log-level", "warning", "run", "--rest-url", self.address["rest_url"],
-             "--ws-url", self.address["ws_url"], "--reconcile-interval", "3600"],
-            env,
-        )  # fmt: skip
-        while not (self.run_dir / "kraken_gateway.sock").exists():
-            if gateway.poll() is not None:
-                raise SystemExit((self.root / "gateway.log").read_text())
-            time.sleep(0.02)
-        return gateway
-
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with open(self.root / f"{name}.log", "ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "gateway", *args], env=env, stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def control(self, name: str, body: dict[str, object]) -> dict[str, object]:
-        reply = httpx.post(f"{self.address['rest_url']}/sim/{name}", json=body, timeout=60).json()
-        assert isinstance(reply, dict)
-        return reply
+            self.start_gateway("--reconcile-interval", "3600")
 
     def close(self) -> None:
-        for process in (self.gateway, self.sim):
-            if process is None:
-                continue
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -236,7 +194,7 @@ def run_deposits(stack: Stack, count: int = 40) -> dict[str, float]:
     """
     visible: list[float] = []
     floor: list[float] = []
-    with StoreReader(store_path("kraken", stack.root / "shm")) as reader:
+    with StoreReader(stack.store) as reader:
         for _ in range(count):
             before = reader.slot("USD", 0).scaled
             started = time.perf_counter()

@@ -24,12 +24,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from multiprocessing import shared_memory
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -37,6 +39,7 @@ TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
 sys.path[:0] = [str(ROOT), str(TOOLS)]
 
+import bench_catchup  # noqa: E402
 import bench_commands  # noqa: E402
 import bench_fills  # noqa: E402
 import bench_read  # noqa: E402
@@ -46,9 +49,22 @@ from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem  # noq
 from gateway.config import GatewayConfig  # noqa: E402
 from gateway.events import FillApplied, TotalsSet, apply_event, encode_event  # noqa: E402
 from gateway.journal import Journal  # noqa: E402
-from gateway.ledger import UNIT, Fee, Fill, Ledger, Side  # noqa: E402
+from gateway.ledger import (  # noqa: E402
+    REPLIES_KEPT,
+    UNIT,
+    BalanceCommand,
+    CommandKind,
+    Fee,
+    Fill,
+    Ledger,
+    Side,
+)
+from gateway.messages import CommandReceived  # noqa: E402
 from gateway.service import Running, run_gateway  # noqa: E402
 from mmapstore import StoreReader, StoreWriter, store_path  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.gateway.fake_exchange import FakeExchange
 
 Call = Callable[[], object]
 
@@ -70,6 +86,9 @@ class Plan:
     fill_seconds: float = 4.0
     saturation_steps: tuple[int, ...] = (2000, 3000, 4000, 5000, 6000, 8000)
     memory_fills: int = 1_000_000
+    memory_replies: int = REPLIES_KEPT
+    catch_up_gaps: tuple[int, ...] = (100, 1000, 5000)
+    catch_up_tiers: tuple[str, ...] = ("starter", "pro")
     journal_sizes: tuple[int, ...] = (50_000, 100_000, 1_000_000)
 
     @classmethod
@@ -90,6 +109,9 @@ class Plan:
             fill_seconds=0.5,
             saturation_steps=(),
             memory_fills=3000,
+            memory_replies=300,
+            catch_up_gaps=(100,),
+            catch_up_tiers=("pro",),
             journal_sizes=(2000,),
         )
 
@@ -469,11 +491,47 @@ def fills(plan: Plan, report: Report, work: Path) -> None:
             )
 
 
+# -- catch-up after a gap ---------------------------------------------------------------
+
+
+def catch_up(plan: Plan, report: Report, work: Path) -> None:
+    print("catch-up ...", flush=True)
+    rows = []
+    for tier in plan.catch_up_tiers:
+        for gap in plan.catch_up_gaps:
+            result = bench_catchup.run(tier, gap)
+            bound = result["bound_with_latency_s"]
+            ratio = result["seconds"] / bound
+            rows.append([
+                tier, f"{gap:,}", f"{result['calls']:.0f}", f"{result['cost']:.0f}",
+                f"{result['seconds']:.1f}", f"{result['bound_s']:.1f}", f"{bound:.1f}",
+                f"{ratio:.2f}", f"{result['refused']:.0f}",
+            ])  # fmt: skip
+            if bound >= 10:  # a ratio of fractions of a second says nothing
+                report.goal(
+                    f"catch-up of {gap:,} trades at {tier} within 1.2x of the counter's bound",
+                    f"{ratio:.2f}x ({result['seconds']:.0f} s against {bound:.0f} s)",
+                    ratio <= 1.2,
+                )
+    report.table(
+        "Catch-up after a gap, against Kraken's API counter",
+        ["tier", "trades", "calls", "counter units", "seconds", "counter bound s",
+         "bound with latency s", "ratio", "refused"],
+        rows,
+        "The gateway's catch-up (TradesHistory pages at 2, QueryOrders of 50 orders at 1) "
+        "against the simulator enforcing the tier's counter, 125 ± 25 ms a round trip, one "
+        "order per trade (the most lookups); on a MockClock, so the seconds are the "
+        "counter's own. Bound: max(0, cost - maximum) / decay, and at least a round trip per "
+        "call. `python tools/bench_catchup.py`.",
+    )  # fmt: skip
+
+
 # -- memory and recovery --------------------------------------------------------------------
 
 
-def memory_worker(root: str, count: int) -> None:
-    """The real service (fake exchange at the edge) fed ``count`` fills; print RSS and CPU."""
+def memory_worker(root: str, count: int, replies: int) -> None:
+    """The real service (fake exchange at the edge) fed ``count`` fills, then ``replies``
+    commands with request ids (both caches full); print RSS and CPU."""
     sys.path.insert(0, str(ROOT))
     from tests.gateway.fake_exchange import FakeExchange  # noqa: PLC0415 - tools only
 
@@ -508,6 +566,7 @@ def memory_worker(root: str, count: int) -> None:
                 await trio.sleep(0.01)
             elapsed = time.perf_counter() - started
             cpu = time.process_time() - start_cpu
+            await _remember_replies(exchange, replies)
             status = Path("/proc/self/status").read_text()
             # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a worker
             # would inherit the high-water mark of the process that forked it.
@@ -518,11 +577,31 @@ def memory_worker(root: str, count: int) -> None:
                 "rss_mb": _status_kb(status, "VmRSS") / 1024,
                 "max_rss_mb": _status_kb(status, "VmHWM") / 1024,
                 "fill_ids_kept": len(running.core.ledger.applied.ids),
+                "replies_kept": len(running.core.ledger.replies),
             }
             running.stop.set()
             return result
 
     print(json.dumps(trio.run(main)), flush=True)
+
+
+async def _remember_replies(exchange: FakeExchange, count: int) -> None:
+    """``count`` allocate / release pairs' halves with request ids, as strategies send them."""
+    in_flight: list[CommandReceived] = []
+    for n in range(count):
+        kind = CommandKind.ALLOCATE if n % 2 == 0 else CommandKind.RELEASE
+        index = 5 + n // 2 % 3  # slots the fills (2..4) leave alone; each pair on one slot
+        command = BalanceCommand(kind, f"strategy-{index}", "USD", index, UNIT)
+        message = CommandReceived(command, f"{uuid.UUID(int=n)}")
+        await exchange.push(message)
+        in_flight.append(message)
+        if len(in_flight) >= 256:  # as many as 256 clients waiting at once
+            for sent in in_flight:
+                reply = await sent.reply.wait()
+                assert reply["ok"], reply
+            in_flight.clear()
+    for sent in in_flight:
+        assert (await sent.reply.wait())["ok"]
 
 
 def _status_kb(status: str, field_name: str) -> int:
@@ -588,11 +667,21 @@ def memory_and_recovery(plan: Plan, report: Report, work: Path) -> None:
     print("memory ...", flush=True)
     root = work / "memory"
     root.mkdir()
-    out, _ = _spawn("--memory-worker", str(root), str(plan.memory_fills)).communicate(timeout=1800)
+    out, _ = _spawn(
+        "--memory-worker", str(root), str(plan.memory_fills), str(plan.memory_replies)
+    ).communicate(timeout=1800)
     memory = json.loads(out)
     report.table(
         "Memory and CPU under fills",
-        ["fills", "seconds", "CPU µs/fill", "RSS MB", "peak RSS MB", "fill ids kept"],
+        [
+            "fills",
+            "seconds",
+            "CPU µs/fill",
+            "RSS MB",
+            "peak RSS MB",
+            "fill ids kept",
+            "replies kept",
+        ],
         [
             [
                 f"{memory['fills']:,}",
@@ -601,14 +690,16 @@ def memory_and_recovery(plan: Plan, report: Report, work: Path) -> None:
                 f"{memory['rss_mb']:.0f}",
                 f"{memory['max_rss_mb']:.0f}",
                 f"{memory['fill_ids_kept']:,}",
+                f"{memory['replies_kept']:,}",
             ]
         ],
         "The real service in one process, fills pushed into its writer channel as fast as it takes "
-        "them (no websocket): what the ledger, journal and store cost per fill.",
+        "them (no websocket): what the ledger, journal and store cost per fill; then commands with "
+        "request ids until the remembered replies are full too. RSS is read with both caches full.",
     )
     if memory["fills"] >= 1_000_000:
         report.goal(
-            "gateway RSS ≤ 100 MB after 1,000,000 fills",
+            "gateway RSS ≤ 100 MB after 1,000,000 fills, both caches full",
             f"{memory['max_rss_mb']:.0f} MB",
             memory["max_rss_mb"] <= 100,
         )
@@ -729,7 +820,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--read-worker", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--write-worker", nargs=3, help=argparse.SUPPRESS)
-    parser.add_argument("--memory-worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--startup-worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # The synthetic fills drive strategy slots below zero on purpose: no warning per crossing.
@@ -741,7 +832,7 @@ def main() -> None:
         write_worker(args.write_worker[0], float(args.write_worker[1]), float(args.write_worker[2]))
         return
     if args.memory_worker:
-        memory_worker(args.memory_worker[0], int(args.memory_worker[1]))
+        memory_worker(args.memory_worker[0], int(args.memory_worker[1]), int(args.memory_worker[2]))
         return
     if args.startup_worker:
         startup_worker(args.startup_worker)
@@ -751,7 +842,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-suite-"))
     started = time.monotonic()
     try:
-        for section in (read_path, scaling, commands, fills, memory_and_recovery):
+        for section in (read_path, scaling, commands, fills, catch_up, memory_and_recovery):
             directory = work / section.__name__
             directory.mkdir()
             section(plan, report, directory)

@@ -113,6 +113,10 @@ class Trade:
     cum_qty: Decimal = Decimal(0)
     cum_cost: Decimal = Decimal(0)
     order_qty: Decimal = Decimal(0)
+    # How an order that does not fill completely ends: "canceled", "expired", or
+    # None (it rests, partially filled). And whether it was amended before it traded.
+    ending: str | None = None
+    amended: bool = False
 
     @property
     def completes_order(self) -> bool:
@@ -149,7 +153,9 @@ class Trade:
         })  # fmt: skip
 
     def order_event(self, exec_type: str) -> dict[str, object]:
-        """An order's status event (``pending_new``, ``new``, ``filled``): no trade in it."""
+        """An order's status event (``pending_new``, ``new``, ``amended``, ``filled``,
+        ``canceled``, ``expired``): no trade in it, whatever its cumulative fields say."""
+        status = {"amended": "new", "canceled": "canceled", "expired": "expired"}
         item: dict[str, object] = {
             "order_id": self.order_id,
             "exec_id": kraken_id("L"),
@@ -159,10 +165,14 @@ class Trade:
             "order_type": "market",
             "order_qty": self.order_qty,
             "timestamp": format_timestamp(self.time_ns),
-            "order_status": exec_type,
+            "order_status": status.get(exec_type, exec_type),
         }
-        if exec_type == "filled":
+        if exec_type in ("filled", "canceled", "expired"):
             item.update(cum_qty=self.cum_qty, cum_cost=self.cum_cost)
+        if exec_type == "canceled":
+            item["reason"] = "User requested"
+        if exec_type == "amended":
+            item.update(amended=True, reason="User requested")
         return self._tags(item)
 
     def rest(self) -> dict[str, object]:
@@ -391,13 +401,18 @@ class SimExchange:
         cl_ord_id: str | None = None,
         now_ns: int | None = None,
         parts: int = 1,
+        unfilled: Decimal = Decimal(0),
+        ending: str | None = None,
+        amended: bool = False,
     ) -> list[Trade]:
         """Place an order. Market orders, and limit orders that cross, fill at once.
 
         The order fills in ``parts`` trades, the price drifting between them as
         a book walked through would. Each trade is booked as Kraken books it:
         its cost at the quote asset's decimals (half-even), the fee on that cost
-        rounded down. Returns the trades (none for a limit order left open).
+        rounded down. An order for ``volume + unfilled`` fills ``volume`` and
+        then ends as ``ending`` (canceled, expired; None: it rests). Returns the
+        trades (none for a limit order left open).
 
         Raises:
             SimError: unknown pair, bad arguments, insufficient funds.
@@ -449,7 +464,8 @@ class SimExchange:
             raise SimError("EOrder:Insufficient funds")
         self.balances[base] = self.balances.get(base, Decimal(0)) + base_delta
         self.balances[quote] = self.balances.get(quote, Decimal(0)) + quote_delta
-        order["status"] = "closed"
+        order["status"] = "closed" if not unfilled else (ending or "open")
+        order["vol"] = str(volume + unfilled)
         order["vol_exec"] = str(volume)
         self.orders[order_id] = order
         now = now_ns if now_ns is not None else time.time_ns()
@@ -460,7 +476,8 @@ class SimExchange:
             cum_cost += cost
             trade = Trade(
                 kraken_id("T"), order_id, pair, side, qty, price, cost, fee, userref,
-                cl_ord_id, now, next(self.trade_ids), cum_qty, cum_cost, volume,
+                cl_ord_id, now, next(self.trade_ids), cum_qty, cum_cost, volume + unfilled,
+                ending, amended,
             )  # fmt: skip
             self.trades.append(trade)
             self.recent.append(trade)

@@ -133,6 +133,9 @@ class Simulator:
     faults: FaultPlan = field(default_factory=FaultPlan)
     subscribers: set[trio.MemorySendChannel[str]] = field(default_factory=set)
     balance_subscribers: set[trio.MemorySendChannel[str]] = field(default_factory=set)
+    # executions subscribers that asked for every status transition (``order_status``,
+    # Kraken's default): they also get pending_new and amended.
+    status_subscribers: set[trio.MemorySendChannel[str]] = field(default_factory=set)
     ws_scopes: set[trio.CancelScope] = field(default_factory=set)
     generator: trio.CancelScope | None = None
     # Probe mode: when each execution update left for the socket (ns), in order.
@@ -142,20 +145,33 @@ class Simulator:
     extra_snapshot: list[object] = field(default_factory=list)
 
     def broadcast(self, trades: list[Trade]) -> None:
-        """Push trades to every ``executions`` subscriber, one update message per order.
+        """Push trades to every ``executions`` subscriber, as Kraken streams an order's life.
 
-        An order's message holds its ``new`` event, each of its trades and, when
-        it completes, its ``filled`` event. The sender adds the sequence.
+        Subscribers with ``order_status`` (Kraken's default) first get the
+        order's ``pending_new`` and, if it was amended, its ``amended``, each in
+        a message of its own; then every subscriber gets one message with the
+        order's ``new``, each of its trades and, when it ends, its ``filled``,
+        ``canceled`` or ``expired``. The sender adds the sequence.
         """
-        orders: dict[str, list[dict[str, object]]] = {}
+        orders: dict[str, list[Trade]] = {}
         for trade in trades:
-            events = orders.get(trade.order_id)
-            if events is None:
-                events = orders[trade.order_id] = [trade.order_event("new")]
-            events.append(trade.execution())
-            if trade.completes_order:
-                events.append(trade.order_event("filled"))
-        for events in orders.values():
+            orders.setdefault(trade.order_id, []).append(trade)
+        for fills in orders.values():
+            first, last = fills[0], fills[-1]
+            if self.status_subscribers:
+                self.broadcast_raw(
+                    _UPDATE_PREFIX + ', "data": ' + dumps([first.order_event("pending_new")]),
+                    self.status_subscribers,
+                )
+                if first.amended:
+                    self.broadcast_raw(
+                        _UPDATE_PREFIX + ', "data": ' + dumps([first.order_event("amended")]),
+                        self.status_subscribers,
+                    )
+            events = [first.order_event("new"), *(trade.execution() for trade in fills)]
+            ending = "filled" if last.completes_order else last.ending
+            if ending is not None:
+                events.append(last.order_event(ending))
             self.broadcast_raw(_UPDATE_PREFIX + ', "data": ' + dumps(events))
 
     def broadcast_entries(self, entries: list[LedgerEntry]) -> None:
@@ -375,6 +391,10 @@ async def _control(
     raise SimError(f"EGeneral:Unknown control {name}")
 
 
+ORDER_ENDINGS: Final = ("filled",) * 7 + ("canceled", "expired", "rests")
+AMENDED_SHARE: Final = 0.1
+
+
 async def _generate_trades(
     sim: Simulator, scope: trio.CancelScope, rate: float, body: dict[str, object]
 ) -> None:
@@ -412,10 +432,16 @@ async def _generate_trades(
                 volume = (qty * rng.randint(1000, 5000) / 1000).quantize(Decimal("0.00000001"))
                 sim.exchange.drift(pair, rng)
                 parts = rng.choice(split) if split else 1
+                # Most orders fill; some are amended first, some fill in part and are
+                # then canceled, expire or rest: none of those events is a fill.
+                ending = rng.choice(ORDER_ENDINGS)
                 try:
                     trades += sim.exchange.execute(
-                        pair, side, volume, userref=rng.choice(userrefs), parts=parts
-                    )
+                        pair, side, volume, userref=rng.choice(userrefs), parts=parts,
+                        unfilled=volume if ending != "filled" else Decimal(0),
+                        ending=None if ending in ("filled", "rests") else ending,
+                        amended=rng.random() < AMENDED_SHARE,
+                    )  # fmt: skip
                 except SimError:
                     continue
                 made += 1
@@ -557,6 +583,7 @@ async def _serve_ws(sim: Simulator, request: WebSocketRequest) -> None:
         finally:
             sim.ws_scopes.discard(scope)
             sim.subscribers.discard(send)
+            sim.status_subscribers.discard(send)
             sim.balance_subscribers.discard(send)
             sim.ws_connections -= 1
 
@@ -663,10 +690,13 @@ async def _ws_reader(
                 )
             )
             sim.subscribers.add(send)
+            if params.get("order_status", True):
+                sim.status_subscribers.add(send)
         elif method == "subscribe" and params.get("channel") == "balances":
             _subscribe_balances(sim, send, subscription, params, req_id)
         elif method == "unsubscribe":
             sim.subscribers.discard(send)
+            sim.status_subscribers.discard(send)
             sim.balance_subscribers.discard(send)
             subscription.channels.clear()
             send.send_nowait(dumps({"method": "unsubscribe", "success": True, "req_id": req_id}))

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import trio
 
 from clients.command import IPCCommandSystem
 from gateway.config import GatewayConfig
+from gateway.launcher import wait_ready
 from gateway.protocol import LENGTH_PREFIX
 from gateway.service import Running, run_gateway
 from tests.gateway.fake_exchange import FakeExchange
@@ -161,11 +161,7 @@ class GatewayProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 30
-        while not self._accepts():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"gateway did not start:\n{self.log.read_text()}")
-            time.sleep(0.02)
+        wait_ready(self._accepts, self.process, self.log, "the gateway", timeout_s=30)
         return self.process
 
     def _accepts(self) -> bool:

@@ -50,5 +50,9 @@ class FakeExchange:
         return {"websocket": "fake", "fetches": self.fetches}
 
     async def push_fill(self, fill: Fill) -> None:
+        await self.push(FillReceived(fill))
+
+    async def push(self, message: WriterMessage) -> None:
+        """Any message into the writer's channel, as a producer would send it."""
         assert self._send is not None, "the fill stream has not started"
-        await self._send.send(FillReceived(fill))
+        await self._send.send(message)

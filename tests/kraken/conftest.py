@@ -18,5 +18,5 @@ def stack(tmp_path: Path) -> Iterator[KrakenStack]:
     kraken = KrakenStack(tmp_path, run_dir)
     kraken.start_sim()
     yield kraken
-    kraken.stop()
+    kraken.kill()
     shutil.rmtree(run_dir, ignore_errors=True)

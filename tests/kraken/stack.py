@@ -2,107 +2,44 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from decimal import Decimal
 from pathlib import Path
 
-import httpx
-
 from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem
-from mmapstore import StoreNotFoundError, StoreReader, store_path
+from gateway.launcher import GATEWAY_START_TIMEOUT_S, SIM_START_TIMEOUT_S, LocalStack
+from mmapstore import StoreNotFoundError, StoreReader
 
 CURRENCIES = {"ZUSD": "USD", "USDT": "USDT", "USDC": "USDC", "XXBT": "BTC", "XETH": "ETH"}
 
 
-class KrakenStack:
-    """The simulator and the gateway, each its own process, in private directories."""
+class KrakenStack(LocalStack):
+    """The simulator and the gateway, each its own process, strict as Kraken is.
+
+    ``sim_args`` are added to every start of the simulator.
+    """
 
     def __init__(self, root: Path, run_dir: Path) -> None:
-        self.root = root
-        self.run_dir = run_dir
-        self.ready = root / "sim.json"
-        self.sim: subprocess.Popen[bytes] | None = None
-        self.gateway: subprocess.Popen[bytes] | None = None
-        self.address: dict[str, str] = {}
+        super().__init__(root, run_dir)
         self.sim_args: list[str] = []
-        self.env = {
-            **os.environ,
-            "HFT_SHM_DIR": str(root / "shm"),
-            "HFT_STATE_DIR": str(root / "state"),
-            "HFT_RUN_DIR": str(run_dir),
-        }
-        (root / "shm").mkdir()
 
-    def _spawn(
-        self, name: str, *args: str, env: dict[str, str] | None = None
-    ) -> subprocess.Popen[bytes]:
-        with open(self.root / f"{name}.log", "ab") as log:  # the child keeps its own copy
-            return subprocess.Popen(
-                [sys.executable, "-m", "gateway", *args],
-                env=env or self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def start_sim(self) -> None:
+    def start_sim(self, *args: str, timeout_s: float = SIM_START_TIMEOUT_S) -> dict[str, str]:
         # Strict as Kraken: the Pro tier's API counter, latency with jitter.
-        self.sim = self._spawn(
-            "sim", "sim", "--ready-file", str(self.ready), "--tier", "pro",
-            "--latency-ms", "4", "--jitter-ms", "4", *self.sim_args,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while not self.ready.exists():
-            assert self.sim.poll() is None, self.log("sim")
-            assert time.monotonic() < deadline, "the simulator did not start"
-            time.sleep(0.02)
-        self.address = json.loads(self.ready.read_text())
+        strict = ("--tier", "pro", "--latency-ms", "4", "--jitter-ms", "4")
+        return super().start_sim(*strict, *self.sim_args, *args, timeout_s=timeout_s)
 
     def start_sim_again(self) -> None:
         """A new simulator (with ``sim_args`` as they are now) in place of the running one."""
         assert self.sim is not None
         self.sim.kill()
         self.sim.wait(timeout=10)
-        self.ready.unlink()
         self.start_sim()
 
-    def start_gateway(self, *extra: str) -> None:
-        env = {
-            **self.env,
-            "KRAKEN_API_KEY": self.address["api_key"],
-            "KRAKEN_API_SECRET": self.address["api_secret"],
-        }
-        ready = self.root / "gateway.ready"
-        ready.unlink(missing_ok=True)
-        self.gateway = self._spawn(
-            "gateway", "run", "--rest-url", self.address["rest_url"],
-            "--ws-url", self.address["ws_url"], "--kraken-tier", "pro",
-            "--ready-file", str(ready), *extra, env=env,
-        )  # fmt: skip
-        # A catch-up paced by the API counter can take a while: ready means caught up.
-        deadline = time.monotonic() + 90
-        while not ready.exists():
-            assert self.gateway.poll() is None, self.log("gateway")
-            assert time.monotonic() < deadline, "the gateway did not start"
-            time.sleep(0.02)
-
-    def stop_gateway(self, signum: int = signal.SIGTERM) -> int:
-        assert self.gateway is not None
-        self.gateway.send_signal(signum)
-        return self.gateway.wait(timeout=30)
-
-    def log(self, name: str) -> str:
-        return (self.root / f"{name}.log").read_text(errors="replace")
-
-    def control(self, name: str, body: dict[str, object] | None = None) -> dict[str, object]:
-        response = httpx.post(f"{self.address['rest_url']}/sim/{name}", json=body or {}, timeout=10)
-        result = response.json()
-        assert isinstance(result, dict)
-        return result
+    def start_gateway(
+        self, *args: str, timeout_s: float = GATEWAY_START_TIMEOUT_S
+    ) -> subprocess.Popen[bytes]:
+        return super().start_gateway("--kraken-tier", "pro", *args, timeout_s=timeout_s)
 
     def status(self) -> dict[str, object]:
         system = IPCCommandSystem("test", run_dir=self.run_dir)
@@ -118,13 +55,7 @@ class KrakenStack:
         return status
 
     def reader(self) -> StoreReader:
-        return StoreReader(store_path("kraken", self.root / "shm"))
-
-    def stop(self) -> None:
-        for process in (self.gateway, self.sim):
-            if process is not None and process.poll() is None:
-                process.kill()
-                process.wait(timeout=10)
+        return StoreReader(self.store)
 
 
 def sim_balances(stack: KrakenStack) -> dict[str, Decimal]:

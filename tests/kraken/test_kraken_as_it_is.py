@@ -6,12 +6,17 @@ partial fills at odd prices with Kraken's rounding); see ``tests/kraken/stack.py
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import trio
+from trio_websocket import open_websocket_url
+
 from clients import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, kraken_strategy_balance
+from gateway.exchanges.kraken.rest import KrakenRestClient
 from mmapstore import StoreReader
 from tests.kraken.stack import (
     KrakenStack,
@@ -190,3 +195,41 @@ def test_state_of_one_account_is_refused_for_another(stack: KrakenStack) -> None
     assert stack.stop_gateway(signal.SIGTERM) == 0
     stack.start_gateway(*QUICK)  # bound to the new key now: a plain start works
     assert _usd(stack)[2] == 10
+
+
+async def _executions_seen(stack: KrakenStack, params: dict[str, object], orders: int) -> list[str]:
+    """Every exec_type a subscriber with ``params`` gets while ``orders`` orders trade."""
+    async with KrakenRestClient(
+        stack.address["rest_url"],
+        api_key=stack.address["api_key"],
+        api_secret=stack.address["api_secret"],
+    ) as rest:
+        token = await rest.websockets_token()
+    seen: list[str] = []
+    async with open_websocket_url(stack.address["ws_url"]) as ws:
+        subscribe = {"channel": "executions", "token": token, **params}
+        await ws.send_message(json.dumps({"method": "subscribe", "params": subscribe}))
+        while '"snapshot"' not in await ws.get_message():
+            pass
+        body = {"rate": 200, "count": orders, "userrefs": [2], "seed": 3}
+        await trio.to_thread.run_sync(stack.control, "trade-generator", body)
+        with trio.move_on_after(5):
+            while seen.count("new") < orders:
+                message = json.loads(await ws.get_message())
+                seen += [item["exec_type"] for item in message.get("data", [])]
+    return seen
+
+
+async def test_simulator_streams_an_orders_whole_life_as_kraken_does(stack: KrakenStack) -> None:
+    # Kraken's default (order_status true) streams every transition; the gateway asks
+    # for open / close transitions only. Fills are the "trade" events alone either way
+    # (test_odd_prices_and_partial_fills_need_no_correction runs the gateway through
+    # canceled and expired orders that traded in part).
+    everything = await _executions_seen(stack, {}, 60)
+    assert {"pending_new", "new", "amended", "trade", "filled", "canceled", "expired"} <= set(
+        everything
+    )
+    assert everything.count("pending_new") == everything.count("new") == 60
+    transitions = await _executions_seen(stack, {"order_status": False}, 60)
+    assert {"new", "trade", "filled", "canceled", "expired"} <= set(transitions)
+    assert not {"pending_new", "amended"} & set(transitions)

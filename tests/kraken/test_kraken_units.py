@@ -255,3 +255,18 @@ def test_rest_trade_parses_with_userref_from_its_order() -> None:
     assert (fill.base, fill.quote, fill.side, fill.userref) == ("BTC", "USD", Side.BUY, 4)
     assert fill.qty == Decimal("0.02") and fill.price == Decimal("30010")
     assert fill.fees == () and fill.timestamp_ns == 1688667796880200000
+
+
+@pytest.mark.parametrize(
+    "exec_type", ["pending_new", "new", "amended", "filled", "canceled", "expired", "restated"]
+)
+def test_order_status_events_are_not_fills(exec_type: str) -> None:
+    # Every exec_type Kraken streams besides "trade" reports an order's state; the ones
+    # that end an order carry cumulative fields that must not be booked again.
+    item = (
+        KRAKEN_EXECUTION_EXAMPLE.replace('"exec_type":"trade"', f'"exec_type":"{exec_type}"')
+        .replace('"order_status":"partially_filled"', '"order_status":"canceled"')
+        .replace('"order_type":"limit"', '"order_type":"limit","reason":"User requested"')
+    )
+    message = parse_ws_message(item)
+    assert isinstance(message, WsExecutions) and message.fills == () and message.skipped == ()

@@ -270,7 +270,7 @@ class KrakenRestClient:
 
     async def trades_history(
         self, *, start: int | None = None, end: str | None = None, ofs: int = 0
-    ) -> tuple[dict[str, dict[str, object]], int]:
+    ) -> tuple[dict[str, dict[str, object]], int | None]:
         """One page of trades (newest first, 50 a page): (trades by txid, total count).
 
         ``start`` is a unix time in whole seconds (exclusive), ``end`` a trade id
@@ -285,7 +285,7 @@ class KrakenRestClient:
         end: str | None = None,
         ofs: int = 0,
         kind: str = "all",
-    ) -> tuple[dict[str, dict[str, object]], int]:
+    ) -> tuple[dict[str, dict[str, object]], int | None]:
         """One page of ledger entries (newest first, 50 a page): (entries by id, count).
 
         ``start`` and ``end`` as for :meth:`trades_history` (``end`` a ledger id);
@@ -302,7 +302,12 @@ class KrakenRestClient:
         end: str | None,
         ofs: int,
         extra: list[tuple[str, str | int | Decimal]] | None = None,
-    ) -> tuple[dict[str, dict[str, object]], int]:
+    ) -> tuple[dict[str, dict[str, object]], int | None]:
+        """One page of a history method: its entries, and how many there are in all.
+
+        ``count`` is None when the answer leaves it out, as Kraken's own documented
+        examples do; the caller then pages until a short page.
+        """
         params: list[tuple[str, str | int | Decimal]] = [("ofs", ofs), *(extra or [])]
         if start is not None:
             params.append(("start", start))
@@ -311,8 +316,10 @@ class KrakenRestClient:
         result = await self.private(method, params)
         entries = result.get(key) if isinstance(result, dict) else None
         count = result.get("count") if isinstance(result, dict) else None
-        if not isinstance(entries, dict) or not isinstance(count, int):
-            raise KrakenProtocolError(f"{method}: result lacks {key} or count")
+        if not isinstance(entries, dict):
+            raise KrakenProtocolError(f"{method}: result lacks {key}")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+            raise KrakenProtocolError(f"{method}: count is not an integer: {count!r}")
         return entries, count
 
     async def open_orders(self) -> dict[str, object]:

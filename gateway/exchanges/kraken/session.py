@@ -337,6 +337,9 @@ class KrakenSession:
                     "token": token,
                     "snap_trades": True,
                     "snap_orders": False,
+                    # Only open / close transitions (new, filled, canceled, expired):
+                    # pending_new and amended carry no fill, and would double the traffic.
+                    "order_status": False,
                 },
                 "req_id": self.connections,
             }
@@ -485,7 +488,7 @@ class KrakenSession:
     async def _history(
         self,
         what: str,
-        fetch: Callable[..., Awaitable[tuple[dict[str, dict[str, object]], int]]],
+        fetch: Callable[..., Awaitable[tuple[dict[str, dict[str, object]], int | None]]],
         since_ns: int,
     ) -> dict[str, dict[str, object]]:
         """Every entry of a history method (``TradesHistory``, ``Ledgers``) after ``since_ns``.
@@ -500,7 +503,7 @@ class KrakenSession:
         """
         start = max(0, since_ns // 1_000_000_000 - CATCH_UP_OVERLAP_S)
         entries: dict[str, dict[str, object]] = {}
-        count = 0
+        count: int | None = None
         end: str | None = None
         for page in range(MAX_CATCH_UP_PAGES):
             self.catch_up = f"{what}: {len(entries)} of {count or '?'} fetched"
@@ -511,12 +514,12 @@ class KrakenSession:
             entries.update(batch)
             if end is None and batch:
                 end = max(batch, key=lambda key: _trade_time(batch[key]))
-            if len(batch) < CATCH_UP_PAGE or len(entries) >= count:
+            if len(batch) < CATCH_UP_PAGE or (count is not None and len(entries) >= count):
                 break
             if len(entries) == before:
                 raise KrakenProtocolError(f"{what} paging brought nothing new")
             if page % 10 == 9:
-                logger.info("catching up: %d of %d %s fetched", len(entries), count, what)
+                logger.info("catching up: %d of %s %s fetched", len(entries), count or "?", what)
             if page + 1 == MAX_CATCH_UP_PAGES:
                 logger.error("catch-up stopped after %d pages of %s", MAX_CATCH_UP_PAGES, what)
         return entries
