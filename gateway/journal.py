@@ -280,7 +280,10 @@ class Journal:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                _write_all(fd, SNAPSHOT_MAGIC + frame(body))
+                # Header and body apart: a snapshot is megabytes, and each copy of it
+                # made to prepend a header stays resident (gateway/memory.py).
+                _write_all(fd, SNAPSHOT_MAGIC + RECORD_HEADER.pack(len(body), zlib.crc32(body)))
+                _write_all(fd, body)
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -248,8 +248,9 @@ class Ledger:
         self.balances: dict[str, list[int]] = {}
         self.owners: dict[int, str] = {}
         self.applied = AppliedFills()
-        # request id -> one CBOR blob of [fingerprint, reply]: about a fifth of the
-        # memory of the tuples and dicts themselves (100,000 replies cost ~100 MB so).
+        # request id -> one CBOR blob of [fingerprint, reply]: a third of
+        # the memory of the tuples and dicts themselves (100,000 replies cost ~70 MB
+        # so), and a snapshot takes the blobs as they are, making no object per reply.
         self.replies: dict[str, bytes] = {}
         self._reply_order: deque[str] = deque()  # see AppliedFills for why not dict order
         self.last_fill_ns = 0
@@ -573,9 +574,12 @@ class Ledger:
             "strategy_count": self.strategy_count,
             "balances": {c: list(s) for c, s in self.balances.items()},
             "owners": {str(k): v for k, v in self.owners.items()},
-            "applied": [[k, v] for k, v in self.applied.ids.items()],
+            # Lists of what the ledger holds already: no object made per id or reply.
+            "applied_ids": list(self.applied.ids),
+            "applied_ns": list(self.applied.ids.values()),
             "watermark_ns": self.applied.watermark_ns,
-            "replies": [[k, blob] for k, blob in self.replies.items()],
+            "reply_ids": list(self.replies),
+            "reply_blobs": list(self.replies.values()),
             "last_fill_ns": self.last_fill_ns,
             "epoch_ns": self.epoch_ns,
             "account": self.account,
@@ -595,12 +599,24 @@ class Ledger:
         owners = data["owners"]
         assert isinstance(owners, dict)
         ledger.owners = {int(k): str(v) for k, v in owners.items()}
-        ledger.applied.restore(
-            ((str(k), _int(v)) for k, v in _pairs(data["applied"])), _int(data["watermark_ns"])
-        )
-        replies = data["replies"]
-        assert isinstance(replies, list)
-        ledger.replies = {str(entry[0]): _restored_reply(entry) for entry in replies}
+        if "applied_ids" in data:
+            ids, times = data["applied_ids"], data["applied_ns"]
+            assert isinstance(ids, list) and isinstance(times, list) and len(ids) == len(times)
+            applied: Iterable[tuple[object, object]] = zip(ids, times, strict=True)
+        else:  # as snapshots kept them before: [[id, ns], ...]
+            applied = _pairs(data["applied"])
+        ledger.applied.restore(((str(k), _int(v)) for k, v in applied), _int(data["watermark_ns"]))
+        if "reply_ids" in data:
+            ids, blobs = data["reply_ids"], data["reply_blobs"]
+            assert isinstance(ids, list) and isinstance(blobs, list) and len(ids) == len(blobs)
+            ledger.replies = dict(zip(ids, blobs, strict=True))
+            assert all(
+                isinstance(k, str) and isinstance(b, bytes) for k, b in ledger.replies.items()
+            )
+        else:  # before the blobs: [[id, fingerprint, reply], ...]
+            replies = data["replies"]
+            assert isinstance(replies, list)
+            ledger.replies = {str(k): _reply_blob(tuple(f), r) for k, f, r in replies}
         ledger._reply_order = deque(ledger.replies)
         ledger.last_fill_ns = _int(data["last_fill_ns"])
         ledger.epoch_ns = _int(data.get("epoch_ns", 0))
@@ -622,19 +638,6 @@ class Ledger:
 def _reply_blob(fingerprint: tuple[object, ...], reply: Mapping[str, object]) -> bytes:
     """The remembered form: the request id is the key, so the blob leaves it out."""
     return cbor2.dumps([list(fingerprint), {k: v for k, v in reply.items() if k != "request_id"}])
-
-
-def _restored_reply(entry: object) -> bytes:
-    """One remembered reply from a snapshot: ``[id, blob]``, or ``[id, fingerprint, reply]``
-    as snapshots kept them before the blob."""
-    assert isinstance(entry, list)
-    if len(entry) == 2:
-        blob = entry[1]
-        assert isinstance(blob, bytes)
-        return blob
-    _, fingerprint, reply = entry
-    assert isinstance(fingerprint, list) and isinstance(reply, dict)
-    return _reply_blob(tuple(fingerprint), reply)
 
 
 def _int(value: object) -> int:

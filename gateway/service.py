@@ -25,6 +25,7 @@ from gateway.events import apply_event as apply_journalled
 from gateway.events import decode_event
 from gateway.journal import Journal, RestoreReport
 from gateway.ledger import Ledger, scale_fill
+from gateway.memory import return_large_buffers
 from gateway.messages import BalancesFetched, HeartbeatTick, WriterMessage
 from gateway.metrics import Metrics, serve_metrics
 from gateway.reconciler import ReconcileStatus, run_reconciler
@@ -150,6 +151,7 @@ async def run_gateway(
         BootstrapError: the exchange's balances could not be fetched.
         JournalCorruptError: the saved state cannot be trusted.
     """
+    return_large_buffers()  # snapshots' encodings must not stay resident (gateway/memory.py)
     # The store lock first: a second gateway must be refused before it touches the journal.
     store = StoreWriter.open(
         config.store_path, exchange=config.exchange, strategy_count=config.strategy_count

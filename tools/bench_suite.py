@@ -544,6 +544,7 @@ def memory_worker(root: str, count: int, replies: int) -> None:
     async def main() -> dict[str, float]:
         async with trio.open_nursery() as nursery:
             running: Running = await nursery.start(run_gateway, config, exchange)
+            rss_ready = _rss_mb()
             start_cpu = time.process_time()
             started = time.perf_counter()
             now = time.time_ns()
@@ -566,6 +567,7 @@ def memory_worker(root: str, count: int, replies: int) -> None:
                 await trio.sleep(0.01)
             elapsed = time.perf_counter() - started
             cpu = time.process_time() - start_cpu
+            rss_fills = _rss_mb()
             await _remember_replies(exchange, replies)
             status = Path("/proc/self/status").read_text()
             # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a worker
@@ -578,6 +580,8 @@ def memory_worker(root: str, count: int, replies: int) -> None:
                 "max_rss_mb": _status_kb(status, "VmHWM") / 1024,
                 "fill_ids_kept": len(running.core.ledger.applied.ids),
                 "replies_kept": len(running.core.ledger.replies),
+                "rss_ready_mb": rss_ready,
+                "rss_after_fills_mb": rss_fills,
             }
             running.stop.set()
             return result
@@ -602,6 +606,10 @@ async def _remember_replies(exchange: FakeExchange, count: int) -> None:
             in_flight.clear()
     for sent in in_flight:
         assert (await sent.reply.wait())["ok"]
+
+
+def _rss_mb() -> float:
+    return _status_kb(Path("/proc/self/status").read_text(), "VmRSS") / 1024
 
 
 def _status_kb(status: str, field_name: str) -> int:

@@ -230,6 +230,21 @@ def test_snapshot_round_trip() -> None:
     assert copy_.to_snapshot() == ledger.to_snapshot()
 
 
+def test_snapshot_of_the_earlier_form_restores_fill_ids_and_replies() -> None:
+    # Snapshots written before replies were blobs kept [[id, ns]] and [[id, fingerprint,
+    # reply]]: a gateway upgraded in place must read them, replies answering as before.
+    ledger = funded(USD=1000)
+    first = apply_event(ledger, CommandApplied(cmd("allocate", "USD", 2, 10), "r1"))
+    earlier = ledger.to_snapshot()
+    del earlier["applied_ids"], earlier["applied_ns"], earlier["reply_ids"], earlier["reply_blobs"]
+    earlier["applied"] = [["T1", 5]]
+    earlier["replies"] = [["r1", ["allocate", "a", "USD", 2, 10 * UNIT], first.reply]]
+    restored = Ledger.from_snapshot(earlier)
+    assert restored.applied.seen("T1", 0)
+    again = apply_event(restored, CommandApplied(cmd("allocate", "USD", 2, 10), "r1"))
+    assert again.reply == first.reply and not again.durable
+
+
 @pytest.mark.parametrize(
     ("scaled", "text"),
     [(0, "0"), (UNIT, "1"), (-UNIT // 2, "-0.5"), (1, "0.000000000000000001"), (123 * UNIT, "123")],
