@@ -38,7 +38,7 @@ from gateway import journal_repair
 from gateway.config import GatewayConfig, default_state_dir
 from gateway.demo import run_demo
 from gateway.errors import GatewayError, only_leaf
-from gateway.exchanges.kraken.ratelimit import DEFAULT_TIER, TIERS, tier_named
+from gateway.exchanges.kraken.ratelimit import DEFAULT_TIER, TIERS, SavedCounter, tier_named
 from gateway.exchanges.kraken.rest import KRAKEN_REST_URL, KrakenRestClient
 from gateway.exchanges.kraken.session import KRAKEN_WS_URL, KrakenSession
 from gateway.exchanges.kraken.signing import NonceSource
@@ -192,6 +192,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             api_secret=api_secret,
             nonces=nonces,
             tier=tier_named(config.kraken_tier),
+            # Where the last process left Kraken's API counter: a restart starts there.
+            saved_counter=SavedCounter(config.state_dir / "kraken.counter"),
         ) as rest:
             await serve(config, KrakenSession(rest, config.ws_url), args.ready_file)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
@@ -20,7 +21,7 @@ from gateway.exchanges.kraken.errors import (
     KrakenUnavailableError,
     api_error,
 )
-from gateway.exchanges.kraken.ratelimit import TIERS, Tier, call_cost
+from gateway.exchanges.kraken.ratelimit import TIERS, ApiCounter, SavedCounter, Tier, call_cost
 from gateway.exchanges.kraken.rest import RATE_LIMIT_RETRIES, KrakenRestClient, RetryPolicy
 from gateway.exchanges.kraken.signing import sign
 
@@ -230,3 +231,43 @@ async def test_no_credentials_is_an_auth_error_without_a_request() -> None:
     ) as client:
         with pytest.raises(KrakenAuthError):
             await client.balance_ex()
+
+
+async def test_a_restart_starts_at_the_counter_the_last_process_left(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The first process spends the Starter counter (15) to its ceiling; a second one,
+    # started 3 s later by the wall clock, must wait for Kraken's decay before its
+    # first history call instead of being refused by a counter it thought empty.
+    wall = [1_000_000.0]
+    path = tmp_path / "kraken.counter"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"error": [], "result": {"ZUSD": {"balance": "1"}}})
+
+    starter = TIERS["starter"]
+    first = _client(httpx.MockTransport(answer), tier=starter,
+                    saved_counter=SavedCounter(path, wall=lambda: wall[0]))  # fmt: skip
+    async with first:
+        for _ in range(14):
+            await first.balance_ex()
+    assert first.counter.waited_s == 0
+    wall[0] += 3.0  # ~1 unit decays at 0.33/s
+    second = _client(httpx.MockTransport(answer), tier=starter,
+                     saved_counter=SavedCounter(path, wall=lambda: wall[0]))  # fmt: skip
+    async with second:
+        started = trio.current_time()
+        await second.balance_ex()
+        await second.balance_ex()
+    # 14 - 1 decayed + 2 calls is past the ceiling (14): the second call waited.
+    assert trio.current_time() - started > 2.0 and second.counter.waited_s > 2.0
+
+
+async def test_a_missing_or_damaged_saved_counter_means_an_empty_one(tmp_path: Path) -> None:
+    path = tmp_path / "kraken.counter"
+    path.write_text("not a counter")
+    counter = ApiCounter(TIERS["pro"])
+    SavedCounter(path).restore(counter, 0.0)
+    assert counter.level(0.0) == 0.0
+    SavedCounter(tmp_path / "absent").restore(counter, 0.0)
+    assert counter.level(0.0) == 0.0

@@ -12,7 +12,12 @@ the clock.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from gateway.errors import ConfigError
@@ -102,6 +107,47 @@ class ApiCounter:
         self._level = max(self.level(now), self.tier.max_count + excess)
         self._at = now
 
+    def resume(self, level: float, now: float) -> None:
+        """Take up a level another process left (see :class:`SavedCounter`)."""
+        self._level = max(self.level(now), min(level, 2 * self.tier.max_count))
+        self._at = now
+
     def accepted(self) -> None:
         """A call went through: the model and Kraken agree again."""
         self._refused_in_a_row = 0
+
+
+class SavedCounter:
+    """The counter as the last process left it, kept in a file so a restart starts there.
+
+    A new process that believed the counter empty would be refused a few times
+    by a counter its predecessor filled, and Kraken restricts a key longer
+    while refused calls go on. The level is saved after every call with the
+    wall-clock time (the Trio clock is per process) and, read back, decays by
+    the time since. Best effort: no fsync, and a missing or unreadable file
+    means an empty counter, as before.
+    """
+
+    def __init__(self, path: Path, wall: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._wall = wall
+
+    def restore(self, counter: ApiCounter, now: float) -> None:
+        """Start ``counter`` at the saved level, decayed to ``now`` (a Trio clock time)."""
+        try:
+            level_text, wall_text = self.path.read_text().split()
+            level, saved_at = float(level_text), float(wall_text)
+        except (OSError, ValueError):
+            return
+        elapsed = max(0.0, self._wall() - saved_at)
+        counter.resume(max(0.0, level - elapsed * counter.tier.decay_per_s), now)
+
+    def save(self, counter: ApiCounter, now: float) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with contextlib.suppress(OSError):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, f"{counter.level(now)!r} {self._wall()!r}\n".encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)

@@ -35,7 +35,14 @@ from gateway.exchanges.kraken.errors import (
     api_error,
 )
 from gateway.exchanges.kraken.parsing import loads
-from gateway.exchanges.kraken.ratelimit import DEFAULT_TIER, TIERS, ApiCounter, Tier, call_cost
+from gateway.exchanges.kraken.ratelimit import (
+    DEFAULT_TIER,
+    TIERS,
+    ApiCounter,
+    SavedCounter,
+    Tier,
+    call_cost,
+)
 from gateway.exchanges.kraken.signing import NonceSource, sign
 
 logger = logging.getLogger(__name__)
@@ -87,6 +94,7 @@ class KrakenRestClient:
         retry: RetryPolicy | None = None,
         tier: Tier | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        saved_counter: SavedCounter | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         if api_secret is not None:
@@ -96,6 +104,9 @@ class KrakenRestClient:
         self._nonces = nonces or NonceSource()
         self.retry = retry or RetryPolicy()
         self.counter = ApiCounter(tier or TIERS[DEFAULT_TIER])
+        self._saved_counter = saved_counter
+        if saved_counter is not None:
+            saved_counter.restore(self.counter, trio.current_time())
         self._sequencer = trio.Lock()
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -162,6 +173,7 @@ class KrakenRestClient:
                     await trio.sleep(wait)
                 self.counter.charge(cost, trio.current_time())
                 nonce = self._nonces.next()  # a fresh nonce for every attempt
+                self._save_counter()
                 body = urlencode([("nonce", nonce), *pairs])
                 assert self._api_key is not None and self._api_secret is not None
                 headers = {
@@ -172,6 +184,10 @@ class KrakenRestClient:
                 return await self._http.post(path, content=body.encode(), headers=headers)
 
         return await self._with_retry(method, request, paced=True)
+
+    def _save_counter(self) -> None:
+        if self._saved_counter is not None:
+            self._saved_counter.save(self.counter, trio.current_time())
 
     async def _with_retry(self, method: str, request: Request, *, paced: bool) -> object:
         attempt = refusals = 0
@@ -190,6 +206,7 @@ class KrakenRestClient:
                     # The model was behind Kraken's counter (another user of the key, or a
                     # restart soon after heavy use): take it as full; the pacer then waits.
                     self.counter.refused(trio.current_time())
+                    self._save_counter()
                 else:
                     await trio.sleep(self.retry.delay(min(refusals, 5)))
             except KrakenError as exc:
