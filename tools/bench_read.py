@@ -30,7 +30,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import clients as hft
-from clients.reader import _readers
+from clients.reader import forget_readers
 from mmapstore import StoreWriter, store_path
 
 BATCH = 200
@@ -162,7 +162,7 @@ def measure(args: argparse.Namespace) -> list[Result]:
     os.environ["HFT_SHM_DIR"] = str(workdir)
     path = store_path("kraken")
     seed_store(path)
-    _readers.clear()
+    forget_readers()
 
     manager = hft.StrategyBalanceManager(hft.Exchange.KRAKEN, strategy_count=STRATEGY_COUNT)
     reader = manager._reader

@@ -13,7 +13,7 @@ import pytest
 
 import clients as hft
 from clients import StrategyBalanceManager
-from clients.reader import _readers
+from clients.reader import forget_readers
 from mmapstore import StoreWriter, WriterHealth, store_path
 from mmapstore._layout import H_WRITER_PID
 
@@ -22,11 +22,9 @@ from mmapstore._layout import H_WRITER_PID
 def shm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point the API at a test directory, as HFT_SHM_DIR does for a user."""
     monkeypatch.setenv("HFT_SHM_DIR", str(tmp_path))
-    _readers.clear()
+    forget_readers()
     yield tmp_path
-    for reader in _readers.values():
-        reader.close()
-    _readers.clear()
+    forget_readers()
 
 
 @pytest.fixture
@@ -48,6 +46,25 @@ def test_seed_single_quote_example(writer: StoreWriter) -> None:
     assert usdt_balance.sequence == 1
     assert usdt_balance.updated_ns > 0
     assert hft.get_single_quote_currency("kraken", "balance", "usdt") == usdt_balance
+
+
+def test_seed_quote_follows_every_change_and_a_new_store(writer: StoreWriter, shm: Path) -> None:
+    # The seed's call answers from its last read while the record's sequence holds:
+    # each change, and a store re-created by a new gateway, must show at once.
+    def usdt() -> hft.SingleQuote:
+        return hft.getSingleQuoteCurrency(hft.Exchange.KRAKEN, hft.DataType.BALANCE, "usdt")
+
+    first = usdt()
+    assert usdt() is first  # nothing changed: the same quote
+    for n in range(1, 50):
+        writer.publish_decimal("USDT", [f"5000.{n}", f"5000.{n}", 0, 0, 0, 0, 0, 0])
+        assert usdt().exact == Decimal(f"5000.{n}") and usdt().sequence == 1 + n
+    writer.close()
+    with StoreWriter.open(store_path("kraken"), exchange="kraken", strategy_count=9) as again:
+        for _ in range(50):  # the very sequence the last read had, in another file
+            again.publish_decimal("USDT", ["7", "7", 0, 0, 0, 0, 0, 0, 0])
+        again.mark_live()
+        assert usdt().mid == 7.0 and usdt().sequence == 50
 
 
 def test_seed_strategy_balance_example(writer: StoreWriter) -> None:
