@@ -38,11 +38,10 @@ from gateway import journal_repair
 from gateway.config import GatewayConfig, default_state_dir
 from gateway.demo import run_demo
 from gateway.errors import GatewayError, only_leaf
-from gateway.exchanges.kraken.ratelimit import DEFAULT_TIER, TIERS, SavedCounter, tier_named
-from gateway.exchanges.kraken.rest import KRAKEN_REST_URL, KrakenRestClient
-from gateway.exchanges.kraken.session import KRAKEN_WS_URL, KrakenSession
-from gateway.exchanges.kraken.signing import NonceSource
-from gateway.service import ExchangeSession, run_gateway
+from gateway.exchanges import registry
+from gateway.exchanges.base import ExchangeSession
+from gateway.exchanges.kraken.ratelimit import DEFAULT_TIER, TIERS, tier_named
+from gateway.service import run_gateway
 from gateway.sim.exchange import SimExchange
 from gateway.sim.server import PERMISSIONS as SIM_PERMISSIONS
 from gateway.sim.server import SimRules, Simulator, run_simulator
@@ -51,7 +50,7 @@ from mmapstore import Condition, StoreLockedError, StoreReader, store_path, writ
 
 logger = logging.getLogger("gateway")
 
-EXCHANGES: Final = ("kraken",)
+EXCHANGES: Final = tuple(registry.ADAPTERS)
 PIPED_WIDTH: Final = 400  # columns when stdout is not a terminal
 # A decimal amount as people type it: ASCII digits, one point, an optional exponent.
 AMOUNT_PATTERN: Final = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
@@ -175,27 +174,13 @@ def _run_config(args: argparse.Namespace) -> GatewayConfig:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    api_key = os.environ.get("KRAKEN_API_KEY", "")
-    api_secret = os.environ.get("KRAKEN_API_SECRET", "")
-    if not api_key or not api_secret:
-        raise SystemExit(
-            "gateway run: KRAKEN_API_KEY and KRAKEN_API_SECRET must be set "
-            "(the gateway never runs without credentials)"
-        )
+    adapter = registry.adapter(args.exchange or registry.DEFAULT_EXCHANGE)
+    credentials = adapter.credentials(os.environ)  # first: nothing runs without them
     config = _run_config(args)
 
     async def main() -> None:
-        nonces = NonceSource(config.state_dir / "kraken.nonce")
-        async with KrakenRestClient(
-            config.rest_url,
-            api_key=api_key,
-            api_secret=api_secret,
-            nonces=nonces,
-            tier=tier_named(config.kraken_tier),
-            # Where the last process left Kraken's API counter: a restart starts there.
-            saved_counter=SavedCounter(config.state_dir / "kraken.counter"),
-        ) as rest:
-            await serve(config, KrakenSession(rest, config.ws_url), args.ready_file)
+        async with adapter.open_session(config, credentials) as session:
+            await serve(config, session, args.ready_file)
 
     trio.run(main)
     return 0
@@ -502,8 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="serve Prometheus on 127.0.0.1:PORT"
     )
     run.add_argument("--config", type=Path, default=None, help="a TOML file (docs/operations.md)")
-    run.add_argument("--rest-url", default=None, help=f"the REST API ({KRAKEN_REST_URL})")
-    run.add_argument("--ws-url", default=None, help=f"the private websocket ({KRAKEN_WS_URL})")
+    defaults = registry.adapter(registry.DEFAULT_EXCHANGE)
+    run.add_argument("--rest-url", default=None, help=f"the REST API ({defaults.rest_url})")
+    run.add_argument("--ws-url", default=None, help=f"the private websocket ({defaults.ws_url})")
     run.add_argument(
         "--ready-file",
         type=Path,

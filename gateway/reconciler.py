@@ -34,7 +34,7 @@ from gateway.messages import CorrectionProposed, ExchangeHealthChanged, WriterMe
 from mmapstore import StoreValueError
 
 if TYPE_CHECKING:
-    from gateway.service import ExchangeSession
+    from gateway.exchanges.base import ExchangeSession
 
 logger = logging.getLogger(__name__)
 

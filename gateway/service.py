@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Protocol
 
 import trio
 
@@ -23,6 +20,7 @@ from gateway.config import HEARTBEAT_INTERVAL_S, GatewayConfig
 from gateway.errors import BootstrapError, ConfigError, ExchangeError
 from gateway.events import apply_event as apply_journalled
 from gateway.events import decode_event
+from gateway.exchanges.base import ExchangeSession
 from gateway.journal import Journal, RestoreReport
 from gateway.ledger import Ledger, scale_fill
 from gateway.memory import return_large_buffers
@@ -36,59 +34,6 @@ logger = logging.getLogger(__name__)
 
 WRITER_QUEUE = 4096
 BOOTSTRAP_ATTEMPTS = 3
-
-
-class ExchangeSession(Protocol):
-    """What the service needs from an exchange adapter."""
-
-    async def fetch_totals(self) -> Mapping[str, Decimal]:
-        """The account's total balance per canonical currency (one REST snapshot).
-
-        Raises:
-            BootstrapError: after the adapter's own retries are exhausted.
-        """
-        ...
-
-    async def run_fills(
-        self,
-        send: trio.MemorySendChannel[WriterMessage],
-        *,
-        position_ns: Callable[[], int],
-        transfer_position_ns: Callable[[], int],
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Stream fills (and transfers, where the exchange streams them) to ``send``.
-
-        ``send`` is owned and closed by it; it runs until cancelled.
-        ``started()`` once subscribed and caught up: every fill since
-        ``position_ns()`` (the ledger's epoch or last fill, whichever is later)
-        sent, so no fill after that moment is missed, however long that takes.
-        Transfers since ``transfer_position_ns()`` may follow (those before the
-        bootstrap's request are in its totals); ``feed_connection`` is None
-        until they have.
-        """
-        ...
-
-    def status(self) -> dict[str, object]:
-        """The exchange side's health for ``status`` (websocket state, REST errors …)."""
-        ...
-
-    def account(self) -> str:
-        """Which exchange account the credentials reach, as stable text.
-
-        The state directory is bound to it: slots of one account must never be
-        applied to another (another key, the simulator). A fingerprint of the
-        key, and the exchange's own account id where one exists; never a secret.
-        """
-        ...
-
-    def feed_connection(self) -> int | None:
-        """A number naming the live, caught-up fill connection; None while there is none.
-
-        The reconciler trusts a comparison only if the same connection was live
-        before and after it: otherwise fills may be on their way.
-        """
-        ...
 
 
 @dataclass

@@ -1,0 +1,51 @@
+"""Kraken behind the seam: its URLs, its credential variables, and how a session is opened."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Final
+
+from gateway.exchanges.base import Adapter, Credentials
+from gateway.exchanges.kraken.ratelimit import SavedCounter, tier_named
+from gateway.exchanges.kraken.rest import KRAKEN_REST_URL, KrakenRestClient
+from gateway.exchanges.kraken.session import KRAKEN_WS_URL, KrakenSession
+from gateway.exchanges.kraken.signing import NonceSource
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from gateway.exchanges.base import ExchangeSession
+
+
+@asynccontextmanager
+async def open_session(
+    config: GatewayConfig, credentials: Credentials
+) -> AsyncIterator[ExchangeSession]:
+    """A Kraken session for ``config``; owns its REST connection pool and closes it.
+
+    Nonces stay increasing across restarts through ``kraken.nonce``, and the API
+    counter is taken up where the last process left it (``kraken.counter``),
+    both in the state directory.
+
+    Raises:
+        ConfigError: the secret is not base64, or the tier is unknown.
+    """
+    async with KrakenRestClient(
+        config.rest_url,
+        api_key=credentials.api_key,
+        api_secret=credentials.api_secret,
+        nonces=NonceSource(config.state_dir / "kraken.nonce"),
+        tier=tier_named(config.kraken_tier),
+        saved_counter=SavedCounter(config.state_dir / "kraken.counter"),
+    ) as rest:
+        yield KrakenSession(rest, config.ws_url)
+
+
+ADAPTER: Final = Adapter(
+    name="kraken",
+    rest_url=KRAKEN_REST_URL,
+    ws_url=KRAKEN_WS_URL,
+    key_variable="KRAKEN_API_KEY",
+    secret_variable="KRAKEN_API_SECRET",
+    open_session=open_session,
+)
