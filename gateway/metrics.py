@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from gateway.exchanges.base import ExchangeHealth
     from gateway.writer import WriterCore
 
 logger = logging.getLogger(__name__)
@@ -33,15 +34,22 @@ MAX_REQUEST_BYTES: Final = 8192
 class GatewayCollector(Collector):
     """Everything but the latency histogram, taken from live state on each scrape."""
 
-    def __init__(self, core: WriterCore, queue_depth: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        core: WriterCore,
+        queue_depth: Callable[[], int],
+        health: Callable[[], ExchangeHealth],
+    ) -> None:
         self._core = core
         self._queue_depth = queue_depth
+        self._health = health
 
     def collect(self) -> Iterator[Metric]:
         core = self._core
         stats = core.stats
         status = core.status()["status"]
         assert isinstance(status, dict)
+        health = self._health()
 
         def counter(name: str, doc: str, value: object) -> CounterMetricFamily:
             return CounterMetricFamily(name, doc, value=float(str(value or 0)))
@@ -62,11 +70,9 @@ class GatewayCollector(Collector):
             refusals.add_metric([code], count)
         yield refusals
         yield counter("gateway_corrections", "Reconcile corrections applied", stats.corrections)
+        yield counter("gateway_ws_reconnects", "Exchange websocket reconnects", health.reconnects)
         yield counter(
-            "gateway_ws_reconnects", "Exchange websocket reconnects", status.get("ws_reconnects")
-        )
-        yield counter(
-            "gateway_rest_failures", "Exchange REST calls that failed", status.get("rest_failures")
+            "gateway_rest_failures", "Exchange REST calls that failed", health.rest_failures
         )
         last = status.get("reconcile_last_verified_ns")
         age = GaugeMetricFamily(
@@ -92,7 +98,7 @@ class GatewayCollector(Collector):
         out_of_range.add_metric([], float(len(core.out_of_range)))
         yield out_of_range
         feed = GaugeMetricFamily("gateway_feed_live", "1 while the exchange fill stream is live")
-        feed.add_metric([], 1.0 if status.get("websocket") in ("live", "fake") else 0.0)
+        feed.add_metric([], 1.0 if health.feed_live else 0.0)
         yield feed
 
 
@@ -109,8 +115,13 @@ class Metrics:
             registry=self.registry,
         )
 
-    def watch(self, core: WriterCore, queue_depth: Callable[[], int]) -> None:
-        self.registry.register(GatewayCollector(core, queue_depth))
+    def watch(
+        self,
+        core: WriterCore,
+        queue_depth: Callable[[], int],
+        health: Callable[[], ExchangeHealth],
+    ) -> None:
+        self.registry.register(GatewayCollector(core, queue_depth, health))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -119,7 +119,7 @@ async def run_gateway(
         journal,
         store,
         snapshot_every=config.snapshot_every,
-        status_extra=lambda: {**exchange.status(), **reconcile_status.as_dict()},
+        status_extra=lambda: {**exchange.health().as_status(), **reconcile_status.as_dict()},
     )
     # A first start that fails before it is ready leaves no state behind: its slot
     # count, epoch and files would otherwise bind (or refuse) the next start.
@@ -172,7 +172,9 @@ async def run_gateway(
                 metrics = None
                 if config.metrics_port is not None:
                     metrics = Metrics()
-                    metrics.watch(core, lambda: send.statistics().current_buffer_used)
+                    metrics.watch(
+                        core, lambda: send.statistics().current_buffer_used, exchange.health
+                    )
                     await producers.start(serve_metrics, metrics, config.metrics_port)
                 await producers.start(serve_commands, config, send.clone(), metrics)
                 logger.info(

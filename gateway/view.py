@@ -157,7 +157,7 @@ def _header(state: ViewState) -> Text:
     else:
         websocket = str(status.get("websocket", "unknown"))
         header.append("\nfill stream ")
-        header.append(websocket, style="green" if websocket in ("live", "fake") else "bold red")
+        header.append(websocket, style="green" if websocket == "live" else "bold red")
         header.append(f" (reconnects {status.get('ws_reconnects', 0)})  reconcile ")
         header.append(str(status.get("reconcile_state", "unknown")), style="cyan")
         header.append(f" (last {_age(status.get('reconcile_last_ns'))})")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
@@ -54,8 +54,8 @@ class ExchangeSession(Protocol):
         """
         ...
 
-    def status(self) -> dict[str, object]:
-        """The exchange side's health for ``status`` (websocket state, REST errors …)."""
+    def health(self) -> ExchangeHealth:
+        """The exchange side's health, read by ``status``, the view and the metrics."""
         ...
 
     def account(self) -> str:
@@ -74,6 +74,32 @@ class ExchangeSession(Protocol):
         before and after it: otherwise fills may be on their way.
         """
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeHealth:
+    """How the exchange side is doing, in the terms every adapter shares.
+
+    ``details`` holds the adapter's own figures (REST counters, catch-up
+    progress …); ``status`` shows them after the shared ones.
+    """
+
+    feed: str  # the fill stream: "live", "connecting", "catching up", "disconnected" …
+    feed_live: bool  # live and caught up: balances follow the exchange
+    reconnects: int = 0
+    rest_failures: int = 0
+    last_error: str | None = None
+    details: Mapping[str, object] = field(default_factory=dict)
+
+    def as_status(self) -> dict[str, object]:
+        """The fields of the ``status`` reply, under the names it has always used."""
+        return {
+            "websocket": self.feed,
+            "ws_reconnects": self.reconnects,
+            "rest_failures": self.rest_failures,
+            "exchange_last_error": self.last_error,
+            **self.details,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import trio
 
+from gateway.exchanges.base import ExchangeHealth
 from gateway.ledger import Fill
 from gateway.messages import ExchangeHealthChanged, FillReceived, WriterMessage
 
@@ -46,8 +47,11 @@ class FakeExchange:
     def feed_connection(self) -> int | None:
         return 1 if self._send is not None else None
 
-    def status(self) -> dict[str, object]:
-        return {"websocket": "fake", "fetches": self.fetches}
+    def health(self) -> ExchangeHealth:
+        live = self._send is not None
+        return ExchangeHealth(
+            feed="live" if live else "connecting", feed_live=live, details={"fetches": self.fetches}
+        )
 
     async def push_fill(self, fill: Fill) -> None:
         await self.push(FillReceived(fill))

@@ -31,6 +31,7 @@ from trio_websocket import (
 )
 
 from gateway.errors import BootstrapError, only_leaf
+from gateway.exchanges.base import ExchangeHealth
 from gateway.exchanges.kraken.assets import AssetMap
 from gateway.exchanges.kraken.errors import (
     PERMISSIONS,
@@ -165,11 +166,19 @@ class KrakenSession:
         live = self.ws_state == "live" and not self._transfers_pending
         return self.connections if live else None
 
-    def status(self) -> dict[str, object]:
+    def health(self) -> ExchangeHealth:
+        return ExchangeHealth(
+            feed=self.ws_state,
+            feed_live=self.ws_state == "live",
+            reconnects=self.reconnects,
+            rest_failures=self.rest.failures,
+            last_error=self.last_error,
+            details=self._details(),
+        )
+
+    def _details(self) -> dict[str, object]:
         return {
-            "websocket": self.ws_state,
             "exchange_system": self.system,
-            "ws_reconnects": self.reconnects,
             "fills_received": self.fills_received,
             "fills_caught_up": self.caught_up,
             "transfers_received": self.transfers_received,
@@ -177,10 +186,8 @@ class KrakenSession:
             "catch_up": self.catch_up,
             "executions_skipped": dict(self.skipped),
             "rest_calls": self.rest.calls,
-            "rest_failures": self.rest.failures,
             "rest_counter_wait_s": round(self.rest.counter.waited_s, 1),
             "rest_counter_refusals": self.rest.counter.refusals,
-            "exchange_last_error": self.last_error,
         }
 
     async def assets(self, *, refresh: bool = False) -> AssetMap:
