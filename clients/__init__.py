@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from clients.command import (
     KRAKEN_STRATEGY_BALANCE_CMD,
+    STRATEGY_BALANCE_CMD,
     IPCCommandSystem,
     kraken_strategy_balance,
     socket_path,
+    strategy_balance,
 )
 from clients.errors import (
     CommandError,
@@ -50,6 +52,7 @@ from mmapstore import BalanceRecord, Condition, WriterHealth, WriterStatus
 
 __all__ = [
     "KRAKEN_STRATEGY_BALANCE_CMD",
+    "STRATEGY_BALANCE_CMD",
     "BalanceRecord",
     "CommandError",
     "CommandRefusedError",
@@ -79,4 +82,5 @@ __all__ = [
     "get_single_quote_currency",
     "kraken_strategy_balance",
     "socket_path",
+    "strategy_balance",
 ]

@@ -33,9 +33,12 @@ from clients.errors import (
     GatewayUntrustedError,
 )
 
-KRAKEN_STRATEGY_BALANCE_CMD: Final = "kraken_strategy_balance"
+STRATEGY_BALANCE_CMD: Final = "strategy_balance"  # the command type every gateway takes
+KRAKEN_STRATEGY_BALANCE_CMD: Final = "kraken_strategy_balance"  # the seed's, for Kraken's
 # Which command types each service takes.
-SERVICE_COMMANDS: Final = {"kraken_gateway": frozenset({KRAKEN_STRATEGY_BALANCE_CMD})}
+SERVICE_COMMANDS: Final = {
+    "kraken_gateway": frozenset({STRATEGY_BALANCE_CMD, KRAKEN_STRATEGY_BALANCE_CMD})
+}
 BALANCE_COMMANDS: Final = frozenset({"allocate", "release", "adjust"})
 DEFAULT_TIMEOUT_S: Final = 5.0
 MAX_REPLY_BYTES: Final = 1 << 20
@@ -118,7 +121,7 @@ def _wire_amount(value: int | Decimal | str | float) -> int | str:
     raise TypeError(f"amount must be int, Decimal, str or float, not {type(value).__name__}")
 
 
-def kraken_strategy_balance(
+def strategy_balance(
     *,
     strategy: str,
     cmd: str,
@@ -159,6 +162,9 @@ def kraken_strategy_balance(
             raise ValueError("ref_id names a transfer: only adjust takes it")
         payload["ref_id"] = ref_id
     return payload
+
+
+kraken_strategy_balance = strategy_balance  # the seed's name
 
 
 def _check_reply(reply: object) -> Payload:

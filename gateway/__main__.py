@@ -33,7 +33,7 @@ from clients import (
     StoreError,
     WriterHealth,
 )
-from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, kraken_strategy_balance
+from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem, strategy_balance
 from gateway import journal_repair
 from gateway.config import GatewayConfig, default_state_dir
 from gateway.demo import run_demo
@@ -247,7 +247,7 @@ def _cmd_cmd(args: argparse.Namespace) -> int:
     # Our own id, so that a timeout can say which one to resend.
     request_id = args.request_id or f"cli-{uuid.uuid4().hex[:16]}"
     try:
-        payload = kraken_strategy_balance(
+        payload = strategy_balance(
             strategy=args.strategy,
             cmd=args.action,
             currency=args.currency,
@@ -262,7 +262,7 @@ def _cmd_cmd(args: argparse.Namespace) -> int:
     system = _client(args)
     try:
         reply = system.send_command_blocking(
-            f"{args.exchange}_gateway", KRAKEN_STRATEGY_BALANCE_CMD, payload
+            f"{args.exchange}_gateway", STRATEGY_BALANCE_CMD, payload
         )
     except CommandRefusedError as exc:
         print(json.dumps(exc.reply))
@@ -342,7 +342,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     system = _client(args)
     try:
         reply = system.send_command_blocking(
-            f"{args.exchange}_gateway", KRAKEN_STRATEGY_BALANCE_CMD, {"cmd": "status"}
+            f"{args.exchange}_gateway", STRATEGY_BALANCE_CMD, {"cmd": "status"}
         )
         report["gateway"] = reply.get("status")
     except CommandError as exc:

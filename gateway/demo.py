@@ -21,7 +21,7 @@ import httpx
 from rich.console import Console
 from rich.live import Live
 
-from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, kraken_strategy_balance
+from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem, strategy_balance
 from clients.errors import CommandError
 from gateway.launcher import LaunchError, LocalStack
 from gateway.view import gather, render_panel
@@ -58,10 +58,10 @@ def allocate(stack: LocalStack, system: IPCCommandSystem) -> int:
     sent = 0
     for strategy, index in STRATEGIES:
         for currency, amount in ALLOCATIONS.items():
-            payload = kraken_strategy_balance(
+            payload = strategy_balance(
                 strategy=strategy, cmd="allocate", currency=currency, index=index, amount=amount
             )
-            system.send_command_blocking(SERVICE, KRAKEN_STRATEGY_BALANCE_CMD, payload)
+            system.send_command_blocking(SERVICE, STRATEGY_BALANCE_CMD, payload)
             sent += 1
     return sent
 

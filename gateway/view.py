@@ -22,7 +22,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem
+from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem
 from clients.errors import CommandError
 from mmapstore import Condition, StoreReader, WriterHealth
 
@@ -108,12 +108,12 @@ def gather(reader: StoreReader, system: IPCCommandSystem | None, service: str) -
     if system is not None and writer.health in (WriterHealth.LIVE, WriterHealth.STARTING):
         try:
             reply = system.send_command_blocking(
-                service, KRAKEN_STRATEGY_BALANCE_CMD, {"cmd": "status"}, timeout_s=0.5
+                service, STRATEGY_BALANCE_CMD, {"cmd": "status"}, timeout_s=0.5
             )
             status = reply.get("status")
             state.status = status if isinstance(status, dict) else {}
             reply = system.send_command_blocking(
-                service, KRAKEN_STRATEGY_BALANCE_CMD, {"cmd": "query"}, timeout_s=0.5
+                service, STRATEGY_BALANCE_CMD, {"cmd": "query"}, timeout_s=0.5
             )
             owners = reply.get("owners")
             state.owners = (

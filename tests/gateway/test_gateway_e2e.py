@@ -206,6 +206,19 @@ async def test_refusal_raises_with_code_and_message(client: IPCCommandSystem) ->
     assert "slot 1 has only 100000" in refused.value.message
 
 
+async def test_the_exchange_neutral_command_type_and_builder_work_like_the_seeds(
+    client: IPCCommandSystem,
+) -> None:
+    payload = hft.strategy_balance(strategy="a", cmd="allocate", currency="usd", index=2, amount=5)
+    assert payload == kraken_strategy_balance(
+        strategy="a", cmd="allocate", currency="usd", index=2, amount=5
+    )
+    reply = await client.send_command(SERVICE, hft.STRATEGY_BALANCE_CMD, payload)
+    assert reply["ok"] is True and reply["balances"][2] == "5"  # type: ignore[index]
+    with pytest.raises(ValueError, match="does not take 'binance_strategy_balance'"):
+        await client.send_command(SERVICE, "binance_strategy_balance", payload)
+
+
 async def test_client_reports_gateway_not_running(short_dir: Path) -> None:
     system = IPCCommandSystem("lonely", run_dir=short_dir)
     system.start()
