@@ -167,7 +167,7 @@ def _run_config(args: argparse.Namespace) -> GatewayConfig:
         metrics_port=args.metrics_port,
         rest_url=args.rest_url,
         ws_url=args.ws_url,
-        kraken_tier=args.kraken_tier,
+        exchange_settings={"tier": args.kraken_tier} if args.kraken_tier else None,
         rebind_account=args.rebind_account,
         fresh_state=args.fresh_state,
     )

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from clients.command import default_run_dir
 from gateway.errors import ConfigError
-from gateway.exchanges.kraken.ratelimit import tier_named
+from gateway.exchanges import registry
 from gateway.reconciler import RECHECK_S
 from mmapstore import DEFAULT_STRATEGY_COUNT, store_path
 
@@ -86,9 +86,19 @@ class GatewayConfig:
             raise ConfigError("max_connections and max_connections_per_peer must be at least 1")
         if self.idle_timeout_s <= 0 or self.frame_deadline_s <= 0:
             raise ConfigError("idle_timeout_s and frame_deadline_s must be positive")
-        tier_named(self.kraken_tier)  # raises ConfigError naming the known tiers
+        adapter = registry.adapter(self.exchange)  # ConfigError for an unknown exchange
+        # Unset URLs are the exchange's own (frozen: set once, here).
+        object.__setattr__(self, "rest_url", self.rest_url or adapter.rest_url)
+        object.__setattr__(self, "ws_url", self.ws_url or adapter.ws_url)
         _check_url("rest_url (--rest-url)", self.rest_url, ("http", "https"))
         _check_url("ws_url (--ws-url)", self.ws_url, ("ws", "wss"))
+        unknown = set(self.exchange_settings) - set(adapter.settings)
+        if unknown:
+            raise ConfigError(
+                f"{self.exchange} has no setting {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(['rest_url', 'ws_url', *adapter.settings])}"
+            )
+        adapter.check_settings(self.exchange_settings)
 
     @property
     def service(self) -> str:
@@ -106,9 +116,10 @@ class GatewayConfig:
     def state_dir(self) -> Path:
         return self.state_root / self.exchange
 
-    rest_url: str = "https://api.kraken.com"
-    ws_url: str = "wss://ws-auth.kraken.com/v2"
-    kraken_tier: str = "starter"  # the account's tier: Kraken's API counter for its key
+    rest_url: str = ""  # "": the exchange's own (its adapter's default)
+    ws_url: str = ""
+    # The exchange adapter's own settings: its TOML section beside the URLs, and its flags.
+    exchange_settings: Mapping[str, object] = field(default_factory=dict)
 
     @classmethod
     def from_env(
@@ -128,15 +139,25 @@ class GatewayConfig:
             "state_root": default_state_dir({k: v for k, v in env.items() if k != "HFT_STATE_DIR"}),
             "run_dir": default_run_dir({k: v for k, v in env.items() if k != "HFT_RUN_DIR"}),
         }
+        sections: dict[str, dict[str, object]] = {}
         if file is not None:
-            values.update(read_config_file(file))
+            values.update(read_config_file(file, sections))
         if env.get("HFT_SHM_DIR"):
             values["shm_dir"] = Path(env["HFT_SHM_DIR"])
         if env.get("HFT_STATE_DIR"):
             values["state_root"] = Path(env["HFT_STATE_DIR"])
         if env.get("HFT_RUN_DIR"):
             values["run_dir"] = Path(env["HFT_RUN_DIR"])
+        flag_settings = overrides.pop("exchange_settings", None) or {}
+        assert isinstance(flag_settings, Mapping)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        # The configured exchange's section: its URLs (unless flags gave them), its settings.
+        section = dict(sections.get(str(values.get("exchange", "kraken")), {}))
+        for url in ("rest_url", "ws_url"):
+            if url in section:
+                values.setdefault(url, section.pop(url))
+                section.pop(url, None)
+        values["exchange_settings"] = {**section, **flag_settings}
         for key in ("shm_dir", "state_root", "run_dir"):
             values[key] = Path(str(values[key])).expanduser()
         try:
@@ -163,16 +184,17 @@ _FILE_KEYS: Final[dict[str, tuple[str, type | tuple[type, ...]]]] = {
     "shutdown_grace_s": ("shutdown_grace_s", (int, float)),
     "snapshot_every": ("snapshot_every", int),
     "metrics_port": ("metrics_port", int),
-    "kraken.rest_url": ("rest_url", str),
-    "kraken.ws_url": ("ws_url", str),
-    "kraken.tier": ("kraken_tier", str),
 }
 
 
-def read_config_file(path: Path) -> dict[str, object]:
+def read_config_file(
+    path: Path, sections: dict[str, dict[str, object]] | None = None
+) -> dict[str, object]:
     """Read and check a TOML configuration file (see ``docs/operations.md``).
 
-    Credentials are not read from it: they come from the environment only.
+    Credentials are not read from it: they come from the environment only. A
+    table named after an exchange (``[kraken]``) holds that exchange's URLs and
+    settings; they are checked against its adapter and put in ``sections``.
 
     Raises:
         ConfigError: unreadable, not TOML, an unknown key or a wrong type.
@@ -191,13 +213,31 @@ def read_config_file(path: Path) -> dict[str, object]:
             flat[key] = value
     values: dict[str, object] = {}
     for key, value in flat.items():
+        exchange, _, setting = key.partition(".")
+        if setting and exchange in registry.ADAPTERS:
+            _exchange_setting(path, key, value, (sections if sections is not None else {}))
+            continue
         if key not in _FILE_KEYS:
-            raise ConfigError(f"{path}: unknown setting {key!r}; known: {', '.join(_FILE_KEYS)}")
+            known = [*_FILE_KEYS, *(f"[{name}] ..." for name in registry.ADAPTERS)]
+            raise ConfigError(f"{path}: unknown setting {key!r}; known: {', '.join(known)}")
         field_name, expected = _FILE_KEYS[key]
         if isinstance(value, bool) or not isinstance(value, expected):
             raise ConfigError(f"{path}: {key} has the wrong type ({type(value).__name__})")
         values[field_name] = _file_value(path, key, value)
     return values
+
+
+def _exchange_setting(
+    path: Path, key: str, value: object, sections: dict[str, dict[str, object]]
+) -> None:
+    exchange, _, setting = key.partition(".")
+    types: dict[str, type] = {"rest_url": str, "ws_url": str, **registry.adapter(exchange).settings}
+    expected = types.get(setting)
+    if expected is None:
+        raise ConfigError(f"{path}: unknown setting {key!r}; [{exchange}] takes {', '.join(types)}")
+    if isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(f"{path}: {key} has the wrong type ({type(value).__name__})")
+    sections.setdefault(exchange, {})[setting] = value
 
 
 def _file_value(path: Path, key: str, value: object) -> object:

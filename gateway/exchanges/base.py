@@ -129,6 +129,10 @@ class Adapter:
     open_session: Callable[
         [GatewayConfig, Credentials], AbstractAsyncContextManager[ExchangeSession]
     ]
+    # The adapter's own settings (its TOML section beside rest_url and ws_url): name → type.
+    settings: Mapping[str, type] = field(default_factory=dict)
+    # Refuses settings that cannot work (ConfigError), before anything starts.
+    check_settings: Callable[[Mapping[str, object]], None] = lambda settings: None
 
     @property
     def service(self) -> str:

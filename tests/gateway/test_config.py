@@ -70,3 +70,29 @@ def test_bad_files_are_refused_clearly(tmp_path: Path, text: str, message: str) 
 def test_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         GatewayConfig.from_env({}, file=tmp_path / "absent.toml")
+
+
+def test_the_exchanges_own_section_gives_its_settings_and_flags_win(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text('[kraken]\ntier = "pro"\nws_url = "ws://127.0.0.1:9"\n')
+    config = GatewayConfig.from_env({"HOME": "/home/x"}, file=path)
+    assert config.exchange_settings == {"tier": "pro"}
+    assert config.ws_url == "ws://127.0.0.1:9" and config.rest_url == "https://api.kraken.com"
+    flagged = GatewayConfig.from_env(
+        {"HOME": "/home/x"}, file=path, exchange_settings={"tier": "intermediate"},
+        ws_url="wss://elsewhere.test/v2",
+    )  # fmt: skip
+    assert flagged.exchange_settings == {"tier": "intermediate"}
+    assert flagged.ws_url == "wss://elsewhere.test/v2"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"tier": "platinum"}, "unknown Kraken tier 'platinum'; one of: starter"),
+     ({"tire": "pro"}, "kraken has no setting tire; known: rest_url, ws_url, tier")],
+)  # fmt: skip
+def test_settings_the_exchange_cannot_use_are_refused(
+    settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        GatewayConfig.from_env({"HOME": "/home/x"}, exchange_settings=settings)

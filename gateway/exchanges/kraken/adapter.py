@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Final
 
 from gateway.exchanges.base import Adapter, Credentials
-from gateway.exchanges.kraken.ratelimit import SavedCounter, tier_named
+from gateway.exchanges.kraken.ratelimit import DEFAULT_TIER, SavedCounter, tier_named
 from gateway.exchanges.kraken.rest import KRAKEN_REST_URL, KrakenRestClient
 from gateway.exchanges.kraken.session import KRAKEN_WS_URL, KrakenSession
 from gateway.exchanges.kraken.signing import NonceSource
@@ -35,10 +35,15 @@ async def open_session(
         api_key=credentials.api_key,
         api_secret=credentials.api_secret,
         nonces=NonceSource(config.state_dir / "kraken.nonce"),
-        tier=tier_named(config.kraken_tier),
+        tier=tier_named(str(config.exchange_settings.get("tier", DEFAULT_TIER))),
         saved_counter=SavedCounter(config.state_dir / "kraken.counter"),
     ) as rest:
         yield KrakenSession(rest, config.ws_url)
+
+
+def check_settings(settings: Mapping[str, object]) -> None:
+    """``tier``: the account's verification tier, which sets Kraken's API counter."""
+    tier_named(str(settings.get("tier", DEFAULT_TIER)))  # ConfigError naming the tiers
 
 
 ADAPTER: Final = Adapter(
@@ -48,4 +53,6 @@ ADAPTER: Final = Adapter(
     key_variable="KRAKEN_API_KEY",
     secret_variable="KRAKEN_API_SECRET",
     open_session=open_session,
+    settings={"tier": str},
+    check_settings=check_settings,
 )
