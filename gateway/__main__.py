@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import partial
 from pathlib import Path
 from typing import Final, NoReturn
 
@@ -40,11 +39,7 @@ from gateway.demo import run_demo
 from gateway.errors import GatewayError, only_leaf
 from gateway.exchanges import registry
 from gateway.exchanges.base import ExchangeSession
-from gateway.exchanges.kraken.ratelimit import DEFAULT_TIER, TIERS, tier_named
 from gateway.service import run_gateway
-from gateway.sim.exchange import SimExchange
-from gateway.sim.server import PERMISSIONS as SIM_PERMISSIONS
-from gateway.sim.server import SimRules, Simulator, run_simulator
 from gateway.view import gather, render, render_panel
 from mmapstore import Condition, StoreLockedError, StoreReader, store_path, writer_lock
 
@@ -167,7 +162,9 @@ def _run_config(args: argparse.Namespace) -> GatewayConfig:
         metrics_port=args.metrics_port,
         rest_url=args.rest_url,
         ws_url=args.ws_url,
-        exchange_settings={"tier": args.kraken_tier} if args.kraken_tier else None,
+        exchange_settings=registry.adapter(
+            args.exchange or registry.DEFAULT_EXCHANGE
+        ).settings_from_args(args),
         rebind_account=args.rebind_account,
         fresh_state=args.fresh_state,
     )
@@ -187,54 +184,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
-    balances = None
-    if args.balances:
-        try:
-            balances = {k: Decimal(str(v)) for k, v in json.loads(args.balances).items()}
-        except (ValueError, ArithmeticError, AttributeError) as exc:
-            raise SystemExit(f"gateway sim: --balances must be a JSON object: {exc}") from exc
-    keys = {}
-    if args.api_key:
-        keys["api_key"] = args.api_key
-    if args.api_secret:
-        keys["api_secret"] = args.api_secret
-    permissions = frozenset(p for p in args.permissions.split(",") if p)
-    unknown = permissions - set(SIM_PERMISSIONS)
-    if unknown:
-        raise SystemExit(
-            f"gateway sim: unknown permission(s) {', '.join(sorted(unknown))}; "
-            f"known: {', '.join(SIM_PERMISSIONS)}"
-        )
-    if args.latency_ms < 0 or args.jitter_ms < 0:
-        raise SystemExit("gateway sim: --latency-ms and --jitter-ms must not be negative")
-    rules = SimRules(
-        latency_s=args.latency_ms / 1000,
-        jitter_s=args.jitter_ms / 1000,
-        tier=None if args.tier == "unlimited" else tier_named(args.tier),
-        permissions=permissions,
-    )
-    simulator = Simulator(SimExchange.funded(balances, **keys), rules)
-
-    async def main() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                address = await nursery.start(
-                    partial(
-                        run_simulator,
-                        host=args.host,
-                        port=args.port,
-                        ws_port=args.ws_port,
-                        ready_file=args.ready_file,
-                    ),
-                    simulator,
-                )
-                print(json.dumps(address.__dict__), flush=True)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
-
-    trio.run(main)
-    return 0
+    return registry.adapter(args.exchange).run_simulator(args)
 
 
 def _client(args: argparse.Namespace) -> IPCCommandSystem:
@@ -497,12 +447,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="written once ready: JSON with pid, socket, store and state_dir",
     )
     run.add_argument(
-        "--kraken-tier",
-        default=None,
-        choices=sorted(TIERS),
-        help=f"the account's verification tier, which sets Kraken's API counter ({DEFAULT_TIER})",
-    )
-    run.add_argument(
         "--rebind-account",
         action="store_true",
         help="the state directory's account has a new API key: bind the state to this key",
@@ -514,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_cmd_run)
 
-    sim = sub.add_parser("sim", help="run the Kraken-compatible simulator")
+    sim = sub.add_parser("sim", help="run an exchange's simulator on loopback")
     sim.add_argument(
         "--exchange", default="kraken", choices=EXCHANGES, help="which exchange to play (kraken)"
     )
@@ -531,19 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--ready-file", type=Path, default=None, help="written once listening: URLs and keys"
     )
-    sim.add_argument(
-        "--tier",
-        default=DEFAULT_TIER,
-        choices=[*sorted(TIERS), "unlimited"],
-        help=f"the API counter to enforce, as Kraken does per tier ({DEFAULT_TIER})",
-    )
     sim.add_argument("--latency-ms", type=float, default=0.0, help="REST round trip added")
     sim.add_argument("--jitter-ms", type=float, default=0.0, help="random extra, per request")
-    sim.add_argument(
-        "--permissions",
-        default=",".join(SIM_PERMISSIONS),
-        help="the key's permissions, comma-separated (default: all)",
-    )
+    for adapter in registry.ADAPTERS.values():  # each exchange's own options
+        adapter.add_arguments(run, sim)
     sim.set_defaults(handler=_cmd_sim)
 
     cmd = sub.add_parser(

@@ -36,8 +36,8 @@ from gateway.exchanges.kraken.session import (
     QUERY_ORDERS_CHUNK,
     KrakenSession,
 )
-from gateway.sim.exchange import SimExchange
-from gateway.sim.server import SimRules, Simulator, run_simulator
+from gateway.exchanges.kraken.sim.exchange import SimExchange
+from gateway.exchanges.kraken.sim.server import SimRules, Simulator, run_simulator
 
 LATENCY_S = 0.125  # Kraken's REST round trip as seen from Europe: 100-150 ms
 JITTER_S = 0.025

@@ -19,6 +19,8 @@ import trio
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
+    import argparse
+
     from gateway.config import GatewayConfig
     from gateway.messages import WriterMessage
 
@@ -129,6 +131,13 @@ class Adapter:
     open_session: Callable[
         [GatewayConfig, Credentials], AbstractAsyncContextManager[ExchangeSession]
     ]
+    # ``gateway sim --exchange <name>``: serves the exchange's simulator from the parsed
+    # options until a signal; returns the exit status.
+    run_simulator: Callable[[argparse.Namespace], int]
+    # Adds the exchange's own options to ``gateway run`` and ``gateway sim``.
+    add_arguments: Callable[[argparse.ArgumentParser, argparse.ArgumentParser], None]
+    # Its settings given by those ``run`` options (those not given left out).
+    settings_from_args: Callable[[argparse.Namespace], Mapping[str, object]]
     # The adapter's own settings (its TOML section beside rest_url and ws_url): name → type.
     settings: Mapping[str, type] = field(default_factory=dict)
     # Refuses settings that cannot work (ConfigError), before anything starts.

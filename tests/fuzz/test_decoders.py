@@ -29,6 +29,7 @@ from gateway.exchanges.kraken.parsing import (
     parse_rest_trade,
     parse_ws_message,
 )
+from gateway.exchanges.kraken.sim.exchange import public_asset_pairs, public_assets
 from gateway.journal import scan_records
 from gateway.ledger import Ledger, Refused
 from gateway.protocol import (
@@ -40,7 +41,6 @@ from gateway.protocol import (
     encode_reply,
     parse_request,
 )
-from gateway.sim.exchange import public_asset_pairs, public_assets
 
 EXAMPLES = int(os.environ.get("HFT_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from gateway.errors import ConfigError
@@ -22,3 +25,20 @@ def test_credentials_come_from_the_adapters_own_variables_and_never_show() -> No
     assert repr(credentials) == "Credentials(<hidden>)"
     with pytest.raises(ConfigError, match="KRAKEN_API_KEY and KRAKEN_API_SECRET must be set"):
         kraken.credentials({"KRAKEN_API_KEY": "k"})
+
+
+def test_the_simulator_options_name_every_permission_the_simulator_knows() -> None:
+    # The adapter lists them without importing the simulator (the service never loads it).
+    from gateway.exchanges.kraken.adapter import PERMISSION_NAMES  # noqa: PLC0415
+    from gateway.exchanges.kraken.sim.server import PERMISSIONS  # noqa: PLC0415
+
+    assert set(PERMISSION_NAMES) == set(PERMISSIONS)
+
+
+def test_the_service_never_loads_a_simulator() -> None:
+    probe = (
+        "import sys, gateway.service, gateway.config, gateway.exchanges.registry; "
+        "print(any('.sim' in m for m in sys.modules if m.startswith('gateway.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -20,8 +20,8 @@ from gateway.exchanges.kraken.parsing import (
     parse_ws_message,
 )
 from gateway.exchanges.kraken.signing import NONCE_RESERVE, NonceSource, sign
+from gateway.exchanges.kraken.sim.exchange import public_asset_pairs, public_assets
 from gateway.ledger import UNIT, Fee, Fill, Ledger, Side
-from gateway.sim.exchange import public_asset_pairs, public_assets
 
 SECRET = "kQH5HW/8p1uGOVjbgWA7FunAmGO8lsSUXNsu3eow76sz84Q18fWxnyRzBHCd3pd5nE9qa99HAZtuZuj6F1huXg=="
 NONCE = 1616492376594

@@ -23,8 +23,8 @@ from gateway.exchanges.kraken.parsing import (
     parse_rest_ledger_entry,
     parse_ws_message,
 )
+from gateway.exchanges.kraken.sim.exchange import public_asset_pairs, public_assets
 from gateway.ledger import UNIT, BalanceCommand, CommandKind, Ledger, Refused, Transfer
-from gateway.sim.exchange import public_asset_pairs, public_assets
 
 # Kraken's docs example of a balances update (a trade's USD line), verbatim.
 KRAKEN_BALANCES_TRADE = """{"channel":"balances","type":"update","sequence":10,"data":[{

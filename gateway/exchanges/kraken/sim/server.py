@@ -35,7 +35,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from gateway.exchanges.kraken.ratelimit import Tier, call_cost
-from gateway.sim.exchange import (
+from gateway.exchanges.kraken.sim.exchange import (
     ASSETS,
     PAIRS,
     LedgerEntry,

@@ -1,6 +1,6 @@
 """The simulator's exchange: one account, its balances, orders, trades and executions.
 
-Plain Python, no I/O: the servers in ``gateway.sim.server`` speak Kraken's
+Plain Python, no I/O: the servers in ``gateway.exchanges.kraken.sim.server`` speak Kraken's
 protocols around it. Asset and pair codes are Kraken's own (REST ``XXBT``,
 WS v2 ``BTC``), so a client must normalise them as it would for Kraken.
 """
