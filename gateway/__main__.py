@@ -46,6 +46,8 @@ from mmapstore import Condition, StoreLockedError, StoreReader, store_path, writ
 logger = logging.getLogger("gateway")
 
 EXCHANGES: Final = tuple(registry.ADAPTERS)
+DEFAULT_EXCHANGE: Final = registry.DEFAULT_EXCHANGE
+EXCHANGE_HELP: Final = f"which exchange: {', '.join(EXCHANGES)} ({DEFAULT_EXCHANGE})"
 PIPED_WIDTH: Final = 400  # columns when stdout is not a terminal
 # A decimal amount as people type it: ASCII digits, one point, an optional exponent.
 AMOUNT_PATTERN: Final = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
@@ -373,7 +375,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 RUN_EPILOG: Final = """\
 credentials (never flags, so they stay out of ps and shell history):
-  KRAKEN_API_KEY, KRAKEN_API_SECRET  the API key and its private key (base64)
+{credentials}
 directories:
   HFT_SHM_DIR    the store file (default /dev/shm)
   HFT_STATE_DIR  journal, snapshots, nonces (default ~/.local/state/hft)
@@ -399,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def where(p: argparse.ArgumentParser, *, timeout: bool = True) -> None:
         p.add_argument(
-            "--exchange", default="kraken", choices=EXCHANGES, help="which gateway (kraken)"
+            "--exchange", default=DEFAULT_EXCHANGE, choices=EXCHANGES, help=EXCHANGE_HELP
         )
         p.add_argument(
             "--run-dir", type=Path, default=None, help="the socket's directory ($HFT_RUN_DIR)"
@@ -416,7 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the gateway in the foreground",
         description="Run the gateway in the foreground until SIGINT or SIGTERM.",
-        epilog=RUN_EPILOG,
+        epilog=RUN_EPILOG.format(
+            credentials="\n".join(
+                f"  {a.key_variable}, {a.secret_variable}  {a.name}'s API key and its secret"
+                for a in registry.ADAPTERS.values()
+            )
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where(run, timeout=False)
@@ -459,9 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_cmd_run)
 
     sim = sub.add_parser("sim", help="run an exchange's simulator on loopback")
-    sim.add_argument(
-        "--exchange", default="kraken", choices=EXCHANGES, help="which exchange to play (kraken)"
-    )
+    sim.add_argument("--exchange", default=DEFAULT_EXCHANGE, choices=EXCHANGES, help=EXCHANGE_HELP)
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     sim.add_argument("--port", type=int, default=0, help="REST port (0: any free one)")
     sim.add_argument("--ws-port", type=int, default=0, help="WS port (0: any free one)")
@@ -523,7 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     journal = sub.add_parser("journal", help="verify or salvage the saved state")
     journal.add_argument("action", choices=["verify", "salvage"], help="what to do")
-    journal.add_argument("--exchange", default="kraken", choices=EXCHANGES, help="(kraken)")
+    journal.add_argument(
+        "--exchange", default=DEFAULT_EXCHANGE, choices=EXCHANGES, help=EXCHANGE_HELP
+    )
     journal.add_argument(
         "--state-dir", type=Path, default=None, help="journal and snapshots ($HFT_STATE_DIR)"
     )

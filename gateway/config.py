@@ -55,7 +55,7 @@ def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
 class GatewayConfig:
     """Everything a gateway run needs to know; see ``docs/operations.md``."""
 
-    exchange: str = "kraken"
+    exchange: str = registry.DEFAULT_EXCHANGE
     strategy_count: int = DEFAULT_STRATEGY_COUNT
     shm_dir: Path = Path("/dev/shm")
     state_root: Path = Path("~/.local/state/hft")
@@ -152,7 +152,8 @@ class GatewayConfig:
         assert isinstance(flag_settings, Mapping)
         values.update({k: v for k, v in overrides.items() if v is not None})
         # The configured exchange's section: its URLs (unless flags gave them), its settings.
-        section = dict(sections.get(str(values.get("exchange", "kraken")), {}))
+        exchange = str(values.get("exchange", registry.DEFAULT_EXCHANGE))
+        section = dict(sections.get(exchange, {}))
         for url in ("rest_url", "ws_url"):
             if url in section:
                 values.setdefault(url, section.pop(url))

@@ -23,11 +23,12 @@ from rich.live import Live
 
 from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem, strategy_balance
 from clients.errors import CommandError
+from gateway.exchanges import registry
 from gateway.launcher import LaunchError, LocalStack
 from gateway.view import gather, render_panel
 from mmapstore import StoreReader
 
-SERVICE: Final = "kraken_gateway"
+SERVICE: Final = registry.adapter(registry.DEFAULT_EXCHANGE).service
 # Slots 5..7: the README's examples (slot 2) can run beside the demo without colliding.
 STRATEGIES: Final = (("alpha", 5), ("beta", 6), ("gamma", 7))
 ALLOCATIONS: Final = {"USD": "20000", "USDT": "20000", "BTC": "2", "ETH": "20"}

@@ -20,6 +20,8 @@ from typing import Final
 
 import httpx
 
+from gateway.exchanges import registry
+from gateway.exchanges.registry import DEFAULT_EXCHANGE
 from mmapstore import store_path
 
 SIM_START_TIMEOUT_S: Final = 30.0
@@ -79,7 +81,7 @@ class LocalStack:
         root: Path,
         run_dir: Path,
         *,
-        exchange: str = "kraken",
+        exchange: str = DEFAULT_EXCHANGE,
         log_level: str | None = None,
         own_session: bool = False,
     ) -> None:
@@ -107,7 +109,7 @@ class LocalStack:
 
     @property
     def service(self) -> str:
-        return f"{self.exchange}_gateway"
+        return registry.adapter(self.exchange).service
 
     @property
     def socket(self) -> Path:
@@ -163,12 +165,12 @@ class LocalStack:
         return self.address
 
     def gateway_env(self) -> dict[str, str]:
-        """The environment with the simulator's keys as ``<EXCHANGE>_API_KEY`` / ``_SECRET``."""
-        prefix = self.exchange.upper()
+        """The environment with the simulator's keys, under the exchange's own variables."""
+        adapter = registry.adapter(self.exchange)
         return {
             **self.env,
-            f"{prefix}_API_KEY": self.address["api_key"],
-            f"{prefix}_API_SECRET": self.address["api_secret"],
+            adapter.key_variable: self.address["api_key"],
+            adapter.secret_variable: self.address["api_secret"],
         }
 
     def start_gateway(
