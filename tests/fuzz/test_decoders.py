@@ -1,11 +1,11 @@
 """Fuzzing every decoder at the edge: whatever bytes arrive, only the documented error.
 
 One target per decoder: command frames (JSON lines and CBOR, then the request
-parser and the reply encoder), Kraken's WS messages and REST entries, and the
-journal's records. Each property is "answers, or raises its own error type,
-quickly". A short run here in ``make test``; ``make fuzz`` sets
-``HFT_FUZZ_EXAMPLES`` for a long one (the store file as a reader sees it is
-fuzzed in tests/mmapstore/test_crafted_files.py).
+parser and the reply encoder), Kraken's WS messages and REST entries, Binance's
+user data events and REST answers, and the journal's records. Each property is
+"answers, or raises its own error type, quickly". A short run here in ``make
+test``; ``make fuzz`` sets ``HFT_FUZZ_EXAMPLES`` for a long one (the store file
+as a reader sees it is fuzzed in tests/mmapstore/test_crafted_files.py).
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ from hypothesis import strategies as st
 
 from gateway.errors import CommandProtocolError
 from gateway.events import Event, apply_event, decode_event, encode_event
+from gateway.exchanges.binance.errors import BinanceProtocolError
+from gateway.exchanges.binance.parsing import (
+    SymbolMap,
+    parse_account,
+    parse_my_trade,
+    parse_user_event,
+)
 from gateway.exchanges.kraken.assets import AssetMap
 from gateway.exchanges.kraken.errors import KrakenProtocolError
 from gateway.exchanges.kraken.parsing import (
@@ -179,6 +186,37 @@ def test_kraken_rest_trades_and_ledger_entries(entry: dict[str, object], key: st
     with contextlib.suppress(KrakenProtocolError):
         parse_rest_trade(key, entry, _ASSETS, {})
     parse_rest_ledger_entry(key, entry, _ASSETS)  # sets a bad entry aside, never raises
+    _quick(started)
+
+
+_BINANCE_SYMBOLS = SymbolMap.from_exchange_info(
+    {"symbols": [{"symbol": "ETHBTC", "baseAsset": "ETH", "quoteAsset": "BTC"}]}
+)
+_BINANCE_KEYS = st.sampled_from(
+    ["e", "E", "s", "S", "x", "X", "i", "l", "L", "Y", "n", "N", "T", "t", "j", "c", "a", "d",
+     "B", "f", "symbol", "id", "orderId", "price", "qty", "quoteQty", "commission",
+     "commissionAsset", "time", "isBuyer", "balances", "asset", "free", "locked"]
+)  # fmt: skip
+_binance_events = st.fixed_dictionaries(
+    {"e": st.sampled_from(["executionReport", "balanceUpdate", "outboundAccountPosition",
+                           "eventStreamTerminated", "listStatus"]),
+     "x": st.sampled_from(["TRADE", "NEW", None])}
+).flatmap(lambda head: st.dictionaries(_BINANCE_KEYS, values, max_size=14).map(
+    lambda rest: {**rest, **head}))  # fmt: skip
+
+
+@FUZZ
+@given(event=_binance_events | values, entry=st.dictionaries(_BINANCE_KEYS, values, max_size=14))
+def test_binance_events_trades_and_accounts(event: object, entry: dict[str, object]) -> None:
+    # An event never raises (a bad one is Skipped); REST answers raise only their own error.
+    started = time.perf_counter()
+    parse_user_event(event, _BINANCE_SYMBOLS)
+    with contextlib.suppress(BinanceProtocolError):
+        parse_my_trade(entry, _BINANCE_SYMBOLS, {})
+    with contextlib.suppress(BinanceProtocolError):
+        parse_account(entry)
+    with contextlib.suppress(BinanceProtocolError):
+        SymbolMap.from_exchange_info(entry)
     _quick(started)
 
 

@@ -22,16 +22,16 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal
 from functools import partial
 from typing import Final, TypeVar
 
 from gateway.exchanges.kraken.assets import AssetMap
 from gateway.exchanges.kraken.errors import KrakenProtocolError
+from gateway.exchanges.numbers import exact_decimal
 from gateway.ledger import Fee, Fill, Side, Transfer
 
 _JSON: Final = json.JSONDecoder(parse_float=Decimal)
-MAX_EXPONENT: Final = 40  # no amount, price or time Kraken sends is near 1e40 or 1e-40
 EARN_SUFFIX: Final = ".F"  # auto-earn balances, spent through their base asset
 _NO_DECIMALS: Final[Mapping[str, int]] = {}
 
@@ -89,24 +89,7 @@ def format_timestamp(ns: int) -> str:
 
 
 def _decimal(item: Mapping[str, object], name: str) -> Decimal:
-    value = item.get(name)
-    if isinstance(value, Decimal):
-        number = value
-    elif isinstance(value, int) and not isinstance(value, bool):
-        number = Decimal(value)
-    elif isinstance(value, str):
-        try:
-            number = Decimal(value)
-        except InvalidOperation:
-            raise KrakenProtocolError(f"{name} is not a number: {value!r}") from None
-    else:
-        raise KrakenProtocolError(f"{name} is missing or not a number: {value!r}")
-    if not number.is_finite():
-        raise KrakenProtocolError(f"{name} is not finite: {value!r}")
-    # Bounds before any arithmetic: an exponent of 10**9 would stall whoever expands it.
-    if number and not -MAX_EXPONENT <= number.adjusted() <= MAX_EXPONENT:
-        raise KrakenProtocolError(f"{name} is out of range: {str(value)[:40]!r}")
-    return number
+    return exact_decimal(item, name, KrakenProtocolError)
 
 
 def _str(item: Mapping[str, object], name: str) -> str:
