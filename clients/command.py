@@ -37,7 +37,8 @@ STRATEGY_BALANCE_CMD: Final = "strategy_balance"  # the command type every gatew
 KRAKEN_STRATEGY_BALANCE_CMD: Final = "kraken_strategy_balance"  # the seed's, for Kraken's
 # Which command types each service takes.
 SERVICE_COMMANDS: Final = {
-    "kraken_gateway": frozenset({STRATEGY_BALANCE_CMD, KRAKEN_STRATEGY_BALANCE_CMD})
+    "kraken_gateway": frozenset({STRATEGY_BALANCE_CMD, KRAKEN_STRATEGY_BALANCE_CMD}),
+    "binance_gateway": frozenset({STRATEGY_BALANCE_CMD}),
 }
 BALANCE_COMMANDS: Final = frozenset({"allocate", "release", "adjust"})
 DEFAULT_TIMEOUT_S: Final = 5.0

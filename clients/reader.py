@@ -28,6 +28,7 @@ class Exchange(StrEnum):
     __hash__ = str.__hash__
 
     KRAKEN = "kraken"
+    BINANCE = "binance"
 
     @classmethod
     def _missing_(cls, value: object) -> Exchange | None:
@@ -63,6 +64,7 @@ class Currency(StrEnum):
     USDT = "USDT"
     USDC = "USDC"
     DAI = "DAI"
+    BNB = "BNB"
     BTC = "BTC"
     ETH = "ETH"
     SOL = "SOL"

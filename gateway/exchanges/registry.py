@@ -6,9 +6,10 @@ from typing import Final
 
 from gateway.errors import ConfigError
 from gateway.exchanges.base import Adapter
+from gateway.exchanges.binance.adapter import ADAPTER as BINANCE
 from gateway.exchanges.kraken.adapter import ADAPTER as KRAKEN
 
-ADAPTERS: Final[dict[str, Adapter]] = {adapter.name: adapter for adapter in (KRAKEN,)}
+ADAPTERS: Final[dict[str, Adapter]] = {adapter.name: adapter for adapter in (KRAKEN, BINANCE)}
 DEFAULT_EXCHANGE: Final = KRAKEN.name
 
 

@@ -1,0 +1,154 @@
+"""Binance end to end: the simulator and the gateway as processes, over real sockets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem
+from gateway.launcher import LocalStack
+from mmapstore import StoreReader
+from tests.kraken.stack import wait_until
+
+QUICK = ("--reconcile-interval", "1", "--recheck-interval", "0.5")
+STRATEGIES = (2, 3, 4)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[LocalStack]:
+    run_dir = Path(tempfile.mkdtemp(prefix="hft-"))
+    binance = LocalStack(tmp_path, run_dir, exchange="binance")
+    binance.start_sim("--latency-ms", "2", "--jitter-ms", "2")
+    yield binance
+    binance.kill()
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def status(stack: LocalStack) -> dict[str, object]:
+    system = IPCCommandSystem("test", run_dir=stack.run_dir)
+    system.start()
+    try:
+        reply = system.send_command_blocking(stack.service, STRATEGY_BALANCE_CMD, {"cmd": "status"})
+    finally:
+        system.close()
+    answer = reply["status"]
+    assert isinstance(answer, dict)
+    return answer
+
+
+def slots(stack: LocalStack) -> dict[str, tuple[Decimal, ...]]:
+    with StoreReader(stack.store) as reader:
+        return {c: reader.record(c).exact_all() for c in reader.currencies()}
+
+
+def matches_simulator(stack: LocalStack) -> bool:
+    """Slot 0 is the exchange's balance and each strategy slot its orders' trades, exactly."""
+    state = stack.control("state")
+    balances, by_strategy = state["balances"], state["by_strategy"]
+    assert isinstance(balances, dict) and isinstance(by_strategy, dict)
+    held = slots(stack)
+    for asset, balance in balances.items():
+        row = held.get(asset)
+        if row is None or row[0] != Decimal(balance) or row[0] != sum(row[1:]):
+            return False
+        for k in STRATEGIES:
+            if row[k] != Decimal(by_strategy.get(str(k), {}).get(asset, "0")):
+                return False
+    return True
+
+
+def settled(stack: LocalStack) -> bool:
+    answer = status(stack)
+    return answer["reconcile_state"] == "verified" and matches_simulator(stack)
+
+
+def test_fills_reach_their_strategy_slots_and_a_deposit_shows_at_once(stack: LocalStack) -> None:
+    stack.start_gateway(*QUICK)
+    stack.control(
+        "trade-generator", {"rate": 200, "count": 300, "strategy_ids": [*STRATEGIES, None, 9]}
+    )
+    wait_until(lambda: stack.control("state")["orders"] == 300, 30, "the orders")
+    wait_until(lambda: settled(stack), 30, "the gateway to agree with Binance")
+    before = slots(stack)["USDT"][0]
+    deposited = time.monotonic()
+    stack.control("deposit", {"asset": "USDT", "amount": "1234.5"})
+    wait_until(lambda: slots(stack)["USDT"][0] == before + Decimal("1234.5"), 2, "the deposit")
+    assert time.monotonic() - deposited < 2
+    answer = status(stack)
+    assert answer["corrections"] == 0 and answer["websocket"] == "live"
+    assert answer["fills_applied"] == stack.control("state")["trades"]
+
+
+def test_a_restart_after_a_gap_catches_up_every_trade_with_its_strategy(stack: LocalStack) -> None:
+    stack.start_gateway(*QUICK)
+    stack.control("trade-generator", {"rate": 200, "count": 50})
+    wait_until(lambda: settled(stack), 30, "the first trades")
+    before = stack.control("state")["trades"]
+    assert isinstance(before, int)
+    assert stack.stop_gateway(signal.SIGTERM) == 0
+    stack.control("trade-generator", {"rate": 400, "count": 400, "seed": 11})
+    wait_until(lambda: stack.control("state")["orders"] == 450, 30, "the gap's orders")
+    stack.start_gateway(*QUICK)
+    trades = stack.control("state")["trades"]
+    assert isinstance(trades, int) and trades > 450  # orders filled in several trades
+    wait_until(lambda: settled(stack), 30, "the restarted gateway to agree")
+    answer = status(stack)
+    # Every trade of the gap applied by this process, once (the overlap is deduplicated).
+    assert answer["fills_applied"] == trades - before
+    caught_up = answer["fills_caught_up"]
+    assert isinstance(caught_up, int) and caught_up >= trades - before
+    assert answer["corrections"] == 0
+
+
+def test_dropped_connections_lose_and_double_nothing(stack: LocalStack) -> None:
+    stack.start_gateway(*QUICK)
+    stack.control("trade-generator", {"rate": 150, "count": 600})
+    for _ in range(4):
+        time.sleep(0.6)
+        stack.control("drop-websockets")
+    wait_until(lambda: stack.control("state")["orders"] == 600, 30, "the orders")
+    wait_until(lambda: settled(stack), 40, "the gateway to agree after the drops")
+    answer = status(stack)
+    reconnects = answer["ws_reconnects"]
+    assert isinstance(reconnects, int) and reconnects >= 1 and answer["corrections"] == 0
+
+
+def test_rest_refusals_and_outages_change_nothing(stack: LocalStack) -> None:
+    stack.start_gateway(*QUICK)
+    stack.control("fail-rest", {"count": 3, "status": 429})
+    stack.control("trade-generator", {"rate": 100, "count": 100})
+    time.sleep(1)
+    stack.control("fail-rest", {"count": 3, "status": 503})
+    wait_until(lambda: stack.control("state")["orders"] == 100, 30, "the orders")
+    wait_until(lambda: settled(stack), 30, "the gateway to agree after the faults")
+    assert status(stack)["corrections"] == 0
+
+
+def test_a_wrong_secret_is_refused_in_one_line_naming_the_variables(stack: LocalStack) -> None:
+    env = {**stack.gateway_env(), "BINANCE_API_SECRET": "not-the-secret"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--exchange", "binance",
+         "--rest-url", stack.address["rest_url"], "--ws-url", stack.address["ws_url"]],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("gateway run: ") and "BINANCE_API_KEY / BINANCE_API_SECRET" in last
+    assert "-1022" in last and "Traceback" not in result.stderr
+
+
+def test_simulator_ready_file_names_binances_urls(stack: LocalStack) -> None:
+    ready = json.loads(stack.sim_ready.read_text())
+    assert ready["rest_url"].startswith("http://127.0.0.1:")
+    assert ready["ws_url"].endswith("/ws-api/v3")
+    assert set(ready) == {"rest_url", "ws_url", "api_key", "api_secret"}
