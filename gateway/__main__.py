@@ -367,7 +367,7 @@ def _cmd_journal(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    return run_demo(args.duration)
+    return run_demo(args.duration, exchange=args.exchange)
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -546,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run headless this long, then print a summary",
     )
+    demo.add_argument("--exchange", default=DEFAULT_EXCHANGE, choices=EXCHANGES, help=EXCHANGE_HELP)
     demo.set_defaults(handler=_cmd_demo)
     return parser
 

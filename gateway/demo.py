@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Final
 
@@ -23,26 +24,26 @@ from rich.live import Live
 
 from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem, strategy_balance
 from clients.errors import CommandError
-from gateway.exchanges import registry
+from gateway.exchanges.registry import DEFAULT_EXCHANGE
 from gateway.launcher import LaunchError, LocalStack
 from gateway.view import gather, render_panel
 from mmapstore import StoreReader
 
-SERVICE: Final = registry.adapter(registry.DEFAULT_EXCHANGE).service
 # Slots 5..7: the README's examples (slot 2) can run beside the demo without colliding.
 STRATEGIES: Final = (("alpha", 5), ("beta", 6), ("gamma", 7))
-ALLOCATIONS: Final = {"USD": "20000", "USDT": "20000", "BTC": "2", "ETH": "20"}
+ALLOCATED_SHARE: Final = Decimal("0.2")  # of each currency held, to each strategy
+STABLECOINS: Final = ("USD", "USDT", "USDC")  # deposits come in the first one held
 TRADE_RATE: Final = 8.0
 DEPOSIT_EVERY_S: Final = 12.0
 START_TIMEOUT_S: Final = 30.0
 
 
-def start_stack(log_level: str = "warning") -> LocalStack:
+def start_stack(exchange: str, log_level: str = "warning") -> LocalStack:
     """The simulator and the gateway, in a new private directory; ready once this returns."""
     root = Path(tempfile.mkdtemp(prefix="hft-demo-"))
     # Own sessions: a terminal's Ctrl-C reaches only this process, which then stops
     # the gateway and the simulator in order.
-    stack = LocalStack(root, root / "run", log_level=log_level, own_session=True)
+    stack = LocalStack(root, root / "run", exchange=exchange, log_level=log_level, own_session=True)
     try:
         stack.start_sim(timeout_s=START_TIMEOUT_S)
         stack.start_gateway(
@@ -55,27 +56,41 @@ def start_stack(log_level: str = "warning") -> LocalStack:
 
 
 def allocate(stack: LocalStack, system: IPCCommandSystem) -> int:
-    """Give each strategy some capital, over IPC like a strategy would."""
+    """Give each strategy a share of every currency held, over IPC like a strategy would."""
+    with StoreReader(stack.store) as reader:
+        held = {c: reader.slot(c, 0).exact for c in reader.currencies()}
     sent = 0
     for strategy, index in STRATEGIES:
-        for currency, amount in ALLOCATIONS.items():
+        for currency, total in sorted(held.items()):
+            amount = (total * ALLOCATED_SHARE).quantize(Decimal("0.0001"), ROUND_DOWN)
+            if amount <= 0:
+                continue
             payload = strategy_balance(
                 strategy=strategy, cmd="allocate", currency=currency, index=index, amount=amount
             )
-            system.send_command_blocking(SERVICE, STRATEGY_BALANCE_CMD, payload)
+            system.send_command_blocking(stack.service, STRATEGY_BALANCE_CMD, payload)
             sent += 1
     return sent
 
 
-def run_demo(duration_s: float | None, console: Console | None = None) -> int:
+def _deposit_asset(stack: LocalStack) -> str:
+    with StoreReader(stack.store) as reader:
+        held = set(reader.currencies())
+    return next((c for c in STABLECOINS if c in held), sorted(held)[0])
+
+
+def run_demo(
+    duration_s: float | None, console: Console | None = None, exchange: str = DEFAULT_EXCHANGE
+) -> int:
     """Run the demo; with ``duration_s`` headless, printing a summary, else live until Ctrl-C."""
     console = console or Console()
-    stack = start_stack()
+    stack = start_stack(exchange)
+    flag = "" if exchange == DEFAULT_EXCHANGE else f" --exchange {exchange}"
     gateway = Path(sys.executable).parent / "gateway"
     console.print(
         f"demo: store, socket and state in {stack.root}; from another terminal:\n"
         f"  {stack.exports()}\n"
-        f"  {gateway} status   # or: balances --watch, cmd allocate ... --index 2",
+        f"  {gateway} status{flag}   # or: balances --watch, cmd allocate ... --index 2",
         highlight=False,
         soft_wrap=True,
     )
@@ -87,10 +102,11 @@ def run_demo(duration_s: float | None, console: Console | None = None) -> int:
     try:
         commands = allocate(stack, system)
         stack.control(
-            "trade-generator", {"rate": TRADE_RATE, "userrefs": [i for _, i in STRATEGIES]}
+            "trade-generator", {"rate": TRADE_RATE, "strategy_ids": [i for _, i in STRATEGIES]}
         )
         started = time.monotonic()
         next_deposit = started + DEPOSIT_EVERY_S / 2
+        deposit_asset = _deposit_asset(stack)
         with StoreReader(stack.store) as reader:
             live = (
                 Live(console=console, refresh_per_second=8, screen=False)
@@ -102,9 +118,9 @@ def run_demo(duration_s: float | None, console: Console | None = None) -> int:
             try:
                 while duration_s is None or time.monotonic() - started < duration_s:
                     if time.monotonic() >= next_deposit:
-                        stack.control("deposit", {"asset": "USD", "amount": "1000"})
+                        stack.control("deposit", {"asset": deposit_asset, "amount": "1000"})
                         next_deposit += DEPOSIT_EVERY_S
-                    state = gather(reader, system, SERVICE)
+                    state = gather(reader, system, stack.service)
                     invariant_held &= state.invariant_ok
                     frames += 1
                     if live is not None:
@@ -119,7 +135,7 @@ def run_demo(duration_s: float | None, console: Console | None = None) -> int:
             finally:
                 if live is not None:
                     live.stop()
-            final = gather(reader, system, SERVICE)
+            final = gather(reader, system, stack.service)
     except CommandError as exc:
         raise SystemExit(f"gateway demo: {exc}") from None
     finally:

@@ -283,3 +283,15 @@ def test_the_demo_says_how_to_reach_it_and_leaves_slot_2_free() -> None:
     finally:
         demo.kill()
         demo.communicate()  # waits and closes the pipe
+
+
+def test_the_demo_runs_for_binance_too() -> None:
+    demo = subprocess.run(
+        [str(GATEWAY), "demo", "--exchange", "binance", "--duration", "6"],
+        capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stderr
+    assert "status --exchange binance" in demo.stdout
+    summary = json.loads(demo.stdout[demo.stdout.index("{") :])
+    assert summary["invariant_held"] is True and summary["fills_applied"] > 0
+    assert summary["allocations_sent"] == 15  # 3 strategies x 5 currencies held

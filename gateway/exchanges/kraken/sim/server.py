@@ -406,7 +406,9 @@ async def _generate_trades(
     is recorded as it is handed to the socket (``/sim/generated``), so a
     benchmark can time each one from the moment it is sent.
     """
-    userrefs = [int(u) for u in body.get("userrefs", [2, 3, 4])]  # type: ignore[attr-defined]
+    # strategy_ids as the Binance simulator names them; userrefs, Kraken's name, too.
+    tagged = body.get("strategy_ids", body.get("userrefs", [2, 3, 4]))
+    userrefs = [int(u) for u in tagged]  # type: ignore[attr-defined]
     pairs = [str(p) for p in body.get("pairs", ["XXBTZUSD", "XETHZUSD", "XBTUSDT", "ETHUSDT"])]  # type: ignore[attr-defined]
     probe = bool(body.get("probe", False))
     qty = Decimal(str(body.get("qty", "0.001")))
