@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem
+from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem, strategy_balance
+from clients.errors import CommandError
 from gateway.launcher import LocalStack
 from mmapstore import StoreReader
 from tests.kraken.stack import wait_until
@@ -152,3 +153,34 @@ def test_simulator_ready_file_names_binances_urls(stack: LocalStack) -> None:
     assert ready["rest_url"].startswith("http://127.0.0.1:")
     assert ready["ws_url"].endswith("/ws-api/v3")
     assert set(ready) == {"rest_url", "ws_url", "api_key", "api_secret"}
+
+
+def test_kill_9_while_trading_and_commanding_loses_and_doubles_nothing(
+    stack: LocalStack,
+) -> None:
+    stack.start_gateway(*QUICK)
+    stack.control("trade-generator", {"rate": 200, "count": 400})
+    system = IPCCommandSystem("crash", run_dir=stack.run_dir, timeout_s=2)
+    system.start()
+    acknowledged = 0
+    try:
+        for n in range(60):
+            payload = strategy_balance(strategy="crash", cmd="allocate", currency="USDC",
+                                       index=5, amount=1, request_id=f"crash-{n}")  # fmt: skip
+            try:
+                system.send_command_blocking(stack.service, STRATEGY_BALANCE_CMD, payload)
+                acknowledged = n + 1
+            except CommandError:
+                break
+            if n == 30:
+                assert stack.gateway is not None
+                stack.gateway.send_signal(signal.SIGKILL)
+                stack.gateway.wait(timeout=10)
+    finally:
+        system.close()
+    wait_until(lambda: stack.control("state")["orders"] == 400, 30, "the orders")
+    stack.start_gateway(*QUICK)
+    wait_until(lambda: settled(stack), 30, "the restarted gateway to agree")
+    # Every acknowledged allocation is there exactly once (31 before the kill).
+    assert acknowledged == 31
+    assert slots(stack)["USDC"][5] == Decimal(acknowledged)
