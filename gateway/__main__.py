@@ -367,7 +367,8 @@ def _cmd_journal(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    return run_demo(args.duration, exchange=args.exchange)
+    exchanges = EXCHANGES if args.exchange == "all" else (args.exchange,)
+    return run_demo(args.duration, exchanges=exchanges)
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -546,7 +547,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run headless this long, then print a summary",
     )
-    demo.add_argument("--exchange", default=DEFAULT_EXCHANGE, choices=EXCHANGES, help=EXCHANGE_HELP)
+    demo.add_argument(
+        "--exchange",
+        default=DEFAULT_EXCHANGE,
+        choices=[*EXCHANGES, "all"],
+        help=f"which exchange, or all of them side by side ({DEFAULT_EXCHANGE})",
+    )
     demo.set_defaults(handler=_cmd_demo)
     return parser
 

@@ -14,12 +14,14 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Final
 
 import httpx
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 
 from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem, strategy_balance
@@ -38,12 +40,15 @@ DEPOSIT_EVERY_S: Final = 12.0
 START_TIMEOUT_S: Final = 30.0
 
 
-def start_stack(exchange: str, log_level: str = "warning") -> LocalStack:
-    """The simulator and the gateway, in a new private directory; ready once this returns."""
-    root = Path(tempfile.mkdtemp(prefix="hft-demo-"))
+def start_stack(exchange: str, root: Path, run_dir: Path, log_level: str = "warning") -> LocalStack:
+    """One exchange's simulator and gateway under ``root`` (logs in ``root/<exchange>``),
+    stores and state in ``root``; ready once this returns."""
     # Own sessions: a terminal's Ctrl-C reaches only this process, which then stops
-    # the gateway and the simulator in order.
-    stack = LocalStack(root, root / "run", exchange=exchange, log_level=log_level, own_session=True)
+    # the gateways and the simulators in order.
+    stack = LocalStack(
+        root / exchange, run_dir, exchange=exchange, log_level=log_level, own_session=True,
+        shared=root,
+    )  # fmt: skip
     try:
         stack.start_sim(timeout_s=START_TIMEOUT_S)
         stack.start_gateway(
@@ -79,85 +84,127 @@ def _deposit_asset(stack: LocalStack) -> str:
     return next((c for c in STABLECOINS if c in held), sorted(held)[0])
 
 
+@dataclass
+class _Running:
+    """One exchange of the demo: its processes, its command client, what the view saw."""
+
+    stack: LocalStack
+    system: IPCCommandSystem
+    reader: StoreReader
+    deposit_asset: str
+    allocations: int
+    frames: int = 0
+    invariant_held: bool = True
+
+
 def run_demo(
-    duration_s: float | None, console: Console | None = None, exchange: str = DEFAULT_EXCHANGE
+    duration_s: float | None,
+    console: Console | None = None,
+    exchanges: Sequence[str] = (DEFAULT_EXCHANGE,),
 ) -> int:
-    """Run the demo; with ``duration_s`` headless, printing a summary, else live until Ctrl-C."""
+    """Run the demo; with ``duration_s`` headless, printing a summary, else live until Ctrl-C.
+
+    Several exchanges run side by side: a simulator and a gateway each, their
+    stores and sockets in one directory, one view.
+    """
     console = console or Console()
-    stack = start_stack(exchange)
-    flag = "" if exchange == DEFAULT_EXCHANGE else f" --exchange {exchange}"
-    gateway = Path(sys.executable).parent / "gateway"
-    console.print(
-        f"demo: store, socket and state in {stack.root}; from another terminal:\n"
-        f"  {stack.exports()}\n"
-        f"  {gateway} status{flag}   # or: balances --watch, cmd allocate ... --index 2",
-        highlight=False,
-        soft_wrap=True,
-    )
-    system = IPCCommandSystem("demo", run_dir=stack.run_dir)
-    system.start()
-    frames = 0
-    invariant_held = True
+    root = Path(tempfile.mkdtemp(prefix="hft-demo-"))
+    stacks: list[LocalStack] = []
+    running: list[_Running] = []
     interrupted = False
+    started = time.monotonic()
     try:
-        commands = allocate(stack, system)
-        stack.control(
-            "trade-generator", {"rate": TRADE_RATE, "strategy_ids": [i for _, i in STRATEGIES]}
+        for exchange in exchanges:
+            stacks.append(start_stack(exchange, root, root / "run"))
+        gateway = Path(sys.executable).parent / "gateway"
+        flags = [f" --exchange {e}" if e != DEFAULT_EXCHANGE else "" for e in exchanges]
+        console.print(
+            f"demo: stores, sockets and state in {root}; from another terminal:\n"
+            f"  {stacks[0].exports()}\n"
+            + "".join(f"  {gateway} status{flag}\n" for flag in flags)
+            + "  (or: balances --watch, cmd allocate ... --index 2)",
+            highlight=False,
+            soft_wrap=True,
         )
-        started = time.monotonic()
-        next_deposit = started + DEPOSIT_EVERY_S / 2
-        deposit_asset = _deposit_asset(stack)
-        with StoreReader(stack.store) as reader:
-            live = (
-                Live(console=console, refresh_per_second=8, screen=False)
-                if duration_s is None
-                else None
+        for stack in stacks:
+            system = IPCCommandSystem("demo", run_dir=stack.run_dir)
+            system.start()
+            allocations = allocate(stack, system)
+            running.append(
+                _Running(stack, system, StoreReader(stack.store), _deposit_asset(stack),
+                         allocations)
+            )  # fmt: skip
+            stack.control(
+                "trade-generator", {"rate": TRADE_RATE, "strategy_ids": [i for _, i in STRATEGIES]}
             )
-            if live is not None:
-                live.start()
-            try:
-                while duration_s is None or time.monotonic() - started < duration_s:
-                    if time.monotonic() >= next_deposit:
-                        stack.control("deposit", {"asset": deposit_asset, "amount": "1000"})
-                        next_deposit += DEPOSIT_EVERY_S
-                    state = gather(reader, system, stack.service)
-                    invariant_held &= state.invariant_ok
-                    frames += 1
-                    if live is not None:
-                        live.update(
-                            render_panel(
-                                state, "gateway demo: Ctrl-C stops everything", console.width
-                            )
-                        )
-                    time.sleep(0.2)
-            except KeyboardInterrupt:
-                interrupted = True
-            finally:
-                if live is not None:
-                    live.stop()
-            final = gather(reader, system, stack.service)
+        started = time.monotonic()
+        interrupted = _show(running, duration_s, console, started)
+        finals = {r.stack.exchange: gather(r.reader, r.system, r.stack.service) for r in running}
     except CommandError as exc:
         raise SystemExit(f"gateway demo: {exc}") from None
     finally:
-        with contextlib.suppress(httpx.HTTPError):
-            stack.control("trade-generator", {"rate": 0}, timeout_s=5)
-        system.close()
-        stack.stop()
-    status = final.status
-    assert stack.gateway is not None
-    summary = {
-        "seconds": round(time.monotonic() - started, 1),
-        "fills_applied": status.get("fills_applied"),
-        "allocations_sent": commands,
-        "commands_applied": status.get("commands_applied"),
-        "corrections": status.get("corrections"),
-        "websocket_reconnects": status.get("ws_reconnects"),
-        "frames_checked": frames,
-        "invariant_held": invariant_held and final.invariant_ok,
-        "gateway_exit": stack.gateway.returncode,
-        "stopped_by": "ctrl-c" if interrupted else "duration",
-    }
-    console.print_json(json.dumps(summary))
-    shutil.rmtree(stack.root, ignore_errors=True)
-    ok = summary["invariant_held"] and stack.gateway.returncode == 0
+        for each in running:
+            with contextlib.suppress(httpx.HTTPError):
+                each.stack.control("trade-generator", {"rate": 0}, timeout_s=5)
+            each.system.close()
+            each.reader.close()
+        for stack in stacks:
+            stack.stop()
+    summaries = {}
+    for each in running:
+        final, gateway_process = finals[each.stack.exchange], each.stack.gateway
+        assert gateway_process is not None
+        status = final.status
+        summaries[each.stack.exchange] = {
+            "seconds": round(time.monotonic() - started, 1),
+            "fills_applied": status.get("fills_applied"),
+            "allocations_sent": each.allocations,
+            "commands_applied": status.get("commands_applied"),
+            "corrections": status.get("corrections"),
+            "websocket_reconnects": status.get("ws_reconnects"),
+            "frames_checked": each.frames,
+            "invariant_held": each.invariant_held and final.invariant_ok,
+            "gateway_exit": gateway_process.returncode,
+            "stopped_by": "ctrl-c" if interrupted else "duration",
+        }
+    ok = all(s["invariant_held"] and s["gateway_exit"] == 0 for s in summaries.values())
+    if len(summaries) == 1:
+        console.print_json(json.dumps(next(iter(summaries.values()))))
+    else:
+        console.print_json(json.dumps({"invariant_held": ok, "exchanges": summaries}))
+    shutil.rmtree(root, ignore_errors=True)
     return 0 if ok else 1
+
+
+def _show(
+    running: list[_Running], duration_s: float | None, console: Console, started: float
+) -> bool:
+    """Deposit now and then, check and draw every exchange's view; True if interrupted."""
+    title = "gateway demo: Ctrl-C stops everything"
+    live = Live(console=console, refresh_per_second=8, screen=False) if duration_s is None else None
+    next_deposit = started + DEPOSIT_EVERY_S / 2
+    if live is not None:
+        live.start()
+    try:
+        while duration_s is None or time.monotonic() - started < duration_s:
+            deposit = time.monotonic() >= next_deposit
+            if deposit:
+                next_deposit += DEPOSIT_EVERY_S
+            panels = []
+            for each in running:
+                if deposit:
+                    each.stack.control("deposit", {"asset": each.deposit_asset, "amount": "1000"})
+                state = gather(each.reader, each.system, each.stack.service)
+                each.invariant_held &= state.invariant_ok
+                each.frames += 1
+                panels.append(render_panel(state, f"{title} ({each.stack.exchange})",
+                                           console.width))  # fmt: skip
+            if live is not None:
+                live.update(Group(*panels))
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        if live is not None:
+            live.stop()
+    return False

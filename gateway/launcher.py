@@ -68,7 +68,8 @@ class LocalStack:
     """A simulator and a gateway in ``root`` (store in ``root/shm``, state in ``root/state``).
 
     Args:
-        root: a directory of the stack's own; logs go there as ``<name>.log``.
+        root: a directory of the stack's own; logs go there as ``<name>.log``, and the
+            store and state directories too unless ``shared`` names another.
         run_dir: the socket directory (short: a Unix socket path has ~100 bytes).
         exchange: which exchange the simulator and the gateway speak.
         log_level: passed to both processes when given.
@@ -84,8 +85,12 @@ class LocalStack:
         exchange: str = DEFAULT_EXCHANGE,
         log_level: str | None = None,
         own_session: bool = False,
+        shared: Path | None = None,
     ) -> None:
         self.root = root
+        # Where the store and state directories are: another stack's, for gateways of
+        # several exchanges side by side (their files are named by exchange).
+        self.shared = shared or root
         self.run_dir = run_dir
         self.exchange = exchange
         self.own_session = own_session
@@ -94,11 +99,12 @@ class LocalStack:
             self.cli += ["--log-level", log_level]
         self.env = {
             **os.environ,
-            "HFT_SHM_DIR": str(root / "shm"),
-            "HFT_STATE_DIR": str(root / "state"),
+            "HFT_SHM_DIR": str(self.shared / "shm"),
+            "HFT_STATE_DIR": str(self.shared / "state"),
             "HFT_RUN_DIR": str(run_dir),
         }
-        (root / "shm").mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        (self.shared / "shm").mkdir(parents=True, exist_ok=True)
         self.sim_ready = root / "sim.json"
         self.gateway_ready = root / "gateway.ready"
         self.sim: subprocess.Popen[bytes] | None = None
@@ -117,16 +123,16 @@ class LocalStack:
 
     @property
     def store(self) -> Path:
-        return store_path(self.exchange, self.root / "shm")
+        return store_path(self.exchange, self.shared / "shm")
 
     @property
     def state_dir(self) -> Path:
-        return self.root / "state"
+        return self.shared / "state"
 
     def exports(self) -> str:
         """One shell line that points another terminal's gateway commands at this stack."""
         return (
-            f"export HFT_SHM_DIR={self.root / 'shm'} HFT_RUN_DIR={self.run_dir} "
+            f"export HFT_SHM_DIR={self.shared / 'shm'} HFT_RUN_DIR={self.run_dir} "
             f"HFT_STATE_DIR={self.state_dir}"
         )
 

@@ -295,3 +295,17 @@ def test_the_demo_runs_for_binance_too() -> None:
     summary = json.loads(demo.stdout[demo.stdout.index("{") :])
     assert summary["invariant_held"] is True and summary["fills_applied"] > 0
     assert summary["allocations_sent"] == 15  # 3 strategies x 5 currencies held
+
+
+def test_the_demo_runs_every_exchange_side_by_side() -> None:
+    demo = subprocess.run(
+        [str(GATEWAY), "demo", "--exchange", "all", "--duration", "6"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stderr
+    summary = json.loads(demo.stdout[demo.stdout.index("{") :])
+    assert summary["invariant_held"] is True
+    assert set(summary["exchanges"]) == {"kraken", "binance"}
+    assert all(each["fills_applied"] > 0 for each in summary["exchanges"].values())
+    exports = demo.stdout.splitlines()[1].split()
+    assert exports[0] == "export"  # one line reaches both gateways
