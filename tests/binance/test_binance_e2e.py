@@ -124,6 +124,18 @@ def test_dropped_connections_lose_and_double_nothing(stack: LocalStack) -> None:
     assert isinstance(reconnects, int) and reconnects >= 1 and answer["corrections"] == 0
 
 
+def test_an_ended_subscription_reconnects_and_catches_up(stack: LocalStack) -> None:
+    stack.start_gateway(*QUICK)
+    stack.control("trade-generator", {"rate": 150, "count": 300})
+    time.sleep(0.5)
+    assert stack.control("terminate-streams")["terminated"] == 1
+    wait_until(lambda: stack.control("state")["orders"] == 300, 30, "the orders")
+    wait_until(lambda: settled(stack), 30, "the gateway to agree after the stream ended")
+    answer = status(stack)
+    reconnects = answer["ws_reconnects"]
+    assert isinstance(reconnects, int) and reconnects >= 1 and answer["corrections"] == 0
+
+
 def test_rest_refusals_and_outages_change_nothing(stack: LocalStack) -> None:
     stack.start_gateway(*QUICK)
     stack.control("fail-rest", {"count": 3, "status": 429})

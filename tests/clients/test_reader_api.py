@@ -154,8 +154,8 @@ def test_strategy_count_larger_than_the_store_is_refused_on_first_read(shm: Path
 
 
 def test_unknown_exchange_is_refused(writer: StoreWriter) -> None:
-    with pytest.raises(ValueError, match="binance"):
-        StrategyBalanceManager("binance")
+    with pytest.raises(ValueError, match="nasdaq"):
+        StrategyBalanceManager("nasdaq")
 
 
 def test_writer_status_tells_live_stopped_and_dead(shm: Path) -> None:

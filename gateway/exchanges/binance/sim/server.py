@@ -11,7 +11,8 @@ and pushes ``executionReport``, ``outboundAccountPosition`` and
 
 Control endpoints under ``/sim/`` (JSON over POST), as the Kraken simulator's:
 ``deposit``, ``withdraw``, ``drop-websockets``, ``fail-rest``,
-``trade-generator`` (taking ``strategy_ids``) and ``state``.
+``trade-generator`` (taking ``strategy_ids``) and ``state``; and
+``terminate-streams`` (an ``eventStreamTerminated`` to every subscription).
 """
 
 from __future__ import annotations
@@ -248,6 +249,12 @@ async def _control(
         return {"balances": {a: str(v) for a, v in account.balances.items()}}
     if name == "drop-websockets":
         return {"dropped": sim.drop_websockets()}
+    if name == "terminate-streams":
+        # What Binance sends when it ends a subscription; the connection stays open.
+        ended = len(sim.subscribers)
+        sim.push([{"e": "eventStreamTerminated", "E": _now_ms()}])
+        sim.subscribers.clear()
+        return {"terminated": ended}
     if name == "fail-rest":
         sim.faults = FaultPlan(int(str(body.get("count", 1))), int(str(body.get("status", 503))))
         return {"failing": sim.faults.count}
