@@ -22,7 +22,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from functools import partial
 from pathlib import Path
@@ -39,6 +39,7 @@ from trio_websocket import (
 
 from gateway.exchanges.binance.signing import sign_query, sign_ws_params
 from gateway.exchanges.binance.sim.exchange import SimAccount, SimError, SimTrade
+from gateway.exchanges.simcli import write_ready_file
 from gateway.exchanges.simhttp import HttpAnswer, HttpRequest, serve_http_connection
 
 logger = logging.getLogger(__name__)
@@ -430,8 +431,6 @@ async def run_simulator(
             sim.account.api_secret,
         )
         if ready_file is not None:
-            tmp = ready_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(asdict(address)))
-            tmp.replace(ready_file)
+            write_ready_file(ready_file, address)
         logger.info("Binance simulator ready: REST %s, WS API %s", address.rest_url, address.ws_url)
         task_status.started(address)

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import signal
-from decimal import Decimal
-from functools import partial
-
-import trio
 
 from gateway.exchanges.kraken.ratelimit import tier_named
 from gateway.exchanges.kraken.sim.exchange import SimExchange
 from gateway.exchanges.kraken.sim.server import PERMISSIONS, SimRules, Simulator, run_simulator
+from gateway.exchanges.simcli import check_latency, keys, serve_until_signalled, starting_balances
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -21,17 +16,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     Raises:
         SystemExit: an option out of range, in one line.
     """
-    balances = None
-    if args.balances:
-        try:
-            balances = {k: Decimal(str(v)) for k, v in json.loads(args.balances).items()}
-        except (ValueError, ArithmeticError, AttributeError) as exc:
-            raise SystemExit(f"gateway sim: --balances must be a JSON object: {exc}") from exc
-    keys = {}
-    if args.api_key:
-        keys["api_key"] = args.api_key
-    if args.api_secret:
-        keys["api_secret"] = args.api_secret
+    balances = starting_balances(args)
     permissions = frozenset(p for p in args.permissions.split(",") if p)
     unknown = permissions - set(PERMISSIONS)
     if unknown:
@@ -39,33 +24,12 @@ def run_from_args(args: argparse.Namespace) -> int:
             f"gateway sim: unknown permission(s) {', '.join(sorted(unknown))}; "
             f"known: {', '.join(PERMISSIONS)}"
         )
-    if args.latency_ms < 0 or args.jitter_ms < 0:
-        raise SystemExit("gateway sim: --latency-ms and --jitter-ms must not be negative")
+    latency_s, jitter_s = check_latency(args)
     rules = SimRules(
-        latency_s=args.latency_ms / 1000,
-        jitter_s=args.jitter_ms / 1000,
+        latency_s=latency_s,
+        jitter_s=jitter_s,
         tier=None if args.tier == "unlimited" else tier_named(args.tier),
         permissions=permissions,
     )
-    simulator = Simulator(SimExchange.funded(balances, **keys), rules)
-
-    async def main() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                address = await nursery.start(
-                    partial(
-                        run_simulator,
-                        host=args.host,
-                        port=args.port,
-                        ws_port=args.ws_port,
-                        ready_file=args.ready_file,
-                    ),
-                    simulator,
-                )
-                print(json.dumps(address.__dict__), flush=True)
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    break
-
-    trio.run(main)
-    return 0
+    simulator = Simulator(SimExchange.funded(balances, **keys(args)), rules)
+    return serve_until_signalled(run_simulator, simulator, args)

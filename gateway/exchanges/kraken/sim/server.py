@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import parse_qsl, urlsplit
 
-import h11
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
@@ -47,10 +46,11 @@ from gateway.exchanges.kraken.sim.exchange import (
     public_asset_pairs,
     public_assets,
 )
+from gateway.exchanges.simcli import write_ready_file
+from gateway.exchanges.simhttp import HttpAnswer, HttpRequest, serve_http_connection
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES: Final = 1 << 20
 HEARTBEAT_S: Final = 1.0
 SUBSCRIBER_QUEUE: Final = 100_000
 
@@ -453,72 +453,22 @@ async def _generate_trades(
             await trio.sleep_until(next_at)
 
 
-async def _respond(
-    stream: trio.SocketStream, conn: h11.Connection, status: int, payload: object
-) -> None:
-    data = (payload if isinstance(payload, str) else dumps(payload)).encode()
-    headers = [("content-type", "application/json"), ("content-length", str(len(data)))]
-    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
-    await stream.send_all(conn.send(h11.Data(data=data)) or b"")
-    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
-
-
-async def _serve_http_connection(
-    sim: Simulator, nursery: trio.Nursery, stream: trio.SocketStream
-) -> None:
-    """One client connection; a client that goes away mid-request ends only this task."""
-    try:
-        await _serve_http_requests(sim, nursery, stream)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as exc:
-        logger.debug("a REST client went away: %r", exc)
-
-
 def _one_way_s(rules: SimRules) -> float:
     """Half the round trip, plus jitter on the way in (so requests can overtake each other)."""
     return rules.latency_s / 2 + random.uniform(0, rules.jitter_s)
 
 
-async def _serve_http_requests(
-    sim: Simulator, nursery: trio.Nursery, stream: trio.SocketStream
-) -> None:
-    conn = h11.Connection(h11.SERVER)
-    async with stream:
-        while True:
-            request: h11.Request | None = None
-            body = bytearray()
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await stream.receive_some(65536)
-                    conn.receive_data(data)
-                    if not data and conn.their_state is not h11.DONE:
-                        return
-                    continue
-                if isinstance(event, h11.Request):
-                    request = event
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > MAX_BODY_BYTES:
-                        return
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                    return
-            assert request is not None
-            headers = {k.decode().lower(): v.decode() for k, v in request.headers}
-            target = request.target.decode()
-            delayed = sim.rules.latency_s or sim.rules.jitter_s
-            if delayed and not target.startswith("/sim/"):
-                await trio.sleep(_one_way_s(sim.rules))
-            status, payload = await _route(
-                sim, nursery, request.method.decode(), target, headers, bytes(body)
-            )
-            if delayed and not target.startswith("/sim/"):
-                await trio.sleep(sim.rules.latency_s / 2)
-            await _respond(stream, conn, status, payload)
-            if conn.our_state is h11.MUST_CLOSE:
-                return
-            conn.start_next_cycle()
+async def _handle(sim: Simulator, nursery: trio.Nursery, request: HttpRequest) -> HttpAnswer:
+    delayed = (sim.rules.latency_s or sim.rules.jitter_s) and not request.target.startswith("/sim/")
+    if delayed:
+        await trio.sleep(_one_way_s(sim.rules))
+    status, payload = await _route(
+        sim, nursery, request.method, request.target, dict(request.headers), request.body
+    )
+    if delayed:
+        await trio.sleep(sim.rules.latency_s / 2)
+    # Kraken's JSON keeps exact decimals as numbers: encoded here, not by the server.
+    return HttpAnswer(status, payload if isinstance(payload, str) else dumps(payload))
 
 
 async def _route(
@@ -787,7 +737,7 @@ async def run_simulator(
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
             partial(trio.serve_tcp, host=host),
-            lambda stream: _serve_http_connection(sim, nursery, stream),
+            lambda stream: serve_http_connection(stream, partial(_handle, sim, nursery)),
             port,
         )
         rest_port = listeners[0].socket.getsockname()[1]
@@ -807,9 +757,7 @@ async def run_simulator(
             sim.exchange.api_secret,
         )
         if ready_file is not None:
-            tmp = ready_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(address.__dict__))
-            tmp.replace(ready_file)
+            write_ready_file(ready_file, address)
         logger.info("simulator ready: REST %s, WS %s", address.rest_url, address.ws_url)
         task_status.started(address)
 

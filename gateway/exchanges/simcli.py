@@ -1,0 +1,71 @@
+"""What every simulator's ``gateway sim`` shares: the common options read, served until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+
+import trio
+
+# A simulator's run function: serves until cancelled; ``started(address)`` once listening.
+Serve = Callable[..., Awaitable[None]]
+
+
+def starting_balances(args: argparse.Namespace) -> dict[str, Decimal] | None:
+    """``--balances`` as a mapping, or None for the simulator's default account.
+
+    Raises:
+        SystemExit: not a JSON object of numbers, in one line.
+    """
+    if not args.balances:
+        return None
+    try:
+        return {k: Decimal(str(v)) for k, v in json.loads(args.balances).items()}
+    except (ValueError, ArithmeticError, AttributeError) as exc:
+        raise SystemExit(f"gateway sim: --balances must be a JSON object: {exc}") from exc
+
+
+def keys(args: argparse.Namespace) -> dict[str, str]:
+    """The key and secret the simulator accepts, where given (else it makes new ones)."""
+    given = {"api_key": args.api_key, "api_secret": args.api_secret}
+    return {name: value for name, value in given.items() if value}
+
+
+def check_latency(args: argparse.Namespace) -> tuple[float, float]:
+    """``--latency-ms`` and ``--jitter-ms`` in seconds. Raises SystemExit if negative."""
+    if args.latency_ms < 0 or args.jitter_ms < 0:
+        raise SystemExit("gateway sim: --latency-ms and --jitter-ms must not be negative")
+    return args.latency_ms / 1000, args.jitter_ms / 1000
+
+
+def write_ready_file(path: Path, address: object) -> None:
+    """The simulator's address (a dataclass) as JSON, written atomically."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(address)))  # type: ignore[call-overload]
+    tmp.replace(path)
+
+
+def serve_until_signalled(serve: Serve, simulator: object, args: argparse.Namespace) -> int:
+    """Run ``serve(simulator, ...)`` until SIGINT or SIGTERM; print its address once up."""
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                address = await nursery.start(
+                    partial(serve, host=args.host, port=args.port, ws_port=args.ws_port,
+                            ready_file=args.ready_file),
+                    simulator,
+                )  # fmt: skip
+                print(json.dumps(dataclasses.asdict(address)), flush=True)
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(main)
+    return 0
