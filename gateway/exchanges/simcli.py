@@ -12,6 +12,9 @@ from functools import partial
 from pathlib import Path
 
 import trio
+from trio_websocket import WebSocketRequest, serve_websocket
+
+from gateway.exchanges.simhttp import Handler, serve_http_connection
 
 # A simulator's run function: serves until cancelled; ``started(address)`` once listening.
 Serve = Callable[..., Awaitable[None]]
@@ -42,6 +45,50 @@ def check_latency(args: argparse.Namespace) -> tuple[float, float]:
     if args.latency_ms < 0 or args.jitter_ms < 0:
         raise SystemExit("gateway sim: --latency-ms and --jitter-ms must not be negative")
     return args.latency_ms / 1000, args.jitter_ms / 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class SimAddress:
+    """Where a simulator listens and the key it accepts (``--ready-file`` holds these)."""
+
+    rest_url: str
+    ws_url: str
+    api_key: str
+    api_secret: str
+
+
+async def serve_rest_and_ws(
+    nursery: trio.Nursery,
+    rest: Handler,
+    ws: Callable[[WebSocketRequest], Awaitable[None]],
+    *,
+    host: str,
+    port: int,
+    ws_port: int,
+    ws_path: str,
+    api_key: str,
+    api_secret: str,
+    ready_file: Path | None,
+) -> SimAddress:
+    """Listen for REST and websocket clients in ``nursery``; return once both listen.
+
+    ``ready_file`` (if given) gets the address as JSON, written atomically.
+    """
+    listeners = await nursery.start(
+        partial(trio.serve_tcp, host=host), partial(serve_http_connection, handle=rest), port
+    )
+    rest_port = listeners[0].socket.getsockname()[1]
+    ws_server = await nursery.start(
+        lambda task_status: serve_websocket(
+            ws, host, ws_port, ssl_context=None, task_status=task_status
+        )
+    )
+    address = SimAddress(
+        f"http://{host}:{rest_port}", f"ws://{host}:{ws_server.port}{ws_path}", api_key, api_secret
+    )
+    if ready_file is not None:
+        write_ready_file(ready_file, address)
+    return address
 
 
 def write_ready_file(path: Path, address: object) -> None:

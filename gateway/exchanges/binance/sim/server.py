@@ -34,13 +34,12 @@ from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
     WebSocketRequest,
-    serve_websocket,
 )
 
 from gateway.exchanges.binance.signing import sign_query, sign_ws_params
 from gateway.exchanges.binance.sim.exchange import SimAccount, SimError, SimTrade
-from gateway.exchanges.simcli import write_ready_file
-from gateway.exchanges.simhttp import HttpAnswer, HttpRequest, serve_http_connection
+from gateway.exchanges.simcli import SimAddress, serve_rest_and_ws
+from gateway.exchanges.simhttp import HttpAnswer, HttpRequest
 
 logger = logging.getLogger(__name__)
 
@@ -390,14 +389,6 @@ def _ws_request(
     return {"id": request_id, "status": 200, "result": {"subscriptionId": next_subscription}}, True
 
 
-@dataclass(frozen=True, slots=True)
-class SimAddress:
-    rest_url: str
-    ws_url: str
-    api_key: str
-    api_secret: str
-
-
 async def run_simulator(
     sim: BinanceSimulator,
     *,
@@ -412,25 +403,17 @@ async def run_simulator(
     ``ready_file`` (if given) gets the same facts as JSON, written atomically.
     """
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            partial(trio.serve_tcp, host=host),
-            lambda stream: serve_http_connection(stream, partial(_handle, sim, nursery)),
-            port,
+        address = await serve_rest_and_ws(
+            nursery,
+            partial(_handle, sim, nursery),
+            lambda request: _serve_ws(sim, request),
+            host=host,
+            port=port,
+            ws_port=ws_port,
+            ws_path="/ws-api/v3",
+            api_key=sim.account.api_key,
+            api_secret=sim.account.api_secret,
+            ready_file=ready_file,
         )
-        rest_port = listeners[0].socket.getsockname()[1]
-        ws_server = await nursery.start(
-            lambda task_status: serve_websocket(
-                lambda request: _serve_ws(sim, request), host, ws_port, ssl_context=None,
-                task_status=task_status,
-            )
-        )  # fmt: skip
-        address = SimAddress(
-            f"http://{host}:{rest_port}",
-            f"ws://{host}:{ws_server.port}/ws-api/v3",
-            sim.account.api_key,
-            sim.account.api_secret,
-        )
-        if ready_file is not None:
-            write_ready_file(ready_file, address)
         logger.info("Binance simulator ready: REST %s, WS API %s", address.rest_url, address.ws_url)
         task_status.started(address)

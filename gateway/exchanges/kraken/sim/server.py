@@ -31,7 +31,7 @@ from typing import Final
 from urllib.parse import parse_qsl, urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from gateway.exchanges.kraken.ratelimit import Tier, call_cost
 from gateway.exchanges.kraken.sim.exchange import (
@@ -46,8 +46,8 @@ from gateway.exchanges.kraken.sim.exchange import (
     public_asset_pairs,
     public_assets,
 )
-from gateway.exchanges.simcli import write_ready_file
-from gateway.exchanges.simhttp import HttpAnswer, HttpRequest, serve_http_connection
+from gateway.exchanges.simcli import SimAddress, serve_rest_and_ws
+from gateway.exchanges.simhttp import HttpAnswer, HttpRequest
 
 logger = logging.getLogger(__name__)
 
@@ -713,14 +713,6 @@ def _now() -> str:
 # -- the whole thing ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SimAddress:
-    rest_url: str
-    ws_url: str
-    api_key: str
-    api_secret: str
-
-
 async def run_simulator(
     sim: Simulator,
     *,
@@ -735,29 +727,18 @@ async def run_simulator(
     ``ready_file`` (if given) gets the same facts as JSON, written atomically.
     """
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            partial(trio.serve_tcp, host=host),
-            lambda stream: serve_http_connection(stream, partial(_handle, sim, nursery)),
-            port,
+        address = await serve_rest_and_ws(
+            nursery,
+            partial(_handle, sim, nursery),
+            lambda request: _serve_ws(sim, request),
+            host=host,
+            port=port,
+            ws_port=ws_port,
+            ws_path="/v2",
+            api_key=sim.exchange.api_key,
+            api_secret=sim.exchange.api_secret,
+            ready_file=ready_file,
         )
-        rest_port = listeners[0].socket.getsockname()[1]
-        ws_server = await nursery.start(
-            lambda task_status: serve_websocket(
-                lambda request: _serve_ws(sim, request),
-                host,
-                ws_port,
-                ssl_context=None,
-                task_status=task_status,
-            )
-        )
-        address = SimAddress(
-            f"http://{host}:{rest_port}",
-            f"ws://{host}:{ws_server.port}/v2",
-            sim.exchange.api_key,
-            sim.exchange.api_secret,
-        )
-        if ready_file is not None:
-            write_ready_file(ready_file, address)
         logger.info("simulator ready: REST %s, WS %s", address.rest_url, address.ws_url)
         task_status.started(address)
 
