@@ -20,6 +20,7 @@ from typing import Final
 
 import httpx
 
+from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem
 from gateway.exchanges import registry
 from gateway.exchanges.registry import DEFAULT_EXCHANGE
 from mmapstore import store_path
@@ -209,6 +210,20 @@ class LocalStack:
         reply = response.json()
         assert isinstance(reply, dict), reply
         return reply
+
+    def status(self) -> dict[str, object]:
+        """The running gateway's ``status`` reply, over its command socket."""
+        system = IPCCommandSystem("launcher", run_dir=self.run_dir)
+        system.start()
+        try:
+            reply = system.send_command_blocking(
+                self.service, STRATEGY_BALANCE_CMD, {"cmd": "status"}
+            )
+        finally:
+            system.close()
+        status = reply["status"]
+        assert isinstance(status, dict), reply
+        return status
 
     def stop_gateway(self, signum: int = signal.SIGTERM) -> int:
         """Signal the gateway and wait for its exit status."""

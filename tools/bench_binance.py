@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem
 from gateway.launcher import LocalStack
 
 QUIET = ("--reconcile-interval", "3600")
@@ -38,18 +37,6 @@ def _stack() -> LocalStack:
     )
     stack.start_sim()
     return stack
-
-
-def _status(stack: LocalStack) -> dict[str, object]:
-    system = IPCCommandSystem("bench", run_dir=stack.run_dir)
-    system.start()
-    try:
-        reply = system.send_command_blocking(stack.service, STRATEGY_BALANCE_CMD, {"cmd": "status"})
-    finally:
-        system.close()
-    status = reply["status"]
-    assert isinstance(status, dict)
-    return status
 
 
 def _wait_orders(stack: LocalStack, orders: int, timeout_s: float = 600) -> None:
@@ -72,7 +59,7 @@ def catch_up(gap: int) -> dict[str, float]:
         started = time.perf_counter()
         stack.start_gateway(*QUIET, timeout_s=600)
         seconds = time.perf_counter() - started
-        status = _status(stack)
+        status = stack.status()
         assert status["fills_caught_up"] == trades, (status["fills_caught_up"], trades)
         return {"orders": gap, "trades": trades, "seconds": seconds,
                 "rest_calls": float(str(status["rest_calls"]))}  # fmt: skip

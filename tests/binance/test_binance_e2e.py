@@ -35,18 +35,6 @@ def stack(tmp_path: Path) -> Iterator[LocalStack]:
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def status(stack: LocalStack) -> dict[str, object]:
-    system = IPCCommandSystem("test", run_dir=stack.run_dir)
-    system.start()
-    try:
-        reply = system.send_command_blocking(stack.service, STRATEGY_BALANCE_CMD, {"cmd": "status"})
-    finally:
-        system.close()
-    answer = reply["status"]
-    assert isinstance(answer, dict)
-    return answer
-
-
 def slots(stack: LocalStack) -> dict[str, tuple[Decimal, ...]]:
     with StoreReader(stack.store) as reader:
         return {c: reader.record(c).exact_all() for c in reader.currencies()}
@@ -69,7 +57,7 @@ def matches_simulator(stack: LocalStack) -> bool:
 
 
 def settled(stack: LocalStack) -> bool:
-    answer = status(stack)
+    answer = stack.status()
     return answer["reconcile_state"] == "verified" and matches_simulator(stack)
 
 
@@ -85,7 +73,7 @@ def test_fills_reach_their_strategy_slots_and_a_deposit_shows_at_once(stack: Loc
     stack.control("deposit", {"asset": "USDT", "amount": "1234.5"})
     wait_until(lambda: slots(stack)["USDT"][0] == before + Decimal("1234.5"), 2, "the deposit")
     assert time.monotonic() - deposited < 2
-    answer = status(stack)
+    answer = stack.status()
     assert answer["corrections"] == 0 and answer["websocket"] == "live"
     assert answer["fills_applied"] == stack.control("state")["trades"]
 
@@ -103,7 +91,7 @@ def test_a_restart_after_a_gap_catches_up_every_trade_with_its_strategy(stack: L
     trades = stack.control("state")["trades"]
     assert isinstance(trades, int) and trades > 450  # orders filled in several trades
     wait_until(lambda: settled(stack), 30, "the restarted gateway to agree")
-    answer = status(stack)
+    answer = stack.status()
     # Every trade of the gap applied by this process, once (the overlap is deduplicated).
     assert answer["fills_applied"] == trades - before
     caught_up = answer["fills_caught_up"]
@@ -119,7 +107,7 @@ def test_dropped_connections_lose_and_double_nothing(stack: LocalStack) -> None:
         stack.control("drop-websockets")
     wait_until(lambda: stack.control("state")["orders"] == 600, 30, "the orders")
     wait_until(lambda: settled(stack), 40, "the gateway to agree after the drops")
-    answer = status(stack)
+    answer = stack.status()
     reconnects = answer["ws_reconnects"]
     assert isinstance(reconnects, int) and reconnects >= 1 and answer["corrections"] == 0
 
@@ -131,7 +119,7 @@ def test_an_ended_subscription_reconnects_and_catches_up(stack: LocalStack) -> N
     assert stack.control("terminate-streams")["terminated"] == 1
     wait_until(lambda: stack.control("state")["orders"] == 300, 30, "the orders")
     wait_until(lambda: settled(stack), 30, "the gateway to agree after the stream ended")
-    answer = status(stack)
+    answer = stack.status()
     reconnects = answer["ws_reconnects"]
     assert isinstance(reconnects, int) and reconnects >= 1 and answer["corrections"] == 0
 
@@ -144,7 +132,7 @@ def test_rest_refusals_and_outages_change_nothing(stack: LocalStack) -> None:
     stack.control("fail-rest", {"count": 3, "status": 503})
     wait_until(lambda: stack.control("state")["orders"] == 100, 30, "the orders")
     wait_until(lambda: settled(stack), 30, "the gateway to agree after the faults")
-    assert status(stack)["corrections"] == 0
+    assert stack.status()["corrections"] == 0
 
 
 def test_a_wrong_secret_is_refused_in_one_line_naming_the_variables(stack: LocalStack) -> None:

@@ -7,7 +7,6 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem
 from gateway.launcher import GATEWAY_START_TIMEOUT_S, SIM_START_TIMEOUT_S, LocalStack
 from mmapstore import StoreNotFoundError, StoreReader
 
@@ -40,19 +39,6 @@ class KrakenStack(LocalStack):
         self, *args: str, timeout_s: float = GATEWAY_START_TIMEOUT_S
     ) -> subprocess.Popen[bytes]:
         return super().start_gateway("--kraken-tier", "pro", *args, timeout_s=timeout_s)
-
-    def status(self) -> dict[str, object]:
-        system = IPCCommandSystem("test", run_dir=self.run_dir)
-        system.start()
-        try:
-            reply = system.send_command_blocking(
-                "kraken_gateway", KRAKEN_STRATEGY_BALANCE_CMD, {"cmd": "status"}
-            )
-        finally:
-            system.close()
-        status = reply["status"]
-        assert isinstance(status, dict)
-        return status
 
     def reader(self) -> StoreReader:
         return StoreReader(self.store)
