@@ -16,7 +16,7 @@ acknowledged, and is cut off and logged. Damage with sound records after it is
 *corruption*: acknowledged events may be behind it, so the start is refused and
 nothing is changed; ``gateway journal verify`` reports it and ``gateway journal
 salvage`` (see :mod:`gateway.journal_repair`) is the operator's explicit way on.
-Blocking I/O: the writer calls the commit and snapshot methods from a worker
+Blocking I/O: the writer calls the write-out and snapshot methods from a worker
 thread.
 """
 
@@ -122,11 +122,20 @@ def next_sound_record(data: bytes, start: int) -> int | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class PendingWrite:
+    """Records taken from the journal's buffer for one write, and what they make durable."""
+
+    data: bytes
+    upto_seq: int  # events before this number are durable once it is written
+
+
 class Journal:
     """Appends events durably; see the module docstring for the files.
 
-    Not thread-safe: one owner (the writer task) calls it, one call at a time,
-    in a worker thread or not.
+    One owner (the writer task) calls it; only :meth:`write_out` and
+    :meth:`write_snapshot` may run in a worker thread, the first while the owner
+    goes on appending.
     """
 
     def __init__(self, directory: Path, segment: Path, next_seq: int) -> None:
@@ -232,38 +241,63 @@ class Journal:
         return bool(self._pending)
 
     def append(self, payload: bytes) -> None:
-        """Queue one event; it is durable once :meth:`commit` returns."""
+        """Queue one event; it is durable once a commit covering it returns."""
         self._pending.append(frame(payload))
         self.next_seq += 1
         self.events_since_snapshot += 1
 
     def commit(self) -> None:
-        """Write and fsync everything appended so far (blocking: run it in a thread).
+        """Write and sync everything appended so far (blocking).
 
         Raises:
-            JournalWriteError: the write or fsync failed (disk full, read-only,
-                I/O error). What was appended since the last commit is dropped,
-                and the file is cut back to its last durable record, so a later
-                commit never follows a torn one.
+            JournalWriteError: as :meth:`write_out`; everything not yet durable
+                is dropped (:meth:`discard_pending`).
         """
         if not self._pending:
             return
-        data = b"".join(self._pending)
+        write = self.take_pending()
         try:
-            _write_all(self._fd, data)
-            os.fsync(self._fd)
-        except OSError as exc:
+            self.write_out(write)
+        except JournalWriteError:
             self.discard_pending()
+            raise
+        self.mark_durable(write)
+
+    # A commit in three steps, so that the writer can apply the next batch while a
+    # worker thread syncs this one: take (writer), write out (thread), mark (writer).
+
+    def take_pending(self) -> PendingWrite:
+        """Hand what was appended so far to a write; later appends wait for the next one."""
+        write = PendingWrite(b"".join(self._pending), self.next_seq)
+        self._pending.clear()
+        return write
+
+    def write_out(self, write: PendingWrite) -> None:
+        """Write ``write`` at the end of the segment and sync it (blocking; thread-safe
+        against appends, which touch only memory). One write out at a time.
+
+        Raises:
+            JournalWriteError: the write or sync failed (disk full, read-only, I/O
+                error). The file is cut back to its last durable record, so a later
+                write never follows a torn one.
+        """
+        try:
+            _write_all(self._fd, write.data)
+            # Data only: the file's size is data to fdatasync, its times are not.
+            os.fdatasync(self._fd)
+        except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._good_size)
             raise JournalWriteError(f"journal {self._segment}: {exc.strerror}") from exc
-        self._good_size += len(data)
-        self._pending.clear()
-        self.synced_seq = self.next_seq
+
+    def mark_durable(self, write: PendingWrite) -> None:
+        """``write`` is on disk: the events before its sequence are durable."""
+        self._good_size += len(write.data)
+        self.synced_seq = write.upto_seq
 
     def discard_pending(self) -> None:
-        """Forget what was appended since the last commit (it was never durable)."""
-        self.events_since_snapshot -= len(self._pending)
+        """Forget every event not yet durable, in a write or not (a write failed)."""
+        self.events_since_snapshot -= self.next_seq - self.synced_seq
         self._pending.clear()
         self.next_seq = self.synced_seq
 

@@ -26,6 +26,7 @@ from gateway.events import Reply
 from gateway.ledger import (
     AVAILABLE,
     TOTAL,
+    UNIT,
     BalanceCommand,
     CommandKind,
     Refused,
@@ -36,6 +37,7 @@ MAX_FRAME_BYTES: Final = 64 * 1024
 # A CBOR frame declared larger than this is not skipped but ends the connection.
 MAX_SKIP_BYTES: Final = 16 * 1024 * 1024
 MAX_AMOUNT: Final = Decimal(10) ** 18
+MAX_AMOUNT_INT: Final = 10**18
 LENGTH_PREFIX: Final = struct.Struct(">I")
 MAX_NAME_CHARS: Final = 64
 MAX_REQUEST_ID_CHARS: Final = 128
@@ -364,6 +366,15 @@ def _index(value: object, kind: CommandKind, strategy_count: int) -> int:
 
 
 def _amount(value: object, *, signed: bool) -> int:
+    if type(value) is int and -MAX_AMOUNT_INT <= value <= MAX_AMOUNT_INT:
+        # The common case, judged without Decimal (the checks below, in the same order).
+        if value == 0:
+            raise CommandProtocolError(ErrorCode.INVALID_AMOUNT, "amount must not be zero")
+        if value < 0 and not signed:
+            raise CommandProtocolError(
+                ErrorCode.INVALID_AMOUNT, "amount must be positive (use release to give back)"
+            )
+        return value * UNIT
     number: Decimal
     if isinstance(value, bool):
         raise CommandProtocolError(ErrorCode.INVALID_REQUEST, "'amount' must be a number")

@@ -1,9 +1,11 @@
 """The writer task: the only code that changes the ledger, the journal and the store.
 
 It takes whatever is queued as one batch, applies each message, publishes the
-currencies that changed, makes the batch durable with one fsync, and only then
-answers the commands in it (group commit: messages that queued up while the
-previous fsync ran share the next one).
+currencies that changed, makes the batch durable with one write and sync, and
+only then answers the commands in it (group commit). The commit is pipelined:
+while a worker thread syncs one batch, the writer applies the next ones, whose
+replies wait for the sync that covers them; a batch found alone, with nothing
+queued behind it, is synced inline, which answers a lone client soonest.
 
 Fills never wait for a disk: a batch of fills alone is published and left in
 the journal's buffer, to be written with the next batch that needs an fsync
@@ -41,6 +43,7 @@ from gateway.events import (
     encode_event,
     error_reply,
 )
+from gateway.journal import PendingWrite
 from gateway.ledger import Ledger, format_scaled
 from gateway.messages import (
     BalancesFetched,
@@ -88,8 +91,24 @@ class _Batch:
     # Fills alone do not need it: see the module docstring.
     needs_sync: bool = False
     # How to take back each command applied in this batch, should its commit fail.
-    undo: list[tuple[ReplySlot, Callable[[], None]]] = field(default_factory=list)
+    undo: list[tuple[ReplySlot, _Undo]] = field(default_factory=list)
     recover: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Undo:
+    """How to take one command back: the slots' change, the owners and the reply before it.
+
+    The change is subtracted rather than the old slots put back, so that fills
+    applied since (they stay) are kept.
+    """
+
+    currency: str
+    before: list[int] | None  # None: the command added the currency
+    owners: dict[int, str]
+    request_id: str | None
+    prior_reply: bytes | None
+    after: list[int] = field(default_factory=list)
 
 
 class WriterCore:
@@ -144,6 +163,7 @@ class WriterCore:
                 undo = self._checkpoint(command.currency, request_id)
                 outcome = self._apply(CommandApplied(command, request_id), batch)
                 if outcome.durable:
+                    undo.after = list(self.ledger.balances.get(command.currency, ()))
                     batch.undo.append((slot, undo))
                 assert outcome.reply is not None
                 if outcome.reply.get("ok"):
@@ -213,26 +233,30 @@ class WriterCore:
 
     # -- the journal failing and recovering ---------------------------------------------
 
-    def _checkpoint(self, currency: str, request_id: str | None) -> Callable[[], None]:
-        """What a command may change, kept so that it can be put back."""
+    def _checkpoint(self, currency: str, request_id: str | None) -> _Undo:
+        """What a command may change, kept so that it can be taken back."""
         ledger = self.ledger
-        slots = list(ledger.balances[currency]) if currency in ledger.balances else None
-        owners = dict(ledger.owners)
+        slots = ledger.balances.get(currency)
         prior = ledger.replies.get(request_id) if request_id is not None else None
+        return _Undo(
+            currency, None if slots is None else list(slots), dict(ledger.owners), request_id, prior
+        )
 
-        def undo() -> None:
-            if slots is None:
-                ledger.balances.pop(currency, None)
+    def _take_back(self, undo: _Undo) -> None:
+        ledger = self.ledger
+        slots = ledger.balances.get(undo.currency)
+        if slots is not None and undo.after:
+            before = undo.before or [0] * len(undo.after)
+            for i, (was, became) in enumerate(zip(before, undo.after, strict=True)):
+                slots[i] -= became - was
+            if undo.before is None and not any(slots):
+                del ledger.balances[undo.currency]
+        ledger.owners = undo.owners
+        if undo.request_id is not None:
+            if undo.prior_reply is None:
+                ledger.replies.pop(undo.request_id, None)
             else:
-                ledger.balances[currency] = list(slots)
-            ledger.owners = dict(owners)
-            if request_id is not None:
-                if prior is None:
-                    ledger.replies.pop(request_id, None)
-                else:
-                    ledger.replies[request_id] = prior
-
-        return undo
+                ledger.replies[undo.request_id] = undo.prior_reply
 
     def _unavailable(self, request_id: str | None) -> Reply:
         return error_reply(
@@ -248,32 +272,41 @@ class WriterCore:
             self.conditions = updated
             self.store.set_conditions(updated)
 
-    def fail_batch(self, batch: _Batch, error: JournalWriteError) -> None:
-        """The batch's commit failed: take its commands back and refuse them.
+    def fail_batches(self, batches: list[_Batch], error: JournalWriteError) -> None:
+        """A commit failed: take back the commands of ``batches`` and refuse them.
 
-        Fills and corrections stay applied (they are facts the exchange will
-        show again); nothing of the batch is in the journal.
+        ``batches`` are every batch not yet durable, in the order applied (a
+        later one may build on an earlier one's commands). Fills and corrections
+        stay applied (facts the exchange will show again); nothing of them is in
+        the journal. The caller has discarded the journal's pending records.
         """
         self.journal_error = str(error)
         self._set_condition(Condition.JOURNAL_DOWN, True)
-        reverted = {slot for slot, _ in batch.undo}
-        for _, undo in reversed(batch.undo):
-            undo()
+        undos = [entry for batch in batches for entry in batch.undo]
+        reverted = {slot for slot, _ in undos}
+        for _, undo in reversed(undos):
+            self._take_back(undo)
         self.stats.commands_applied -= len(reverted)
         self.stats.commands_unavailable += len(reverted)
-        # A repeat of a taken-back request in the same batch was answered from the reply
-        # just taken back: it gets the same refusal, never an ok that was not kept.
-        taken_back = {_request_id(reply) for slot, reply in batch.replies if slot in reverted}
-        taken_back.discard(None)
-        batch.replies = [
-            (
-                slot,
-                self._unavailable(_request_id(reply))
-                if slot in reverted or _request_id(reply) in taken_back
-                else reply,
-            )
+        # A repeat of a taken-back request was answered from the reply just taken
+        # back: it gets the same refusal, never an ok that was not kept.
+        taken_back = {
+            _request_id(reply)
+            for batch in batches
             for slot, reply in batch.replies
-        ]
+            if slot in reverted
+        }
+        taken_back.discard(None)
+        for batch in batches:
+            batch.replies = [
+                (
+                    slot,
+                    self._unavailable(_request_id(reply))
+                    if slot in reverted or _request_id(reply) in taken_back
+                    else reply,
+                )
+                for slot, reply in batch.replies
+            ]
         logger.error(
             "journal write failed (%s): %d command(s) taken back and refused; "
             "fills are still applied; commands are refused until the state directory "
@@ -408,6 +441,116 @@ def _request_id(reply: Reply) -> str | None:
     return request_id if isinstance(request_id, str) else None
 
 
+@dataclass(eq=False)
+class _Sync:
+    """One write and sync running in a worker thread, and the batches it makes durable."""
+
+    write: PendingWrite
+    batches: list[_Batch]
+    done: trio.Event = field(default_factory=trio.Event)
+    error: JournalWriteError | None = None
+
+
+class _CommitPipeline:
+    """Batches applied but not yet answered, and the one sync in flight.
+
+    Replies leave in the order their batches were applied, each only once a
+    sync covering its batch (and every batch before it) has returned; so an ok
+    still means journalled and synced. At most one sync runs at a time.
+    """
+
+    def __init__(self, core: WriterCore, nursery: trio.Nursery) -> None:
+        self._core = core
+        self._nursery = nursery
+        self.waiting: list[_Batch] = []  # applied after the sync in flight, if any
+        self.syncing: _Sync | None = None
+
+    def add(self, batch: _Batch) -> None:
+        self.waiting.append(batch)
+
+    def flush(self, *, inline: bool) -> None:
+        """Nothing in flight: answer what needs no sync; start (or, inline, run) the sync
+        of what does."""
+        assert self.syncing is None
+        core = self._core
+        if not (core.journal.has_pending and any(b.needs_sync for b in self.waiting)):
+            # Fills alone wait for a disk no more than their replies (none) do.
+            self._release(self.waiting)
+            self.waiting = []
+            return
+        write = core.journal.take_pending()
+        batches, self.waiting = self.waiting, []
+        if inline:
+            started = time.perf_counter()
+            error = _write_out(core, write)
+            _warn_if_slow(time.perf_counter() - started)
+            self._finish(write, batches, error)
+            return
+        self.syncing = _Sync(write, batches)
+        self._nursery.start_soon(self._sync_in_thread, self.syncing)
+
+    async def _sync_in_thread(self, sync: _Sync) -> None:
+        # The thread is not abandoned on cancellation: a write half done must end
+        # before the journal is touched again.
+        started = time.perf_counter()
+        sync.error = await trio.to_thread.run_sync(_write_out, self._core, sync.write)
+        _warn_if_slow(time.perf_counter() - started)
+        sync.done.set()
+
+    async def wait_sync(self) -> None:
+        """Wait for the sync in flight, then answer its batches."""
+        sync = self.syncing
+        assert sync is not None
+        await sync.done.wait()
+        self.reap()
+
+    def reap(self) -> None:
+        """Answer the sync in flight's batches if it has returned."""
+        sync = self.syncing
+        if sync is None or not sync.done.is_set():
+            return
+        self.syncing = None
+        if sync.error is None:
+            self._finish(sync.write, sync.batches, None)
+            return
+        # Every batch applied since builds on the failed one: none of it is kept.
+        failed, self.waiting = [*sync.batches, *self.waiting], []
+        self._finish(sync.write, failed, sync.error)
+
+    def _finish(
+        self, write: PendingWrite, batches: list[_Batch], error: JournalWriteError | None
+    ) -> None:
+        core = self._core
+        if error is None:
+            core.journal.mark_durable(write)
+        else:
+            core.journal.discard_pending()
+            core.fail_batches(batches, error)
+            core.publish({c for batch in batches for c in batch.changed})
+        self._release(batches)
+
+    @staticmethod
+    def _release(batches: list[_Batch]) -> None:
+        for batch in batches:
+            for slot, reply in batch.replies:
+                slot.set(reply)
+            for published in batch.published:
+                published.set()
+
+
+def _write_out(core: WriterCore, write: PendingWrite) -> JournalWriteError | None:
+    try:
+        core.journal.write_out(write)
+    except JournalWriteError as error:
+        return error
+    return None
+
+
+def _warn_if_slow(seconds: float) -> None:
+    if seconds > SLOW_COMMIT_S:
+        logger.warning("journal sync took %.0f ms: the disk is slow", seconds * 1e3)
+
+
 async def run_writer(
     receive: trio.MemoryReceiveChannel[WriterMessage],
     core: WriterCore,
@@ -417,13 +560,33 @@ async def run_writer(
     """Consume ``receive`` until every producer has closed its clone.
 
     Supports ``nursery.start``; ``started()`` once it is receiving. Returns
-    after the channel ends and the last batch is durable; the caller then
-    closes the core (snapshot, store stopped).
+    after the channel ends and the last batch is durable and answered; the
+    caller then closes the core (snapshot, store stopped).
     """
     task_status.started()
-    async with receive:
-        async for first in receive:
-            messages = [first]
+    async with receive, trio.open_nursery() as nursery:
+        pipeline = _CommitPipeline(core, nursery)
+        while True:
+            pipeline.reap()
+            queued = receive.statistics().current_buffer_used
+            if pipeline.syncing is None and pipeline.waiting:
+                # Synced inline when nothing is queued behind it: a thread's wake-ups
+                # (~100 µs here) would only delay a lone client. With work queued, the
+                # thread syncs while the writer applies it.
+                pipeline.flush(inline=not queued)
+                continue
+            if pipeline.syncing is None:
+                if core.journal.events_since_snapshot >= core.snapshot_every:
+                    await _snapshot(core)
+                try:
+                    messages = [await receive.receive()]
+                except trio.EndOfChannel:
+                    break  # with nothing in flight or waiting: all is answered
+            elif not queued:
+                await pipeline.wait_sync()
+                continue
+            else:
+                messages = []
             while len(messages) < MAX_BATCH:
                 try:
                     messages.append(receive.receive_nowait())
@@ -431,32 +594,20 @@ async def run_writer(
                     break
             batch = core.apply_batch(messages)
             core.publish(batch.changed)
-            if batch.recover and core.try_recover():
-                pass
-            elif batch.needs_sync and core.journal.has_pending:
-                # Inline, not in a worker thread: the thread hop costs ~110 µs of wake-ups
-                # per round trip here and cut throughput by 40% (measured, docs/performance.md).
-                # The loop stalls for the fsync, but every state change waits for it anyway.
-                started = time.perf_counter()
-                try:
-                    core.journal.commit()
-                except JournalWriteError as error:
-                    core.fail_batch(batch, error)
-                    core.publish(batch.changed)  # the taken-back commands' currencies
-                stalled = time.perf_counter() - started
-                if stalled > SLOW_COMMIT_S:
-                    logger.warning("journal fsync took %.0f ms: the disk is slow", stalled * 1e3)
-            for slot, reply in batch.replies:
-                slot.set(reply)
-            for published in batch.published:
-                published.set()
             core.stats.batches += 1
-            if core.journal.events_since_snapshot >= core.snapshot_every and not core.journal_error:
-                try:
-                    # A batch of fills alone left its records unsynced: sync them first,
-                    # since a snapshot covers exactly what the journal holds.
-                    core.journal.commit()
-                    data = core.ledger.to_snapshot()
-                    await trio.to_thread.run_sync(core.journal.write_snapshot, data)
-                except JournalWriteError as error:
-                    core.fail_journal(error)
+            if batch.recover and pipeline.syncing is None and not pipeline.waiting:
+                core.try_recover()
+            pipeline.add(batch)
+
+
+async def _snapshot(core: WriterCore) -> None:
+    """A snapshot of the ledger, with nothing in flight (it covers exactly the journal)."""
+    if core.journal_error is not None:
+        return
+    try:
+        # Fill-only batches leave records unsynced: sync them first.
+        core.journal.commit()
+        data = core.ledger.to_snapshot()
+        await trio.to_thread.run_sync(core.journal.write_snapshot, data)
+    except JournalWriteError as error:
+        core.fail_journal(error)

@@ -134,7 +134,7 @@ async def test_a_repeat_in_a_batch_whose_commit_fails_gets_the_same_refusal(
     before = list(core.ledger.balances["USD"])
     batch = core.apply_batch([first, second])
     core.journal.discard_pending()  # as a failed commit leaves it
-    core.fail_batch(batch, JournalWriteError("disk full"))
+    core.fail_batches([batch], JournalWriteError("disk full"))
     replies = [reply for _, reply in batch.replies]
     assert [r["ok"] for r in replies] == [False, False]
     assert all(r["error"]["code"] == "UNAVAILABLE" for r in replies)  # type: ignore[index]

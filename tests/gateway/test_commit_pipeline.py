@@ -1,0 +1,145 @@
+"""The writer's pipelined commit: replies wait for the sync that covers them, and a
+failed sync takes back every command applied behind it, never a fill."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+import trio
+
+import gateway.writer
+from gateway.config import GatewayConfig
+from gateway.errors import JournalWriteError
+from gateway.journal import Journal, PendingWrite
+from gateway.ledger import UNIT, BalanceCommand, CommandKind, Fill, Side
+from gateway.messages import CommandReceived, FillReceived, WriterMessage
+from gateway.service import restore_state
+from gateway.writer import WriterCore, run_writer
+from mmapstore import StoreWriter
+
+
+@dataclass
+class HeldSync:
+    """A journal whose first write out waits in its worker thread until released."""
+
+    journal: Journal
+    fail: bool
+    release: threading.Event
+    entered: threading.Event
+    calls: int = 0
+
+    def install(self) -> None:
+        real: Callable[[PendingWrite], None] = self.journal.write_out
+
+        def write_out(write: PendingWrite) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                self.entered.set()
+                assert self.release.wait(10), "the test never released the sync"
+                if self.fail:
+                    raise JournalWriteError("journal: No space left on device")
+            real(write)
+
+        self.journal.write_out = write_out  # type: ignore[method-assign]
+
+
+@dataclass
+class Writer:
+    core: WriterCore
+    send: trio.MemorySendChannel[WriterMessage]
+    config: GatewayConfig
+
+
+@pytest.fixture
+async def writer(config: GatewayConfig, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Writer]:
+    # One message a batch, so that a queue forms behind the first and the first's
+    # sync goes to the worker thread while the writer applies the others.
+    monkeypatch.setattr(gateway.writer, "MAX_BATCH", 1)
+    config.shm_dir.mkdir()
+    store = StoreWriter.open(
+        config.store_path, exchange=config.exchange, strategy_count=config.strategy_count
+    )
+    ledger, journal, _ = restore_state(config)
+    ledger.set_totals({"USD": 1000 * UNIT, "BTC": 10 * UNIT})
+    core = WriterCore(ledger, journal, store)
+    send, receive = trio.open_memory_channel[WriterMessage](16)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_writer, receive, core)
+        async with send:
+            yield Writer(core, send, config)
+    journal.close()
+    store.close()
+
+
+def _allocate(strategy: str, index: int, amount: int, request_id: str) -> CommandReceived:
+    command = BalanceCommand(CommandKind.ALLOCATE, strategy, "USD", index, amount * UNIT)
+    return CommandReceived(command, request_id)
+
+
+def _fill(exec_id: str) -> FillReceived:
+    # Booked to slot 1 (no strategy's order): 1 BTC bought for 100 USD.
+    fill = Fill(exec_id, "BTC", "USD", Side.BUY, Decimal(1), Decimal(100), timestamp_ns=1)
+    return FillReceived(fill)
+
+
+async def _queue_behind_a_held_sync(
+    writer: Writer, held: HeldSync, messages: list[WriterMessage]
+) -> None:
+    for message in messages:
+        writer.send.send_nowait(message)
+    try:
+        assert await trio.to_thread.run_sync(held.entered.wait, 10)
+        with trio.fail_after(5):
+            while writer.send.statistics().current_buffer_used:  # the rest applied meanwhile
+                await trio.sleep(0.001)
+    except BaseException:
+        held.release.set()
+        raise
+
+
+async def test_replies_wait_for_the_sync_that_covers_them(writer: Writer) -> None:
+    held = HeldSync(writer.core.journal, False, threading.Event(), threading.Event())
+    held.install()
+    commands = [_allocate("a", 2, 10, "first"), _allocate("b", 3, 20, "second")]
+    await _queue_behind_a_held_sync(writer, held, [commands[0], _fill("T1"), commands[1]])
+    # Both applied (the store shows them), neither answered: the first's sync is held.
+    try:
+        assert writer.core.ledger.slots("USD")[2:4] == (10 * UNIT, 20 * UNIT)
+        assert writer.core.ledger.slots("BTC")[1] == 11 * UNIT
+        with trio.move_on_after(0.2):
+            await commands[0].reply.wait()
+            pytest.fail("a reply left before its sync returned")
+    finally:
+        held.release.set()
+    with trio.fail_after(5):
+        replies = [await command.reply.wait() for command in commands]
+    assert [reply["ok"] for reply in replies] == [True, True]
+    assert writer.core.journal.synced_seq == writer.core.journal.next_seq
+
+
+async def test_a_failed_sync_takes_back_every_command_behind_it_and_keeps_fills(
+    writer: Writer,
+) -> None:
+    core = writer.core
+    before = list(core.ledger.slots("USD"))
+    held = HeldSync(core.journal, True, threading.Event(), threading.Event())
+    held.install()
+    first, second = _allocate("a", 2, 10, "first"), _allocate("b", 3, 20, "second")
+    # The fill lands between the two commands: taking them back must not take it too.
+    await _queue_behind_a_held_sync(writer, held, [first, _fill("T1"), second])
+    held.release.set()
+    with trio.fail_after(5):
+        replies = [await first.reply.wait(), await second.reply.wait()]
+    assert [reply["error"]["code"] for reply in replies] == ["UNAVAILABLE"] * 2  # type: ignore[index]
+    usd = core.ledger.slots("USD")
+    assert usd[2:4] == (0, 0) and usd[0] == before[0] - 100 * UNIT  # the fill's cost stays
+    assert usd[1] == before[1] - 100 * UNIT
+    assert core.ledger.slots("BTC")[:2] == (11 * UNIT, 11 * UNIT)
+    assert not core.ledger.owners and not {"first", "second"} & set(core.ledger.replies)
+    core.ledger.check_invariant()
+    # Nothing of it is durable: a restart finds the ledger as it was before.
+    assert core.journal.next_seq == core.journal.synced_seq
