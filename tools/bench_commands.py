@@ -152,6 +152,115 @@ def concurrent_in_processes(
     return processes * per_client / elapsed, latencies
 
 
+# -- raw clients and the serving floor -------------------------------------------------
+
+RAW_REQUESTS = [
+    (
+        json.dumps(
+            {
+                "strategy": "raw{index}",
+                "cmd": cmd,
+                "currency": "USD",
+                "index": "{index}",
+                "amount": 1,
+            }
+        ).replace('"{index}"', "{index}")
+        + "\n"
+    )
+    for cmd in ("allocate", "release")
+]
+
+
+def _raw_worker(socket_path: str, per_client: int, number: int) -> None:
+    """One blocking socket, pre-encoded JSON lines: a client that costs next to nothing."""
+    index = 2 + number % 6
+    requests = [line.replace("{index}", str(index)).encode() for line in RAW_REQUESTS]
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(socket_path)
+    latencies = []
+    buffer = b""
+    for n in range(per_client):
+        start = time.perf_counter_ns()
+        sock.sendall(requests[n & 1])
+        while b"\n" not in buffer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise SystemExit("the server closed the connection")
+            buffer += chunk
+        line, _, buffer = buffer.partition(b"\n")
+        latencies.append((time.perf_counter_ns() - start) / 1000)
+        if not json.loads(line).get("ok"):
+            raise SystemExit(f"refused: {line!r}")
+    sock.close()
+    print(json.dumps(latencies))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class RawRun:
+    rate: float
+    latencies: list[float]
+    server_cpu_us: float  # the server's CPU per request
+
+
+def raw_clients(socket_path: Path, server_pid: int, processes: int, per_client: int) -> RawRun:
+    """``processes`` raw client processes, one connection each, all at once."""
+    before = cpu_seconds(server_pid)
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--raw-worker", str(socket_path), str(per_client), str(n)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(processes)
+    ]
+    latencies: list[float] = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        if proc.returncode:
+            raise SystemExit(f"a raw client failed: {out[-200:]}")
+        latencies.extend(json.loads(out))
+    elapsed = time.perf_counter() - start
+    total = processes * per_client
+    cpu_us = (cpu_seconds(server_pid) - before) / total * 1e6
+    return RawRun(total / elapsed, latencies, cpu_us)
+
+
+async def _echo_server(path: str) -> None:
+    """The floor: a Trio server that answers each line at once, as the gateway's command
+    server does but with no parsing, no writer and no disk."""
+    reply = b'{"ok": true}\n'
+
+    async def answer(stream: trio.SocketStream) -> None:
+        sock = stream.socket
+        while await sock.recv(65536):
+            await sock.send(reply)
+
+    listener = trio.socket.socket(socket.AF_UNIX)
+    await listener.bind(path)
+    listener.listen(128)
+    await trio.serve_listeners(answer, [trio.SocketListener(listener)])
+
+
+def start_echo(directory: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    path = directory / "echo.sock"
+    process = subprocess.Popen([sys.executable, __file__, "--echo", str(path)])
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise SystemExit("the echo server did not start")
+        time.sleep(0.02)
+    return process, path
+
+
 def start_gateway(root: Path, run_dir: Path, cpu: int | None) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -196,7 +305,16 @@ def main() -> None:
         help="gateway on CPU 0 and clients on CPU 1 (split), both on CPU 0 (same), or unpinned",
     )
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--echo", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.raw_worker:
+        path, per_client, number = args.raw_worker
+        _raw_worker(path, int(per_client), int(number))
+        return
+    if args.echo:
+        trio.run(_echo_server, args.echo)
+        return
     if args.worker:
         run_dir, clients, per_client, _ = args.worker
         _concurrent_worker(run_dir, int(clients), int(per_client))

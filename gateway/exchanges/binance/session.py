@@ -45,6 +45,7 @@ from gateway.exchanges.binance.parsing import (
     parse_user_event,
 )
 from gateway.exchanges.binance.rest import BinanceRestClient
+from gateway.exchanges.feed import SilenceTimer, deliver
 from gateway.ledger import Fill
 from gateway.messages import ExchangeHealthChanged, FillReceived, TransferReceived, WriterMessage
 
@@ -237,16 +238,17 @@ class BinanceSession:
     ) -> None:
         pings = 0
         while True:
-            with trio.move_on_after(PING_AFTER_S) as quiet:
-                text = await ws.get_message()
-            if quiet.cancelled_caught:
-                pings += 1
-                if pings * PING_AFTER_S >= STALE_AFTER_S:
-                    raise StreamEnded(f"nothing for {STALE_AFTER_S:.0f} s")
-                await ws.send_message(json.dumps({"id": f"ping-{pings}", "method": "ping"}))
-                continue
-            pings = 0
-            await self._handle(loads(text), symbols, send)
+            silence = SilenceTimer(PING_AFTER_S)
+            with silence.scope:
+                while True:
+                    text = await ws.get_message()
+                    silence.heard()
+                    pings = 0
+                    await self._handle(loads(text), symbols, send)
+            pings += 1
+            if pings * PING_AFTER_S >= STALE_AFTER_S:
+                raise StreamEnded(f"nothing for {STALE_AFTER_S:.0f} s")
+            await ws.send_message(json.dumps({"id": f"ping-{pings}", "method": "ping"}))
 
     async def _handle(
         self, message: object, symbols: SymbolMap, send: trio.MemorySendChannel[WriterMessage]
@@ -257,10 +259,10 @@ class BinanceSession:
         match event:
             case UserFill(fill=fill):
                 self.fills_received += 1
-                await send.send(FillReceived(fill))
+                await deliver(send, FillReceived(fill))
             case UserTransfer(transfer=transfer):
                 self.transfers_received += 1
-                await send.send(TransferReceived(transfer))
+                await deliver(send, TransferReceived(transfer))
             case Skipped(event=kind, reason=reason):
                 self.skipped[kind] = self.skipped.get(kind, 0) + 1
                 logger.warning("Binance %s event not booked: %s", kind, reason)

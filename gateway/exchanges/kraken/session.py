@@ -32,6 +32,7 @@ from trio_websocket import (
 
 from gateway.errors import BootstrapError, only_leaf
 from gateway.exchanges.base import ExchangeHealth
+from gateway.exchanges.feed import SilenceTimer, deliver
 from gateway.exchanges.kraken.assets import AssetMap
 from gateway.exchanges.kraken.errors import (
     PERMISSIONS,
@@ -437,27 +438,28 @@ class KrakenSession:
         decimals: Mapping[str, int],
     ) -> None:
         """The live connection: every execution and ledger entry to the writer, in order."""
-        while True:
-            with trio.move_on_after(self.heartbeat_timeout_s) as quiet:
+        silence = SilenceTimer(self.heartbeat_timeout_s)
+        with silence.scope:
+            while True:
                 text = await ws.get_message()
-            if quiet.cancelled_caught:
-                raise StreamStale(f"nothing for {self.heartbeat_timeout_s} s")
-            message = parse_ws_message(text, decimals)
-            if isinstance(message, WsExecutions):
-                self._count_skipped(message.skipped)
-                for fill in message.fills:
-                    self.fills_received += 1
-                    await send.send(FillReceived(fill))
-            elif isinstance(message, WsBalances):
-                self._count_skipped(message.skipped)
-                for transfer in message.transfers:
-                    self.transfers_received += 1
-                    await send.send(TransferReceived(transfer))
-            elif isinstance(message, WsStatus):
-                self.system = message.system
-                logger.info("Kraken system status: %s", message.system)
-            elif isinstance(message, WsHeartbeat | WsAck | WsIgnored):
-                pass
+                silence.heard()
+                message = parse_ws_message(text, decimals)
+                if isinstance(message, WsExecutions):
+                    self._count_skipped(message.skipped)
+                    for fill in message.fills:
+                        self.fills_received += 1
+                        await deliver(send, FillReceived(fill))
+                elif isinstance(message, WsBalances):
+                    self._count_skipped(message.skipped)
+                    for transfer in message.transfers:
+                        self.transfers_received += 1
+                        await deliver(send, TransferReceived(transfer))
+                elif isinstance(message, WsStatus):
+                    self.system = message.system
+                    logger.info("Kraken system status: %s", message.system)
+                elif isinstance(message, WsHeartbeat | WsAck | WsIgnored):
+                    pass
+        raise StreamStale(f"nothing for {self.heartbeat_timeout_s} s")
 
     def _count_skipped(self, skipped: tuple[SkippedExecution, ...]) -> None:
         """Log and count executions that are not booked; the reconciler mends balances."""
