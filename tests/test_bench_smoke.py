@@ -13,6 +13,7 @@ SECTIONS = (
     "## Scaling of reads",
     "## Durable commands",
     "## Fills: exchange to visible",
+    "## Fills on Binance: exchange to visible",
     "## Memory and CPU under fills",
     "## Startup and recovery",
     "## Plots",

@@ -1,6 +1,7 @@
 """Fill-path benchmark: from the simulator sending an execution to a reader process seeing it.
 
-    .venv/bin/python tools/bench_fills.py [--rates 1000,10000] [--seconds 5] [--saturation]
+    .venv/bin/python tools/bench_fills.py [--exchange kraken|binance] [--rates 1000,10000]
+        [--seconds 5] [--saturation]
 
 Three processes, as in production: the simulator (`gateway sim`), the gateway
 (`gateway run` against it) and a reader that polls the shared memory. In probe
@@ -32,6 +33,8 @@ from trio_websocket import open_websocket_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gateway.exchanges.binance.signing import sign_ws_params  # noqa: E402
+from gateway.exchanges.binance.sim.server import TRADE_MARK  # noqa: E402
 from gateway.exchanges.kraken.rest import KrakenRestClient  # noqa: E402
 from gateway.launcher import LocalStack  # noqa: E402
 from mmapstore import StoreReader, store_path  # noqa: E402
@@ -40,13 +43,18 @@ PROBE_SLOT = 5
 FLOOR_MAX_RATE = 10_000
 SUSTAINED_P99_US = 20_000
 UPDATE_PREFIX = '{"channel": "executions", "type": "update"'
+# Each simulator's trade generator, told to make probe fills: 1e-8 BTC bought for slot 5.
+PROBES: dict[str, dict[str, object]] = {
+    "kraken": {"pairs": ["XXBTZUSD"], "userrefs": [PROBE_SLOT]},
+    "binance": {"symbols": ["BTCUSDT"], "strategy_ids": [PROBE_SLOT]},
+}
 PROBE_QTY = Decimal("0.00000001")
 SCALED_PER_FILL = 10**10  # 1e-8 at scale 18
 
 
-def reader_main(shm: str, expected: int, out: str, timeout_s: float) -> None:
+def reader_main(shm: str, exchange: str, expected: int, out: str, timeout_s: float) -> None:
     """Poll the BTC record; write (fills seen, first time seen) pairs to ``out``."""
-    reader = StoreReader(store_path("kraken", shm))
+    reader = StoreReader(store_path(exchange, shm))
     seen: list[tuple[int, int]] = []
     base = reader.record("BTC").scaled[PROBE_SLOT]
     last = 0
@@ -62,38 +70,55 @@ def reader_main(shm: str, expected: int, out: str, timeout_s: float) -> None:
     Path(out).write_text(json.dumps(seen))
 
 
-async def bare_client(address: dict[str, str], rate: int, count: int) -> list[int]:
-    """The floor: a WS client that only notes when each execution arrives."""
-    async with KrakenRestClient(
-        address["rest_url"], api_key=address["api_key"], api_secret=address["api_secret"]
-    ) as rest:
-        token = await rest.websockets_token()
+def probe_body(exchange: str, rate: int, count: int) -> dict[str, object]:
+    return {"rate": rate, "count": count, "probe": True, "qty": str(PROBE_QTY), **PROBES[exchange]}
+
+
+async def bare_client(exchange: str, address: dict[str, str], rate: int, count: int) -> list[int]:
+    """The floor: a WS client that subscribes as the gateway does and only notes when
+    each execution arrives."""
     received: list[int] = []
     async with open_websocket_url(address["ws_url"]) as ws:
-        # As the gateway subscribes: open / close transitions only, no pending_new.
-        params = {"channel": "executions", "token": token, "order_status": False}
-        subscribe = {"method": "subscribe", "params": params}
-        await ws.send_message(json.dumps(subscribe))
-        while '"snapshot"' not in await ws.get_message():
-            pass
+        if exchange == "kraken":
+            async with KrakenRestClient(
+                address["rest_url"], api_key=address["api_key"], api_secret=address["api_secret"]
+            ) as rest:
+                token = await rest.websockets_token()
+            # As the gateway subscribes: open / close transitions only, no pending_new.
+            params = {"channel": "executions", "token": token, "order_status": False}
+            await ws.send_message(json.dumps({"method": "subscribe", "params": params}))
+            while '"snapshot"' not in await ws.get_message():
+                pass
+            mark = UPDATE_PREFIX
+        else:
+            signed: dict[str, str | int] = {
+                "apiKey": address["api_key"],
+                "timestamp": int(time.time() * 1000),
+            }
+            signed["signature"] = sign_ws_params(signed, address["api_secret"])
+            await ws.send_message(json.dumps(
+                {"id": "s", "method": "userDataStream.subscribe.signature", "params": signed}
+            ))  # fmt: skip
+            while '"id": "s"' not in await ws.get_message():
+                pass
+            mark = TRADE_MARK
         async with httpx.AsyncClient() as http:
             await http.post(
                 f"{address['rest_url']}/sim/trade-generator",
-                json={"rate": rate, "count": count, "probe": True, "qty": str(PROBE_QTY),
-                      "pairs": ["XXBTZUSD"], "userrefs": [PROBE_SLOT]},
-            )  # fmt: skip
+                json=probe_body(exchange, rate, count),
+            )
         while len(received) < count:
             message = await ws.get_message()
-            if isinstance(message, str) and message.startswith(UPDATE_PREFIX):
+            if isinstance(message, str) and mark in message:
                 received.append(time.time_ns())
     return received
 
 
-def run_floor(rate: int, seconds: float) -> dict[str, float]:
-    stack = Stack(with_gateway=False)
+def run_floor(rate: int, seconds: float, exchange: str = "kraken") -> dict[str, float]:
+    stack = Stack(with_gateway=False, exchange=exchange)
     try:
         count = int(rate * seconds)
-        received = trio.run(bare_client, stack.address, rate, count)
+        received = trio.run(bare_client, exchange, stack.address, rate, count)
         sent = stack.control("generated", {})["sent_ns"]
         assert isinstance(sent, list)
     finally:
@@ -123,10 +148,11 @@ def cpu_seconds(pid: int) -> float:
 class Stack(LocalStack):
     """The simulator and, unless told otherwise, the gateway, in temporary directories."""
 
-    def __init__(self, *, with_gateway: bool = True) -> None:
+    def __init__(self, *, with_gateway: bool = True, exchange: str = "kraken") -> None:
         super().__init__(
             Path(tempfile.mkdtemp(prefix="bench-fills-")),
             Path(tempfile.mkdtemp(prefix="hft-")),
+            exchange=exchange,
             log_level="warning",
         )
         self.start_sim()
@@ -143,8 +169,8 @@ def run_rate(stack: Stack, rate: int, seconds: float) -> dict[str, float]:
     count = int(rate * seconds)
     out = stack.root / f"seen-{rate}.json"
     reader = subprocess.Popen(
-        [sys.executable, __file__, "--reader", str(stack.root / "shm"), str(count), str(out),
-         str(seconds * 4 + 20)],
+        [sys.executable, __file__, "--reader", str(stack.root / "shm"), stack.exchange,
+         str(count), str(out), str(seconds * 4 + 20)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert reader.stdout is not None
@@ -152,11 +178,7 @@ def run_rate(stack: Stack, rate: int, seconds: float) -> dict[str, float]:
     assert stack.gateway is not None
     cpu_before = cpu_seconds(stack.gateway.pid)
     started = time.perf_counter()
-    stack.control(
-        "trade-generator",
-        {"rate": rate, "count": count, "probe": True, "qty": str(PROBE_QTY),
-         "pairs": ["XXBTZUSD"], "userrefs": [PROBE_SLOT]},
-    )  # fmt: skip
+    stack.control("trade-generator", probe_body(stack.exchange, rate, count))
     reader.wait(timeout=seconds * 4 + 60)
     elapsed = time.perf_counter() - started
     cpu = cpu_seconds(stack.gateway.pid) - cpu_before
@@ -220,17 +242,18 @@ def run_deposits(stack: Stack, count: int = 40) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--exchange", choices=sorted(PROBES), default="kraken")
     parser.add_argument("--rates", default="1000,10000")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--saturation", action="store_true", help="also step up to the limit")
     parser.add_argument("--markdown", type=Path)
-    parser.add_argument("--reader", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--reader", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reader:
-        shm, expected, out, timeout_s = args.reader
-        reader_main(shm, int(expected), out, float(timeout_s))
+        shm, exchange, expected, out, timeout_s = args.reader
+        reader_main(shm, exchange, int(expected), out, float(timeout_s))
         return
-    stack = Stack()
+    stack = Stack(exchange=args.exchange)
     results = []
     try:
         rates = [int(r) for r in args.rates.split(",")]
@@ -240,7 +263,7 @@ def main() -> None:
             print(f"{rate} fills/s for {args.seconds} s ...", flush=True)
             result = run_rate(stack, rate, args.seconds)
             if rate <= FLOOR_MAX_RATE:
-                floor = run_floor(rate, min(args.seconds, 3.0))
+                floor = run_floor(rate, min(args.seconds, 3.0), args.exchange)
                 result["floor_median_us"] = floor["median_us"]
                 result["floor_p99_us"] = floor["p99_us"]
             results.append(result)
@@ -251,7 +274,8 @@ def main() -> None:
     finally:
         stack.close()
     lines = [
-        f"Command: `python tools/bench_fills.py --rates {args.rates} --seconds {args.seconds}"
+        f"Command: `python tools/bench_fills.py --exchange {args.exchange} --rates {args.rates} "
+        f"--seconds {args.seconds}"
         f"{' --saturation' if args.saturation else ''}`; {os.cpu_count()} CPUs; simulator, "
         "gateway and reader are three processes. Latency runs from the simulator handing "
         "the execution to its socket; the floor is a bare WS client on the same simulator.",

@@ -513,6 +513,25 @@ def fills(plan: Plan, report: Report, work: Path) -> None:
         deposits = bench_fills.run_deposits(stack)
     finally:
         stack.close()
+    # The second exchange at the first rate, through the same probe and reader.
+    second = bench_fills.Stack(exchange="binance")
+    try:
+        binance = bench_fills.run_rate(second, plan.fill_rates[0], plan.fill_seconds)
+        floor = bench_fills.run_floor(plan.fill_rates[0], min(plan.fill_seconds, 3.0), "binance")
+    finally:
+        second.close()
+    report.table(
+        "Fills on Binance: exchange to visible",
+        ["offered/s", "delivered", "median µs", "p99 µs", "floor median µs", "floor p99 µs",
+         "gateway CPU µs/fill"],
+        [[f"{binance['rate']:,.0f}", f"{binance['delivered']:,.0f}",
+          f"{binance['median_us']:,.0f}", f"{binance['p99_us']:,.0f}",
+          f"{floor['median_us']:,.0f}", f"{floor['p99_us']:,.0f}",
+          f"{binance['gateway_cpu_us_per_fill']:.0f}"]],
+        "The Binance simulator's probe fills (an executionReport NEW, its TRADE and an "
+        "outboundAccountPosition each) to a polling reader; the floor is a bare client "
+        "subscribed as the gateway is (`tools/bench_fills.py --exchange binance`).",
+    )  # fmt: skip
     rows = [
         [
             f"{r['rate']:,.0f}",

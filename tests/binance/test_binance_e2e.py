@@ -3,62 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
-
-import pytest
 
 from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem, strategy_balance
 from clients.errors import CommandError
 from gateway.launcher import LocalStack
-from mmapstore import StoreReader
+from tests.binance.conftest import QUICK, STRATEGIES, settled, slots
 from tests.kraken.stack import wait_until
-
-QUICK = ("--reconcile-interval", "1", "--recheck-interval", "0.5")
-STRATEGIES = (2, 3, 4)
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[LocalStack]:
-    run_dir = Path(tempfile.mkdtemp(prefix="hft-"))
-    binance = LocalStack(tmp_path, run_dir, exchange="binance")
-    binance.start_sim("--latency-ms", "2", "--jitter-ms", "2")
-    yield binance
-    binance.kill()
-    shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def slots(stack: LocalStack) -> dict[str, tuple[Decimal, ...]]:
-    with StoreReader(stack.store) as reader:
-        return {c: reader.record(c).exact_all() for c in reader.currencies()}
-
-
-def matches_simulator(stack: LocalStack) -> bool:
-    """Slot 0 is the exchange's balance and each strategy slot its orders' trades, exactly."""
-    state = stack.control("state")
-    balances, by_strategy = state["balances"], state["by_strategy"]
-    assert isinstance(balances, dict) and isinstance(by_strategy, dict)
-    held = slots(stack)
-    for asset, balance in balances.items():
-        row = held.get(asset)
-        if row is None or row[0] != Decimal(balance) or row[0] != sum(row[1:]):
-            return False
-        for k in STRATEGIES:
-            if row[k] != Decimal(by_strategy.get(str(k), {}).get(asset, "0")):
-                return False
-    return True
-
-
-def settled(stack: LocalStack) -> bool:
-    answer = stack.status()
-    return answer["reconcile_state"] == "verified" and matches_simulator(stack)
 
 
 def test_fills_reach_their_strategy_slots_and_a_deposit_shows_at_once(stack: LocalStack) -> None:

@@ -1,10 +1,13 @@
 """The Binance-compatible simulator's account: balances, symbols, orders, trades, transfers.
 
 Pure bookkeeping, no I/O: the server (``server.py``) turns requests into calls
-here and the results into Binance's JSON. Orders fill at once (market orders,
-and limit orders that cross) in one or more trades; each trade books its
-quote quantity at 8 decimals and a 0.1 % commission in the asset received (or
-in BNB, at a quarter off, when asked), as Binance does by default.
+here and the results into Binance's JSON. Orders fill at once in one or more
+trades, each a basis point further from the market than the last: market
+orders wholly, limit orders as far as their price allows (a limit that does
+not cross rests, ``GTC``, or expires, ``IOC`` and ``FOK``; nothing rests ever
+fills later). Each trade books its quote quantity at 8 decimals and a 0.1 %
+commission in the asset received (or in BNB, at a quarter off, when asked), as
+Binance does by default.
 """
 
 from __future__ import annotations
@@ -81,6 +84,12 @@ def insufficient() -> SimError:
     return SimError(400, -2010, "Account has insufficient balance for requested action.")
 
 
+def _missing(name: str) -> SimError:
+    return SimError(
+        400, -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed."
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SimTrade:
     symbol: SimSymbol
@@ -109,31 +118,54 @@ class SimTrade:
             "isBuyer": self.side == "BUY", "isMaker": False, "isBestMatch": True,
         }  # fmt: skip
 
-    def report(self, execution: str = "TRADE") -> dict[str, object]:
-        """The ``executionReport`` of this trade (``TRADE``), or of its order (``NEW``)."""
-        trade = execution == "TRADE"
+    def report(self, order: Mapping[str, object]) -> dict[str, object]:
+        """The ``executionReport`` of this trade of ``order``."""
         done = self.cum_qty >= self.order_qty
-        event: dict[str, object] = {
-            "e": "executionReport", "E": self.time_ms, "s": self.symbol.name,
-            "c": self.client_order_id, "S": self.side, "o": "MARKET", "f": "GTC",
-            "q": str(self.order_qty), "p": "0.00000000", "P": "0.00000000", "F": "0.00000000",
-            "g": -1, "C": "", "x": execution,
-            "X": ("FILLED" if done else "PARTIALLY_FILLED") if trade else "NEW",
-            "r": "NONE", "i": self.order_id,
-            "l": str(self.qty) if trade else "0.00000000",
-            "z": str(self.cum_qty) if trade else "0.00000000",
-            "L": str(self.price) if trade else "0.00000000",
-            "n": str(self.commission) if trade else "0",
-            "N": self.commission_asset if trade else None,
-            "T": self.time_ms, "t": self.trade_id if trade else -1, "I": self.trade_id * 2,
-            "w": False, "m": False, "M": trade, "O": self.time_ms,
-            "Z": str(self.cum_quote) if trade else "0.00000000",
-            "Y": str(self.quote_qty) if trade else "0.00000000", "Q": "0.00000000",
-            "V": "EXPIRE_MAKER",
-        }  # fmt: skip
-        if self.strategy_id is not None:
-            event["j"] = self.strategy_id
-        return event
+        return order_report(
+            order, "TRADE", "FILLED" if done else "PARTIALLY_FILLED", self.time_ms,
+            last=(self.qty, self.price, self.quote_qty), cum=(self.cum_qty, self.cum_quote),
+            fee=(self.commission, self.commission_asset), trade_id=self.trade_id,
+        )  # fmt: skip
+
+
+def order_report(
+    order: Mapping[str, object],
+    execution: str,
+    status: str,
+    time_ms: int,
+    *,
+    last: tuple[Decimal, Decimal, Decimal] = (Decimal(0), Decimal(0), Decimal(0)),
+    cum: tuple[Decimal, Decimal] = (Decimal(0), Decimal(0)),
+    fee: tuple[Decimal, str | None] = (Decimal(0), None),
+    trade_id: int = -1,
+) -> dict[str, object]:
+    """An ``executionReport``: ``NEW``, ``TRADE`` or ``EXPIRED`` of ``order``."""
+    trade = execution == "TRADE"
+    event: dict[str, object] = {
+        "e": "executionReport", "E": time_ms, "s": order["symbol"],
+        "c": order["clientOrderId"], "S": order["side"], "o": order["type"],
+        "f": order["timeInForce"], "q": order["origQty"], "p": order["price"],
+        "P": "0.00000000", "F": "0.00000000", "g": -1, "C": "", "x": execution, "X": status,
+        "r": "NONE", "i": order["orderId"],
+        "l": f"{last[0]:.8f}", "z": f"{cum[0]:.8f}", "L": f"{last[1]:.8f}",
+        "n": str(fee[0]) if trade else "0", "N": fee[1] if trade else None,
+        "T": time_ms, "t": trade_id, "I": trade_id * 2 if trade else time_ms,
+        "w": status in ("NEW", "PARTIALLY_FILLED") and not trade, "m": False, "M": trade,
+        "O": order["time"], "Z": f"{cum[1]:.8f}", "Y": f"{last[2]:.8f}", "Q": "0.00000000",
+        "W": order["workingTime"], "V": order["selfTradePreventionMode"],
+    }  # fmt: skip
+    if "strategyId" in order:
+        event["j"] = order["strategyId"]
+    return event
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """What an order did: its record (as ``allOrders`` lists it), its trades, its events."""
+
+    order: dict[str, object]
+    trades: list[SimTrade]
+    expired: bool  # the part not filled expired (IOC, FOK)
 
 
 @dataclass
@@ -188,22 +220,37 @@ class SimAccount:
         side: str,
         qty: Decimal,
         *,
+        order_type: str = "MARKET",
+        limit_price: Decimal | None = None,
+        time_in_force: str | None = None,
         strategy_id: int | None = None,
         client_order_id: str | None = None,
         parts: int = 1,
         fee_in_bnb: bool = False,
         now_ms: int | None = None,
-    ) -> list[SimTrade]:
-        """A market order for ``qty`` base, filled at once in ``parts`` trades.
+    ) -> Placed:
+        """An order for ``qty`` base, filled at once in up to ``parts`` trades.
+
+        A ``LIMIT`` order trades only the parts priced within ``limit_price``;
+        the rest rests (``GTC``) or expires (``IOC``; ``FOK`` expires whole
+        unless all of it can fill).
 
         Raises:
-            SimError: unknown symbol (-1121), bad side or quantity (-1100), or funds (-2010).
+            SimError: unknown symbol (-1121), a mandatory parameter missing or
+                malformed (-1102, -1100), or funds (-2010).
         """
         symbol = self.symbols.get(symbol_name)
         if symbol is None:
             raise SimError(400, -1121, "Invalid symbol.")
-        if side not in ("BUY", "SELL") or qty <= 0 or qty != qty.quantize(EIGHT):
-            raise SimError(400, -1100, "Illegal characters found in a parameter.")
+        if side not in ("BUY", "SELL"):
+            raise SimError(400, -1100, "Illegal characters found in parameter 'side'.")
+        if qty <= 0 or qty != qty.quantize(EIGHT):
+            raise SimError(400, -1100, "Illegal characters found in parameter 'quantity'.")
+        if order_type == "LIMIT":
+            if limit_price is None:
+                raise _missing("price")
+            if time_in_force not in ("GTC", "IOC", "FOK"):
+                raise _missing("timeInForce")
         market = self.prices[symbol.name]
         sign = 1 if side == "BUY" else -1
         pieces = [(qty / parts).quantize(EIGHT, ROUND_DOWN)] * (parts - 1)
@@ -212,6 +259,8 @@ class SimAccount:
         deltas: dict[str, Decimal] = {}
         for step, piece in enumerate(p for p in pieces if p > 0):
             price = (market * (1 + sign * Decimal(step) / 10_000)).quantize(market)
+            if limit_price is not None and sign * (price - limit_price) > 0:
+                break  # beyond the limit: the rest does not trade
             quote = (piece * price).quantize(EIGHT, ROUND_HALF_EVEN)
             received, amount = (symbol.base, piece) if side == "BUY" else (symbol.quote, quote)
             if fee_in_bnb:
@@ -224,6 +273,9 @@ class SimAccount:
             deltas[symbol.quote] = deltas.get(symbol.quote, Decimal(0)) - sign * quote
             deltas[fee_asset] = deltas.get(fee_asset, Decimal(0)) - fee
             fills.append((piece, price, quote, fee, fee_asset))
+        executed = sum((piece for piece, *_ in fills), Decimal(0))
+        if time_in_force == "FOK" and executed < qty:
+            fills, deltas, executed = [], {}, Decimal(0)
         if any(self.balances.get(a, Decimal(0)) + d < 0 for a, d in deltas.items()):
             raise insufficient()
         for asset, delta in deltas.items():
@@ -231,17 +283,30 @@ class SimAccount:
             if strategy_id is not None:
                 book = self.by_strategy.setdefault(strategy_id, {})
                 book[asset] = book.get(asset, Decimal(0)) + delta
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
         order_id = next(self.order_ids)
         client_order_id = client_order_id or secrets.token_urlsafe(16)
-        self.orders[order_id] = {
+        expired = executed < qty and time_in_force in ("IOC", "FOK")
+        if executed == qty:
+            status = "FILLED"
+        elif expired:
+            status = "EXPIRED"
+        else:
+            status = "PARTIALLY_FILLED" if executed else "NEW"
+        order: dict[str, object] = {
             "symbol": symbol.name, "orderId": order_id, "orderListId": -1,
-            "clientOrderId": client_order_id, "price": "0.00000000", "origQty": str(qty),
-            "executedQty": str(qty), "status": "FILLED", "timeInForce": "GTC",
-            "type": "MARKET", "side": side, "time": now_ms or int(time.time() * 1000),
-            "isWorking": False, "selfTradePreventionMode": "EXPIRE_MAKER",
+            "clientOrderId": client_order_id,
+            "price": f"{limit_price:.8f}" if limit_price is not None else "0.00000000",
+            "origQty": f"{qty:.8f}", "executedQty": f"{executed:.8f}",
+            "cummulativeQuoteQty": f"{sum((f[2] for f in fills), Decimal(0)):.8f}",
+            "status": status, "timeInForce": time_in_force or "GTC", "type": order_type,
+            "side": side, "stopPrice": "0.00000000", "icebergQty": "0.00000000",
+            "time": now, "updateTime": now, "isWorking": status in ("NEW", "PARTIALLY_FILLED"),
+            "workingTime": now, "origQuoteOrderQty": "0.00000000",
+            "selfTradePreventionMode": "EXPIRE_MAKER",
             **({"strategyId": strategy_id} if strategy_id is not None else {}),
         }  # fmt: skip
-        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        self.orders[order_id] = order
         trades = []
         cum_qty = cum_quote = Decimal(0)
         for piece, price, quote, fee, fee_asset in fills:
@@ -253,7 +318,7 @@ class SimAccount:
             )  # fmt: skip
             trades.append(trade)
             self.trades.append(trade)
-        return trades
+        return Placed(order, trades, expired)
 
     def _bnb_price(self, quote: str) -> Decimal:
         """BNB in ``quote``: through BNBUSDT, USDT and USDC at par, BTC through BTCUSDT."""

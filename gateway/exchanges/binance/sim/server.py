@@ -37,7 +37,13 @@ from trio_websocket import (
 )
 
 from gateway.exchanges.binance.signing import sign_query, sign_ws_params
-from gateway.exchanges.binance.sim.exchange import SimAccount, SimError, SimTrade
+from gateway.exchanges.binance.sim.exchange import (
+    Placed,
+    SimAccount,
+    SimError,
+    SimTrade,
+    order_report,
+)
 from gateway.exchanges.simcli import SimAddress, serve_rest_and_ws
 from gateway.exchanges.simhttp import HttpAnswer, HttpRequest
 
@@ -46,6 +52,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_RECV_WINDOW_MS: Final = 5000
 MAX_RECV_WINDOW_MS: Final = 60_000
 SUBSCRIBER_QUEUE: Final = 100_000
+# A trade's executionReport on the wire (json.dumps's separators): probe mode times it.
+TRADE_MARK: Final = '"x": "TRADE"'
 # Request weights as Binance documents them (rest-api.md), and its 1-minute limit.
 WEIGHTS: Final = {"account": 20, "myTrades": 20, "allOrders": 20, "exchangeInfo": 20,
                   "order": 1, "time": 1}  # fmt: skip
@@ -71,6 +79,9 @@ class BinanceSimulator:
     generator: trio.CancelScope | None = None
     weight_used: int = 0
     weight_minute: int = 0
+    # Probe mode (benchmarks): when each trade's report was handed to a socket.
+    record_sends: bool = False
+    sent_ns: list[int] = field(default_factory=list)
 
     def push(self, events: list[dict[str, object]]) -> None:
         """Each event to every user data subscription; a subscriber too slow is dropped."""
@@ -84,14 +95,26 @@ class BinanceSimulator:
                     channel.close()
                     break
 
-    def push_trades(self, trades: list[SimTrade]) -> None:
-        events: list[dict[str, object]] = []
-        seen_orders: set[int] = set()
-        for trade in trades:
-            if trade.order_id not in seen_orders:
-                seen_orders.add(trade.order_id)
-                events.append(trade.report("NEW"))
-            events.append(trade.report("TRADE"))
+    def push_order(self, placed: Placed) -> None:
+        """The order's events, as Binance streams them: ``NEW``, each ``TRADE``, then
+        ``EXPIRED`` for a part that expired, and the balances that moved."""
+        order, trades = placed.order, placed.trades
+        time_ms = int(str(order["time"]))
+        events = [order_report(order, "NEW", "NEW", time_ms)]
+        events += [trade.report(order) for trade in trades]
+        if placed.expired:
+            events.append(
+                order_report(
+                    order,
+                    "EXPIRED",
+                    "EXPIRED",
+                    time_ms,
+                    cum=(
+                        Decimal(str(order["executedQty"])),
+                        Decimal(str(order["cummulativeQuoteQty"])),
+                    ),
+                )
+            )
         if trades:
             events.append(self.position({a for t in trades for a in _assets_of(t)}))
         self.push(events)
@@ -223,15 +246,52 @@ def _rest(
     if endpoint == "allOrders" and request.method == "GET":
         return account.all_orders(params["symbol"], _int(params, "orderId"), limit)
     if endpoint == "order" and request.method == "POST":
-        if params.get("type") != "MARKET":
-            raise SimError(400, -1116, "Invalid orderType.")
-        trades = account.place(
-            params["symbol"], params.get("side", ""), Decimal(params["quantity"]),
-            strategy_id=_int(params, "strategyId"), client_order_id=params.get("newClientOrderId"),
-        )  # fmt: skip
-        sim.push_trades(trades)
-        return account.orders[trades[0].order_id]
+        return _new_order(sim, params)
     raise SimError(405, -1000, "Method not allowed.")
+
+
+def _new_order(sim: BinanceSimulator, params: dict[str, str]) -> object:
+    """``POST /api/v3/order``: MARKET and LIMIT orders, answered ACK, RESULT or FULL."""
+    order_type = params.get("type")
+    if order_type not in ("MARKET", "LIMIT"):
+        raise SimError(400, -1116, "Invalid orderType.")
+    for name in ("symbol", "side", "quantity"):
+        if not params.get(name):
+            raise SimError(
+                400, -1102,
+                f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.",
+            )  # fmt: skip
+    price = params.get("price")
+    placed = sim.account.place(
+        params["symbol"], params["side"], Decimal(params["quantity"]), order_type=order_type,
+        limit_price=Decimal(price) if price else None, time_in_force=params.get("timeInForce"),
+        strategy_id=_int(params, "strategyId"), client_order_id=params.get("newClientOrderId"),
+    )  # fmt: skip
+    sim.push_order(placed)
+    order = placed.order
+    answer: dict[str, object] = {
+        key: order[key] for key in ("symbol", "orderId", "orderListId", "clientOrderId")
+    }
+    answer["transactTime"] = order["time"]
+    response_type = params.get("newOrderRespType", "FULL")
+    if response_type == "ACK":
+        return answer
+    answer.update(
+        (key, order[key])
+        for key in (
+            "price", "origQty", "executedQty", "origQuoteOrderQty", "cummulativeQuoteQty",
+            "status", "timeInForce", "type", "side", "workingTime", "selfTradePreventionMode",
+        )
+    )  # fmt: skip
+    if "strategyId" in order:
+        answer["strategyId"] = order["strategyId"]
+    if response_type == "FULL":
+        answer["fills"] = [
+            {"price": str(t.price), "qty": str(t.qty), "commission": str(t.commission),
+             "commissionAsset": t.commission_asset, "tradeId": t.trade_id}
+            for t in placed.trades
+        ]  # fmt: skip
+    return answer
 
 
 async def _control(
@@ -262,11 +322,15 @@ async def _control(
         if sim.generator is not None:
             sim.generator.cancel()
             sim.generator = None
+        sim.sent_ns.clear()
+        sim.record_sends = bool(body.get("probe", False))
         rate = float(str(body.get("rate", 0)))
         if rate > 0:
             sim.generator = trio.CancelScope()
             nursery.start_soon(_generate_trades, sim, sim.generator, rate, body)
         return {"rate": rate}
+    if name == "generated":
+        return {"sent_ns": sim.sent_ns}
     if name == "state":
         return {
             "balances": {a: str(v) for a, v in sorted(account.balances.items())},
@@ -284,30 +348,60 @@ async def _control(
 async def _generate_trades(
     sim: BinanceSimulator, scope: trio.CancelScope, rate: float, body: dict[str, object]
 ) -> None:
-    """Market orders at ``rate``/s on the given symbols and strategy ids (None: untagged)."""
+    """Market orders at ``rate``/s on the given symbols and strategy ids (None: untagged).
+
+    With ``probe``, every order buys ``qty`` of the first symbol for the first
+    strategy in one trade, and each trade's send time is recorded as it is
+    handed to the socket (``/sim/generated``), so a benchmark can time it.
+    """
     ids = body.get("strategy_ids", [2, 3, 4])
     strategies = [None if s is None else int(str(s)) for s in ids] if isinstance(ids, list) else []
     symbols = body.get("symbols", ["BTCUSDT", "ETHUSDT", "ETHBTC", "BNBUSDT"])
     names = [str(s) for s in symbols] if isinstance(symbols, list) else []
     limit = int(str(body.get("count", 0)))
+    probe = bool(body.get("probe", False))
+    probe_qty = Decimal(str(body.get("qty", "0.001")))
     rng = random.Random(int(str(body.get("seed", 7))))
+    batch = max(1, int(rate / 1000))  # at most ~1000 wake-ups a second
+    next_at = trio.current_time()
     made = 0
     with scope:
         while limit == 0 or made < limit:
-            name = rng.choice(names)
-            base_qty = Decimal("0.001") if name.startswith("BTC") else Decimal("0.01")
-            qty = (base_qty * rng.randint(1000, 5000) / 1000).quantize(Decimal("0.00000001"))
-            side = "BUY" if made % 2 == 0 else "SELL"
-            try:
-                trades = sim.account.place(
-                    name, side, qty, strategy_id=rng.choice(strategies) if strategies else None,
-                    parts=rng.choice([1, 1, 2, 3]), fee_in_bnb=rng.random() < 0.2,
-                )  # fmt: skip
-            except SimError:
-                trades = []
-            sim.push_trades(trades)
-            made += 1
-            await trio.sleep(1 / rate)
+            for _ in range(batch):
+                placed: Placed | None
+                if probe:
+                    placed = sim.account.place(
+                        names[0], "BUY", probe_qty, strategy_id=strategies[0]
+                    )
+                else:
+                    placed = _random_order(sim, rng, names, strategies, made)
+                if placed is not None:
+                    sim.push_order(placed)
+                made += 1
+                if made == limit:
+                    break
+            next_at += batch / rate
+            await trio.sleep_until(next_at)
+
+
+def _random_order(
+    sim: BinanceSimulator,
+    rng: random.Random,
+    names: list[str],
+    strategies: list[int | None],
+    made: int,
+) -> Placed | None:
+    name = rng.choice(names)
+    base_qty = Decimal("0.001") if name.startswith("BTC") else Decimal("0.01")
+    qty = (base_qty * rng.randint(1000, 5000) / 1000).quantize(Decimal("0.00000001"))
+    side = "BUY" if made % 2 == 0 else "SELL"
+    try:
+        return sim.account.place(
+            name, side, qty, strategy_id=rng.choice(strategies) if strategies else None,
+            parts=rng.choice([1, 1, 2, 3]), fee_in_bnb=rng.random() < 0.2,
+        )  # fmt: skip
+    except SimError:
+        return None
 
 
 # -- the WebSocket API ----------------------------------------------------------------------
@@ -321,7 +415,7 @@ async def _serve_ws(sim: BinanceSimulator, request: WebSocketRequest) -> None:
         sim.ws_scopes.add(scope)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_forward, ws, receive, nursery.cancel_scope)
+                nursery.start_soon(_forward, sim, ws, receive, nursery.cancel_scope)
                 await _answer_requests(sim, ws, send)
                 nursery.cancel_scope.cancel()
         finally:
@@ -330,10 +424,15 @@ async def _serve_ws(sim: BinanceSimulator, request: WebSocketRequest) -> None:
 
 
 async def _forward(
-    ws: WebSocketConnection, receive: trio.MemoryReceiveChannel[str], done: trio.CancelScope
+    sim: BinanceSimulator,
+    ws: WebSocketConnection,
+    receive: trio.MemoryReceiveChannel[str],
+    done: trio.CancelScope,
 ) -> None:
     try:
         async for text in receive:
+            if sim.record_sends and TRADE_MARK in text:
+                sim.sent_ns.append(time.time_ns())
             await ws.send_message(text)
     except ConnectionClosed:
         done.cancel()
