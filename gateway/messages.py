@@ -98,6 +98,17 @@ class ExchangeHealthChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class TotalsStreamed:
+    """Totals the exchange streamed after the events before them (scaled): a cross-check.
+
+    Never booked (the reconciler owns corrections); a total that differs from
+    slot 0 is counted and logged, for the operator.
+    """
+
+    totals: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class HeartbeatTick:
     """Refresh the store's heartbeat so readers know the writer lives."""
 
@@ -110,5 +121,6 @@ WriterMessage = (
     | BalancesFetched
     | CorrectionProposed
     | ExchangeHealthChanged
+    | TotalsStreamed
     | HeartbeatTick
 )

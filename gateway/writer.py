@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, assert_never
 
@@ -54,6 +54,7 @@ from gateway.messages import (
     HeartbeatTick,
     QueryReceived,
     ReplySlot,
+    TotalsStreamed,
     TransferReceived,
     WriterMessage,
 )
@@ -81,6 +82,8 @@ class WriterStats:
     refusals: dict[str, int] = field(default_factory=dict)  # code -> count
     corrections: int = 0
     batches: int = 0
+    streamed_totals_checked: int = 0
+    streamed_totals_differed: int = 0
 
 
 @dataclass
@@ -224,12 +227,27 @@ class WriterCore:
                     self._set_condition(Condition.FEED_DOWN, not feed_live)
                 if rest_ok is not None:
                     self._set_condition(Condition.REST_DOWN, not rest_ok)
+            case TotalsStreamed(totals=totals):
+                self._cross_check(totals)
             case HeartbeatTick():
                 self.store.heartbeat()
                 batch.needs_sync = True  # bounds how long fills stay unsynced
                 batch.recover = self.journal_error is not None
             case _:
                 assert_never(message)
+
+    def _cross_check(self, totals: Mapping[str, int]) -> None:
+        """Compare streamed totals with slot 0; say so when they differ (never book it)."""
+        for currency, total in totals.items():
+            held = self.ledger.balances.get(currency, (0,))[0]
+            self.stats.streamed_totals_checked += 1
+            if held != total:
+                self.stats.streamed_totals_differed += 1
+                logger.warning(
+                    "%s: the exchange streamed a total of %s, the ledger holds %s (an event "
+                    "missed or not yet streamed; the reconciler checks and corrects)",
+                    currency, format_scaled(total), format_scaled(held),
+                )  # fmt: skip
 
     # -- the journal failing and recovering ---------------------------------------------
 
@@ -424,6 +442,8 @@ class WriterCore:
             "commands_refused": stats.commands_refused,
             "corrections": stats.corrections,
             "batches": stats.batches,
+            "streamed_totals_checked": stats.streamed_totals_checked,
+            "streamed_totals_differed": stats.streamed_totals_differed,
             "commands_unavailable": stats.commands_unavailable,
             "journal": "ok" if self.journal_error is None else f"failing: {self.journal_error}",
             "conditions": [c.name for c in Condition if c in self.conditions],

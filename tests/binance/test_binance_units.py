@@ -155,7 +155,7 @@ def test_documented_balance_update_is_a_transfer_known_by_asset_time_and_delta()
 
 def test_documented_account_position_and_stream_end() -> None:
     position = parse_user_event(_event(ACCOUNT_POSITION), SYMBOLS)
-    assert position == AccountPosition({"ETH": Decimal("10000")})
+    assert position == AccountPosition({"ETH": Decimal("10000")}, 1564034571073)
     assert parse_user_event(_event(STREAM_TERMINATED), SYMBOLS) == StreamTerminated()
 
 

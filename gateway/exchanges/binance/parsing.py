@@ -213,9 +213,13 @@ class UserTransfer:
 
 @dataclass(frozen=True, slots=True)
 class AccountPosition:
-    """``outboundAccountPosition``: the changed assets' free and locked, a cross-check."""
+    """``outboundAccountPosition``: the changed assets' free and locked, a cross-check.
+
+    ``updated_ms``: the account's last update time (``u``), on Binance's clock.
+    """
 
     totals: Mapping[str, Decimal]
+    updated_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,4 +311,4 @@ def _account_position(event: Mapping[str, object]) -> AccountPosition:
         if not isinstance(entry, dict):
             raise BinanceProtocolError("a position balance is not an object")
         totals[_name(entry, "a")] = _decimal(entry, "f") + _decimal(entry, "l")
-    return AccountPosition(totals)
+    return AccountPosition(totals, _integer(event, "u"))

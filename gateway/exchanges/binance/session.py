@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Final
 
@@ -46,8 +46,15 @@ from gateway.exchanges.binance.parsing import (
 )
 from gateway.exchanges.binance.rest import BinanceRestClient
 from gateway.exchanges.feed import SilenceTimer, deliver
-from gateway.ledger import Fill
-from gateway.messages import ExchangeHealthChanged, FillReceived, TransferReceived, WriterMessage
+from gateway.ledger import Fill, scale_fill
+from gateway.messages import (
+    ExchangeHealthChanged,
+    FillReceived,
+    TotalsStreamed,
+    TransferReceived,
+    WriterMessage,
+)
+from mmapstore import StoreValueError
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +95,7 @@ class BinanceSession:
         self.catch_up_symbols = list(symbols) if symbols is not None else None
         self._symbols: SymbolMap | None = None
         self._held: set[str] = set()
+        self._cross_check_from_ms = 2**63  # not before the first catch-up is done
         self.ws_state = "disconnected"
         self.connections = 0
         self.reconnects = 0
@@ -222,6 +230,9 @@ class BinanceSession:
                 await send.send(FillReceived(fill))
             for message in early:
                 await self._handle(message, symbols, send)
+            # Streamed totals are compared from here on: one older than the catch-up
+            # may predate trades the catch-up already applied.
+            self._cross_check_from_ms = int(time.time() * 1000) + self.rest.clock_offset_ms
             self.ws_state = "live"
             self._live_connection = self.connections
             await send.send(ExchangeHealthChanged(feed_live=True))
@@ -270,7 +281,12 @@ class BinanceSession:
                     await self.symbols(refresh=True)  # listed since: known next time
             case StreamTerminated():
                 raise StreamEnded("Binance ended the subscription (eventStreamTerminated)")
-            case AccountPosition() | None:
+            case AccountPosition(totals=totals, updated_ms=updated_ms):
+                if updated_ms >= self._cross_check_from_ms:
+                    scaled = _scaled_totals(totals)
+                    if scaled:
+                        await deliver(send, TotalsStreamed(scaled))
+            case None:
                 pass
 
     # -- catching up ----------------------------------------------------------------------------
@@ -370,3 +386,14 @@ def _order_id(entry: dict[str, object]) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise BinanceProtocolError(f"an orderId is not an integer: {str(value)[:40]!r}")
     return value
+
+
+def _scaled_totals(totals: Mapping[str, Decimal]) -> dict[str, int]:
+    """Totals at the ledger's scale; one the store could not hold is left out."""
+    scaled = {}
+    for asset, total in totals.items():
+        try:
+            scaled[asset] = scale_fill(total)
+        except StoreValueError:
+            continue
+    return scaled

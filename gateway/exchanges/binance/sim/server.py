@@ -304,8 +304,9 @@ async def _control(
         delta = amount if name == "deposit" else -amount
         account.move(asset, delta)
         now = _now_ms()
-        sim.push([{"e": "balanceUpdate", "E": now + 1, "a": asset, "d": f"{delta:.8f}", "T": now},
-                  sim.position({asset})])  # fmt: skip
+        if not body.get("silent", False):  # silent: a change only REST shows
+            sim.push([{"e": "balanceUpdate", "E": now + 1, "a": asset, "d": f"{delta:.8f}",
+                       "T": now}, sim.position({asset})])  # fmt: skip
         return {"balances": {a: str(v) for a, v in account.balances.items()}}
     if name == "drop-websockets":
         return {"dropped": sim.drop_websockets()}
