@@ -171,7 +171,9 @@ class CommandServer:
         logger.debug("command connection from pid %d uid %d", peer.pid, peer.uid)
         # One scope for the connection's life: its deadline is the idle timeout while
         # we wait for a request, the frame deadline once part of one has arrived.
-        with trio.CancelScope() as deadline:
+        with trio.CancelScope(
+            deadline=trio.current_time() + self._config.idle_timeout_s
+        ) as deadline:
             await self._serve_frames(stream, connection, deadline)
         if deadline.cancelled_caught:
             logger.info("closing command connection of pid %d: timed out", peer.pid)

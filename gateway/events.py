@@ -7,6 +7,7 @@ diverge. Pure: no I/O, no Trio.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -51,6 +52,20 @@ class FillApplied:
 
 
 @dataclass(frozen=True, slots=True)
+class FillReplayed:
+    """A journalled fill, read back by what it booked: replay needs no decimals.
+
+    ``record`` is the journal record itself, so that it encodes as it was.
+    """
+
+    exec_id: str
+    timestamp_ns: int
+    slot: int
+    booked: tuple[tuple[str, int], ...]
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class TransferApplied:
     transfer: Transfer
 
@@ -89,6 +104,7 @@ class AccountBound:
 Event = (
     CommandApplied
     | FillApplied
+    | FillReplayed
     | TransferApplied
     | TotalsSet
     | Corrected
@@ -152,6 +168,11 @@ def apply_event(ledger: Ledger, event: Event) -> Outcome:
             if outcome is None:
                 return Outcome((), durable=False)
             return Outcome(outcome.changed, fill=outcome)
+        case FillReplayed(exec_id=exec_id, timestamp_ns=ts, slot=slot, booked=booked):
+            outcome = ledger.apply_booked_fill(exec_id, ts, slot, booked)
+            if outcome is None:
+                return Outcome((), durable=False)
+            return Outcome(outcome.changed, fill=outcome)
         case TransferApplied(transfer=transfer):
             currency = ledger.apply_transfer(transfer)
             if currency is None:
@@ -185,8 +206,12 @@ def _recall(ledger: Ledger, event: CommandApplied) -> Reply | None:
 _KIND: Final = "t"
 
 
-def encode_event(event: Event) -> bytes:
-    """The event as one CBOR map (decimals as strings, so the bytes are exact)."""
+def encode_event(event: Event, fill: FillOutcome | None = None) -> bytes:
+    """The event as one CBOR map (decimals as strings, so the bytes are exact).
+
+    A fill applied (``fill``, its outcome) also records what it booked, which
+    replay applies instead of redoing the decimal arithmetic.
+    """
     body: dict[str, object]
     match event:
         case CommandApplied(command=c, request_id=request_id):
@@ -217,6 +242,10 @@ def encode_event(event: Event) -> bytes:
                 "clid": f.cl_ord_id,
                 "cost": None if f.cost is None else str(f.cost),
             }
+            if fill is not None:
+                body["book"] = [fill.slot, [[c, _compact(d)] for c, d in fill.booked]]
+        case FillReplayed(record=record):
+            return record
         case TransferApplied(transfer=t):
             body = {
                 _KIND: "transfer",
@@ -257,6 +286,9 @@ def decode_event(data: bytes) -> Event:
         )
         return CommandApplied(command, body["rid"])
     if kind == "fill":
+        booked = body.get("book")
+        if booked is not None:
+            return _replayed(body, booked, data)
         fill = Fill(
             exec_id=body["id"],
             base=body["base"],
@@ -294,3 +326,38 @@ def decode_event(data: bytes) -> Event:
             raise ValueError("account is not text")
         return AccountBound(account)
     raise ValueError(f"unknown journal record kind {kind!r}")
+
+
+def _replayed(body: Mapping[str, object], booked: object, record: bytes) -> FillReplayed:
+    """A fill record's booking, checked for shape (it passed its checksum: a bad shape is
+    a bug or tampering, and the start must stop)."""
+    exec_id, timestamp_ns = body["id"], body["ts"]
+    if not (isinstance(exec_id, str) and type(timestamp_ns) is int):
+        raise ValueError("a fill record without its id or time")
+    if not (isinstance(booked, list) and len(booked) == 2 and type(booked[0]) is int):
+        raise ValueError("a fill record's booking is not [slot, changes]")
+    slot, changes = booked
+    if not isinstance(changes, list):
+        raise ValueError("a fill record's changes are not a list")
+    pairs = []
+    for change in changes:
+        if not (isinstance(change, list) and len(change) == 2 and isinstance(change[0], str)):
+            raise ValueError("a fill record's change is not [currency, scaled]")
+        currency, scaled = change
+        if type(scaled) is str and len(scaled) <= _MAX_SCALED_DIGITS and _SCALED.fullmatch(scaled):
+            scaled = int(scaled)
+        elif type(scaled) is not int:
+            raise ValueError("a fill record's change is not [currency, scaled]")
+        pairs.append((currency, scaled))
+    return FillReplayed(exec_id, timestamp_ns, slot, tuple(pairs), record)
+
+
+# A scaled change beyond 64 bits is written as its digits: CBOR's bignums decode at
+# about a third of a journal record's whole decoding cost.
+_INT64: Final = 1 << 63
+_SCALED: Final = re.compile(r"-?[0-9]+", re.ASCII)
+_MAX_SCALED_DIGITS: Final = 80
+
+
+def _compact(scaled: int) -> int | str:
+    return scaled if -_INT64 <= scaled < _INT64 else str(scaled)

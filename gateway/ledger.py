@@ -132,6 +132,7 @@ class FillOutcome:
     slot: int
     changed: tuple[str, ...]
     negative: tuple[tuple[str, int, int], ...]  # (currency, slot, value) that just went below 0
+    booked: tuple[tuple[str, int], ...] = ()  # (currency, scaled change) of slots 0 and ``slot``
 
 
 @dataclass
@@ -487,8 +488,27 @@ class Ledger:
             *((fee.asset, -scale_fact(fee.qty)) for fee in fill.fees),
         ):
             deltas[currency] = deltas.get(currency, 0) + delta
+        return self._book(fill.exec_id, fill.timestamp_ns, slot, tuple(deltas.items()))
+
+    def apply_booked_fill(
+        self, exec_id: str, timestamp_ns: int, slot: int, booked: tuple[tuple[str, int], ...]
+    ) -> FillOutcome | None:
+        """Replay a journalled fill by what it booked (no decimal arithmetic again).
+
+        The journal records what :meth:`apply_fill` booked; replayed on the
+        same state, the same checks pass, so this is that fill applied again.
+        """
+        if self.applied.seen(exec_id, timestamp_ns):
+            return None
+        if not FIRST_STRATEGY <= slot < self.strategy_count and slot != AVAILABLE:
+            raise ValueError(f"a journalled fill booked to slot {slot}")
+        return self._book(exec_id, timestamp_ns, slot, booked)
+
+    def _book(
+        self, exec_id: str, timestamp_ns: int, slot: int, booked: tuple[tuple[str, int], ...]
+    ) -> FillOutcome:
         negative: list[tuple[str, int, int]] = []
-        for currency, delta in deltas.items():
+        for currency, delta in booked:
             slots = self._slots_for(currency)
             slots[TOTAL] += delta
             slots[slot] += delta
@@ -496,9 +516,9 @@ class Ledger:
             negative.extend(
                 (currency, i, slots[i]) for i in (TOTAL, slot) if slots[i] < 0 <= slots[i] - delta
             )
-        self.applied.add(fill.exec_id, fill.timestamp_ns)
-        self.last_fill_ns = max(self.last_fill_ns, fill.timestamp_ns)
-        return FillOutcome(slot, tuple(deltas), tuple(negative))
+        self.applied.add(exec_id, timestamp_ns)
+        self.last_fill_ns = max(self.last_fill_ns, timestamp_ns)
+        return FillOutcome(slot, tuple(c for c, _ in booked), tuple(negative), booked)
 
     def _slots_for(self, currency: str) -> list[int]:
         slots = self.balances.get(currency)

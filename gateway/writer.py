@@ -146,7 +146,7 @@ class WriterCore:
         # While the journal is down, what still happens (fills, corrections) is not
         # journalled: the exchange replays fills, and recovery starts with a snapshot.
         if outcome.durable and self.journal_error is None:
-            self.journal.append(encode_event(event))
+            self.journal.append(encode_event(event, outcome.fill))
         batch.changed.update(outcome.changed)
         return outcome
 

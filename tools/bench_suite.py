@@ -754,9 +754,8 @@ def build_journal(root: Path, events: int, snapshot: bool) -> None:
             timestamp_ns=base + n * 1000,
         )
         event = FillApplied(fill)
-        if snapshot:
-            apply_event(ledger, event)
-        journal.append(encode_event(event))
+        outcome = apply_event(ledger, event)  # journalled as the writer does, with its booking
+        journal.append(encode_event(event, outcome.fill))
         if n % 20_000 == 0:
             journal.commit()
     journal.commit()
