@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -115,26 +114,6 @@ def test_kill_9_during_trading_and_commands_then_restart(stack: KrakenStack) -> 
     reader.close()
 
 
-def test_second_gateway_is_refused_and_the_first_is_unharmed(stack: KrakenStack) -> None:
-    stack.start_gateway(*QUICK)
-    first = stack.gateway
-    assert first is not None
-    second = subprocess.run(
-        [sys.executable, "-m", "gateway", "run", "--rest-url", stack.address["rest_url"],
-         "--ws-url", stack.address["ws_url"]],
-        env={**stack.env, "KRAKEN_API_KEY": stack.address["api_key"],
-             "KRAKEN_API_SECRET": stack.address["api_secret"]},
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert second.returncode != 0
-    reason = second.stderr.strip().splitlines()[-1]
-    assert "already has a writer" in reason and f"pid {first.pid}" in reason
-    assert first.poll() is None
-    assert stack.status()["pid"] == first.pid
-    stack.control("trade-generator", {"rate": 50, "count": 50, "userrefs": [2]})
-    wait_until(lambda: stack.status()["fills_applied"] == 50, 30, "the first gateway's fills")
-
-
 def test_a_minute_of_flapping_websocket_failing_rest_and_a_deposit_in_an_outage(
     stack: KrakenStack,
 ) -> None:
@@ -173,29 +152,6 @@ def test_a_minute_of_flapping_websocket_failing_rest_and_a_deposit_in_an_outage(
     assert status["corrections"] == 0
     assert status["transfers_applied"] == 1
     assert "deposit 777.25" in stack.log("gateway")
-
-
-def test_reader_started_before_the_gateway_waits_then_reads(stack: KrakenStack) -> None:
-    script = (
-        "import time, clients as hft\n"
-        "m = hft.StrategyBalanceManager(hft.Exchange.KRAKEN)\n"
-        "said = False\n"
-        "while True:\n"
-        "    try:\n"
-        "        print('BALANCE', m.get_balance(hft.Currency.USD), flush=True); break\n"
-        "    except hft.GatewayNotRunningError as e:\n"
-        "        if not said: print('NOT RUNNING:', e, flush=True); said = True\n"
-        "        time.sleep(0.05)\n"
-    )
-    reader = subprocess.Popen(
-        [sys.executable, "-c", script], env=stack.env, stdout=subprocess.PIPE, text=True
-    )
-    assert reader.stdout is not None
-    first = reader.stdout.readline()
-    assert first.startswith("NOT RUNNING:") and "gateway is not running" in first
-    stack.start_gateway(*QUICK)
-    out, _ = reader.communicate(timeout=30)
-    assert out.strip() == "BALANCE 100000.0"
 
 
 def test_sigterm_during_load_exits_within_the_grace_period_and_loses_nothing(

@@ -1,0 +1,87 @@
+"""Fault drills whose behaviour is the same for every exchange, run for each one.
+
+Real processes over real sockets: each exchange's simulator and `gateway run`
+against it, started by the launcher in directories of their own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.exchanges import registry
+from gateway.launcher import LocalStack
+from tests.kraken.stack import wait_until
+
+QUICK = ("--reconcile-interval", "1", "--recheck-interval", "0.5")
+# How each simulator's generator is told which strategy ids to tag (Kraken's userref).
+TAGS = {"kraken": "userrefs", "binance": "strategy_ids"}
+# The seed's currency each default account holds 100,000 of.
+FUNDED = {"kraken": "USD", "binance": "USDT"}
+
+
+@pytest.fixture(params=sorted(registry.ADAPTERS))
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalStack]:
+    exchange = request.param
+    assert exchange in TAGS, f"tell these drills how to drive {exchange}'s simulator"
+    run_dir = Path(tempfile.mkdtemp(prefix="hft-"))
+    launched = LocalStack(tmp_path, run_dir, exchange=exchange)
+    launched.start_sim()
+    yield launched
+    launched.kill()
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_a_second_gateway_is_refused_in_one_line_and_the_first_is_unharmed(
+    stack: LocalStack,
+) -> None:
+    stack.start_gateway(*QUICK)
+    first = stack.gateway
+    assert first is not None
+    second = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--exchange", stack.exchange,
+         "--rest-url", stack.address["rest_url"], "--ws-url", stack.address["ws_url"]],
+        env=stack.gateway_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert second.returncode != 0
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1, second.stderr
+    assert "already has a writer" in lines[0] and f"pid {first.pid}" in lines[0]
+    assert first.poll() is None and stack.status()["pid"] == first.pid
+    stack.control("trade-generator", {"rate": 50, "count": 50, TAGS[stack.exchange]: [2]})
+
+    def every_trade_applied() -> bool:
+        applied = stack.status()["fills_applied"]
+        return applied != 0 and applied == stack.control("state")["trades"]
+
+    wait_until(every_trade_applied, 30, "the first gateway's fills")
+
+
+def test_a_reader_started_before_the_gateway_waits_then_reads(stack: LocalStack) -> None:
+    exchange, currency = stack.exchange.upper(), FUNDED[stack.exchange]
+    script = (
+        "import time, clients as hft\n"
+        f"m = hft.StrategyBalanceManager(hft.Exchange.{exchange})\n"
+        "said = False\n"
+        "while True:\n"
+        "    try:\n"
+        f"        print('BALANCE', m.get_balance(hft.Currency.{currency}), flush=True); break\n"
+        "    except hft.GatewayNotRunningError as e:\n"
+        "        if not said: print('NOT RUNNING:', e, flush=True); said = True\n"
+        "        time.sleep(0.05)\n"
+    )
+    reader = subprocess.Popen(
+        [sys.executable, "-c", script], env=stack.env, stdout=subprocess.PIPE, text=True
+    )
+    assert reader.stdout is not None
+    first = reader.stdout.readline()
+    assert first.startswith("NOT RUNNING:") and "gateway is not running" in first
+    stack.start_gateway(*QUICK)
+    out, _ = reader.communicate(timeout=30)
+    assert out.strip() == "BALANCE 100000.0"
