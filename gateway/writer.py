@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Final, assert_never
 import trio
 
 from gateway.codes import ErrorCode
+from gateway.config import SNAPSHOT_EVERY_EVENTS
 from gateway.errors import JournalWriteError
 from gateway.events import (
     AccountBound,
@@ -68,7 +69,6 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH: Final = 1024
 SLOW_COMMIT_S: Final = 0.05
-SNAPSHOT_EVERY_EVENTS: Final = 50_000
 
 
 @dataclass

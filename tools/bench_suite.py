@@ -46,7 +46,7 @@ import bench_read  # noqa: E402
 
 import clients as hft  # noqa: E402
 from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem  # noqa: E402
-from gateway.config import GatewayConfig  # noqa: E402
+from gateway.config import SNAPSHOT_EVERY_EVENTS, GatewayConfig  # noqa: E402
 from gateway.events import FillApplied, TotalsSet, apply_event, encode_event  # noqa: E402
 from gateway.journal import Journal  # noqa: E402
 from gateway.ledger import (  # noqa: E402
@@ -89,7 +89,7 @@ class Plan:
     memory_replies: int = REPLIES_KEPT
     catch_up_gaps: tuple[int, ...] = (100, 1000, 5000)
     catch_up_tiers: tuple[str, ...] = ("starter", "pro")
-    journal_sizes: tuple[int, ...] = (50_000, 100_000, 1_000_000)
+    journal_sizes: tuple[int, ...] = (SNAPSHOT_EVERY_EVENTS, 100_000, 1_000_000)
 
     @classmethod
     def for_run(cls, smoke: bool) -> Plan:
@@ -814,6 +814,13 @@ def memory_and_recovery(plan: Plan, report: Report, work: Path) -> None:
             out, _ = _spawn("--startup-worker", str(state)).communicate(timeout=1800)
             seconds = json.loads(out)["seconds"]
             rows.append([f"{events:,}", "yes" if snapshot else "no", f"{seconds:.2f}"])
+            if events == SNAPSHOT_EVERY_EVENTS and not snapshot:
+                report.goal(
+                    f"restart to ready ≤ 1 s at the worst case in operation ({events:,} events "
+                    "replayed past the last snapshot)",
+                    f"{seconds:.2f} s",
+                    seconds <= 1,
+                )
             if events == 1_000_000:
                 kind = "with" if snapshot else "without"
                 report.goal(
@@ -826,8 +833,8 @@ def memory_and_recovery(plan: Plan, report: Report, work: Path) -> None:
         ["journalled events", "snapshot", "seconds to ready"],
         rows,
         "From start to balances published and the socket open: lock, restore (snapshot + replay), "
-        "bootstrap. The gateway writes a snapshot every 50,000 events and on every clean stop, so "
-        "in operation a restart replays at most 50,000 events.",
+        f"bootstrap. The gateway writes a snapshot every {SNAPSHOT_EVERY_EVENTS:,} events and on "
+        f"every clean stop, so in operation a restart replays at most {SNAPSHOT_EVERY_EVENTS:,}.",
     )
 
 
