@@ -586,14 +586,14 @@ async def run_writer(
     task_status.started()
     async with receive, trio.open_nursery() as nursery:
         pipeline = _CommitPipeline(core, nursery)
+        more_queued = False  # the last batch stopped at MAX_BATCH, not at an empty queue
         while True:
             pipeline.reap()
-            queued = receive.statistics().current_buffer_used
             if pipeline.syncing is None and pipeline.waiting:
                 # Synced inline when nothing is queued behind it: a thread's wake-ups
                 # (~100 µs here) would only delay a lone client. With work queued, the
                 # thread syncs while the writer applies it.
-                pipeline.flush(inline=not queued)
+                pipeline.flush(inline=not more_queued)
                 continue
             if pipeline.syncing is None:
                 if core.journal.events_since_snapshot >= core.snapshot_every:
@@ -602,15 +602,18 @@ async def run_writer(
                     messages = [await receive.receive()]
                 except trio.EndOfChannel:
                     break  # with nothing in flight or waiting: all is answered
-            elif not queued:
-                await pipeline.wait_sync()
-                continue
             else:
-                messages = []
+                try:
+                    messages = [receive.receive_nowait()]
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    await pipeline.wait_sync()  # nothing to apply meanwhile
+                    continue
+            more_queued = True
             while len(messages) < MAX_BATCH:
                 try:
                     messages.append(receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
+                    more_queued = False
                     break
             batch = core.apply_batch(messages)
             core.publish(batch.changed)
