@@ -6,7 +6,11 @@ Files (all in one directory, 0700):
     journal-<seq>.log     events from number <seq> on, one record each
 
 A record is ``u32 length | u32 crc32(payload)`` (big-endian) followed by the
-payload (one CBOR event, never empty). A snapshot is ``b"HFTSNAP1"`` and the
+payload (one CBOR event, never empty). A segment is allocated ahead of its
+records (``fallocate``, in steps of a few MiB: writing into allocated space and
+syncing it with ``fdatasync`` is cheaper than growing the file each time), so
+it ends in zeros: no record starts with a zero length, and zeros to the end of a
+file are unused space, not damage. A snapshot is ``b"HFTSNAP1"`` and the
 same framing around one CBOR map. On open, the newest valid snapshot is loaded
 and the journal replayed after it.
 
@@ -39,6 +43,7 @@ from gateway.errors import JournalCorruptError, JournalWriteError
 logger = logging.getLogger(__name__)
 
 RECORD_HEADER: Final = struct.Struct(">II")
+ALLOCATE_BYTES: Final = 4 << 20  # a segment grows by this much at a time
 MAX_RECORD_BYTES: Final = 1 << 20
 SNAPSHOT_MAGIC: Final = b"HFTSNAP1"
 _SEQ_DIGITS: Final = 20
@@ -102,7 +107,9 @@ def scan_records(data: bytes, max_record: int = MAX_RECORD_BYTES) -> Scan:
     while pos < len(data):
         end, problem = _record_at(data, pos, max_record)
         if end < 0:
-            return Scan(records, pos, problem)
+            if data.count(0, pos) != len(data) - pos:
+                return Scan(records, pos, problem)
+            break  # zeros to the end: space allocated ahead, nothing was written there
         records.append(data[pos + RECORD_HEADER.size : end])
         pos = end
     return Scan(records, pos, "")
@@ -116,7 +123,10 @@ def next_sound_record(data: bytes, start: int) -> int | None:
     not a torn write. A random match needs a plausible length and a 32-bit
     checksum to agree, about one chance in 4e9 per offset tried.
     """
-    for pos in range(start, len(data) - RECORD_HEADER.size + 1):
+    # A record's length is never 0, so no record starts in the zeros a segment ends
+    # with (megabytes of them: not worth trying offset by offset).
+    written = len(data.rstrip(b"\0"))
+    for pos in range(start, min(written, len(data) - RECORD_HEADER.size + 1)):
         if _record_at(data, pos, MAX_RECORD_BYTES)[0] > 0:
             return pos
     return None
@@ -138,11 +148,12 @@ class Journal:
     goes on appending.
     """
 
-    def __init__(self, directory: Path, segment: Path, next_seq: int) -> None:
+    def __init__(self, directory: Path, segment: Path, next_seq: int, records_end: int = 0) -> None:
         self.directory = directory
         self._segment = segment
-        self._fd = os.open(segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._good_size = os.fstat(self._fd).st_size  # the end of the last durable record
+        self._fd = _open_segment(segment)
+        self._good_size = records_end  # the end of the last durable record
+        self._allocated = os.fstat(self._fd).st_size
         self._pending: list[bytes] = []
         self.next_seq = next_seq  # number of the next event appended
         self.synced_seq = next_seq  # events before this number are on disk
@@ -174,6 +185,7 @@ class Journal:
         report.snapshot_seq = snapshot_seq
         seq = 0
         last_segment: Path | None = None
+        records_end = 0  # where the last segment's records end (allocated zeros may follow)
         segments = list(segments_of(directory))
         for number, segment in enumerate(segments):
             first = _seq_of(segment)
@@ -213,7 +225,7 @@ class Journal:
                         ) from exc
                     report.replayed += 1
                 seq += 1
-            last_segment = segment
+            last_segment, records_end = segment, scan.good_end
             if scan.problem:
                 report.dropped_bytes = len(data) - scan.good_end
                 report.dropped_reason = scan.problem
@@ -228,7 +240,8 @@ class Journal:
         seq = max(seq, snapshot_seq)
         if last_segment is None or _seq_of(last_segment) < snapshot_seq:
             last_segment = directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
-        journal = cls(directory, last_segment, seq)
+            records_end = 0
+        journal = cls(directory, last_segment, seq, records_end)
         _fsync_directory(directory)
         logger.info(
             "journal %s: snapshot at event %d, %d events replayed, next event %d",
@@ -282,12 +295,18 @@ class Journal:
                 write never follows a torn one.
         """
         try:
-            _write_all(self._fd, write.data)
+            end = self._good_size + len(write.data)
+            if end > self._allocated:
+                grown = max(end, self._allocated + ALLOCATE_BYTES)
+                os.posix_fallocate(self._fd, self._allocated, grown - self._allocated)
+                self._allocated = grown
+            _write_all_at(self._fd, write.data, self._good_size)
             # Data only: the file's size is data to fdatasync, its times are not.
             os.fdatasync(self._fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._good_size)
+                self._allocated = self._good_size
             raise JournalWriteError(f"journal {self._segment}: {exc.strerror}") from exc
 
     def mark_durable(self, write: PendingWrite) -> None:
@@ -324,12 +343,11 @@ class Journal:
             os.replace(tmp, path)
             # New events go to a new segment; the old ones are covered by the snapshot.
             new_segment = self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
-            new_fd = os.open(
-                new_segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
+            new_fd = _open_segment(new_segment)
             os.close(self._fd)
             self._segment, self._fd = new_segment, new_fd
-            self._good_size = os.fstat(new_fd).st_size
+            self._good_size = 0
+            self._allocated = os.fstat(new_fd).st_size
             _fsync_directory(self.directory)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -387,6 +405,18 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _write_all_at(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _open_segment(path: Path) -> int:
+    # Not O_APPEND: records go at the end of the last one, inside allocated space.
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 def _fsync_directory(directory: Path) -> None:

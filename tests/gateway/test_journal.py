@@ -11,7 +11,13 @@ from gateway import journal_repair
 from gateway.config import GatewayConfig
 from gateway.errors import JournalCorruptError
 from gateway.events import CommandApplied, FillApplied, TotalsSet, apply_event, encode_event
-from gateway.journal import MAX_RECORD_BYTES, RECORD_HEADER, Journal
+from gateway.journal import (
+    ALLOCATE_BYTES,
+    MAX_RECORD_BYTES,
+    RECORD_HEADER,
+    Journal,
+    scan_records,
+)
 from gateway.ledger import APPLIED_FILLS_KEPT, UNIT, BalanceCommand, CommandKind, Fill, Side
 from gateway.service import restore_state
 
@@ -41,6 +47,11 @@ def _segment(config: GatewayConfig) -> Path:
     return segment
 
 
+def _records_end(segment: Path) -> int:
+    """Where the records end: the segment is allocated ahead, zeros follow."""
+    return scan_records(segment.read_bytes()).good_end
+
+
 def test_restore_replays_every_committed_event(tmp_path: Path) -> None:
     config = _config(tmp_path)
     _write_events(config, 5)
@@ -66,12 +77,12 @@ def test_torn_last_record_is_cut_off(tmp_path: Path) -> None:
     config = _config(tmp_path)
     _write_events(config, 5)
     segment = _segment(config)
-    data = segment.read_bytes()
-    segment.write_bytes(data[:-3])  # a crash in the middle of the last write
+    end = _records_end(segment)
+    segment.write_bytes(segment.read_bytes()[: end - 3])  # a crash in the middle of a write
     ledger, journal, report = restore_state(config)
     assert ledger.slots("USD")[2] == 4 * UNIT
     assert report.dropped_reason == "torn record"
-    assert segment.stat().st_size < len(data) - 3  # the torn bytes are gone from disk
+    assert segment.stat().st_size < end - 3  # the torn bytes are gone from disk
     # Appending after the cut works and survives another restore.
     apply_event(ledger, _allocate(99))
     journal.append(encode_event(_allocate(99)))
@@ -108,19 +119,57 @@ def test_damage_with_sound_records_after_it_stops_the_start_and_changes_nothing(
     assert sorted(p.name for p in config.state_dir.iterdir()) == [segment.name]
 
 
-def test_zeros_at_the_end_are_a_torn_tail(tmp_path: Path) -> None:
-    """A crash can leave the file longer than what reached it: zeros, never acknowledged."""
+def test_zeros_at_the_end_are_space_allocated_ahead_and_writing_goes_on_before_them(
+    tmp_path: Path,
+) -> None:
+    """A segment is allocated ahead of its records; its zeros are neither damage nor a
+    tear, and the next record goes right after the last one, not after the zeros."""
     config = _config(tmp_path)
     _write_events(config, 5)
     segment = _segment(config)
-    size = segment.stat().st_size
-    with open(segment, "ab") as f:
-        f.write(bytes(4096))
+    end = _records_end(segment)
+    assert segment.stat().st_size >= ALLOCATE_BYTES > end  # allocated ahead
     ledger, journal, report = restore_state(config)
     assert ledger.slots("USD")[2] == 5 * UNIT
-    assert report.dropped_bytes == 4096 and "impossible record length 0" in report.dropped_reason
-    assert segment.stat().st_size == size
+    assert report.dropped_bytes == 0 and report.dropped_reason == ""
+    apply_event(ledger, _allocate(99))
+    journal.append(encode_event(_allocate(99)))
+    journal.commit()
     journal.close()
+    assert _records_end(segment) > end and segment.stat().st_size >= ALLOCATE_BYTES
+    again, journal, report = restore_state(config)
+    assert again.slots("USD")[2] == 6 * UNIT and report.replayed == 7
+    journal.close()
+
+
+def test_a_torn_record_in_allocated_space_is_cut_off(tmp_path: Path) -> None:
+    """A crash mid-write inside the allocated space: the record's end is still zeros."""
+    config = _config(tmp_path)
+    _write_events(config, 5)
+    segment = _segment(config)
+    end = _records_end(segment)
+    data = bytearray(segment.read_bytes())
+    data[end - 3 : end] = bytes(3)
+    segment.write_bytes(bytes(data))
+    ledger, journal, report = restore_state(config)
+    assert ledger.slots("USD")[2] == 4 * UNIT
+    assert report.dropped_reason == "checksum mismatch"
+    journal.close()
+
+
+def test_a_sound_record_after_zeros_is_damage_not_allocated_space(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _write_events(config, 5)
+    segment = _segment(config)
+    end = _records_end(segment)
+    data = segment.read_bytes()
+    first = RECORD_HEADER.size + RECORD_HEADER.unpack_from(data, 0)[0]
+    # The first record copied again far into the zeros: acknowledged data after a gap.
+    damaged = bytearray(data)
+    damaged[end + 100 : end + 100 + first] = data[:first]
+    segment.write_bytes(bytes(damaged))
+    with pytest.raises(JournalCorruptError, match="sound records follow"):
+        restore_state(config)
 
 
 def test_verify_reports_and_salvage_keeps_every_sound_record(tmp_path: Path) -> None:
@@ -153,7 +202,7 @@ def test_a_torn_tail_is_not_damage_to_verify(tmp_path: Path) -> None:
     config = _config(tmp_path)
     _write_events(config, 5)
     segment = _segment(config)
-    segment.write_bytes(segment.read_bytes()[:-3])
+    segment.write_bytes(segment.read_bytes()[: _records_end(segment) - 3])
     health = journal_repair.verify(config.state_dir)
     assert not health.damaged
     assert "torn tail" in health.lines()[-1]
