@@ -84,8 +84,14 @@ def parse_timestamp_ns(text: object) -> int:
 def format_timestamp(ns: int) -> str:
     """ns since the epoch → Kraken's RFC 3339 with microseconds."""
     seconds, rest = divmod(ns, 1_000_000_000)
-    text = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{text}.{rest // 1000:06d}Z"
+    # Formatting a second is most of the cost, and stamps come many to a second.
+    if seconds != _formatted[0]:
+        text = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _formatted[:] = [seconds, text]
+    return f"{_formatted[1]}.{rest // 1000:06d}Z"
+
+
+_formatted: list[object] = [None, ""]  # the last second formatted, and its text
 
 
 def _decimal(item: Mapping[str, object], name: str) -> Decimal:
