@@ -297,9 +297,7 @@ class Journal:
         try:
             end = self._good_size + len(write.data)
             if end > self._allocated:
-                grown = max(end, self._allocated + ALLOCATE_BYTES)
-                os.posix_fallocate(self._fd, self._allocated, grown - self._allocated)
-                self._allocated = grown
+                self._allocate_ahead(end)
             _write_all_at(self._fd, write.data, self._good_size)
             # Data only: the file's size is data to fdatasync, its times are not.
             os.fdatasync(self._fd)
@@ -308,6 +306,20 @@ class Journal:
                 os.ftruncate(self._fd, self._good_size)
                 self._allocated = self._good_size
             raise JournalWriteError(f"journal {self._segment}: {exc.strerror}") from exc
+
+    def _allocate_ahead(self, end: int) -> None:
+        """Allocate up to ``end`` and a step beyond; short of room, only what is needed.
+
+        A disk too full (or a file system that cannot allocate) is not an error
+        here: the write itself then says whether the record fits.
+        """
+        for size in (max(end, self._allocated + ALLOCATE_BYTES), end):
+            try:
+                os.posix_fallocate(self._fd, self._allocated, size - self._allocated)
+            except OSError:
+                continue
+            self._allocated = size
+            return
 
     def mark_durable(self, write: PendingWrite) -> None:
         """``write`` is on disk: the events before its sequence are durable."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -266,3 +268,26 @@ def test_snapshot_of_many_megabytes_restores(tmp_path: Path) -> None:
     journal.close()
     assert len(restored.applied.ids) == APPLIED_FILLS_KEPT
     assert report.snapshot_seq == 1
+
+
+def test_a_disk_too_full_to_allocate_ahead_still_takes_what_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Allocating ahead is an optimisation: short of room for a step, the journal
+    allocates only what the write needs, and with no room at all the write decides."""
+    real = os.posix_fallocate
+    asked: list[int] = []
+
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        asked.append(length)
+        if length >= ALLOCATE_BYTES or len(asked) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+    config = _config(tmp_path)
+    _write_events(config, 3)  # every allocation but the first small one refused
+    assert asked[0] >= ALLOCATE_BYTES and asked[1] < ALLOCATE_BYTES
+    ledger, journal, report = restore_state(config)
+    assert ledger.slots("USD")[2] == 3 * UNIT and report.dropped_bytes == 0
+    journal.close()
