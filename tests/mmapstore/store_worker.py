@@ -82,12 +82,21 @@ def torn_writer(path: str, seconds: float) -> None:
     print(json.dumps({"published": published}), flush=True)
 
 
+MIN_SEQUENCES = 1000  # distinct records seen: the writer really was publishing
+OVERLAP_DEADLINE_S = 120.0
+
+
 def torn_reader(path: str, reads: int) -> None:
+    """At least ``reads`` checked reads, and on until the writer has been seen publishing
+    (a busy machine may leave the writer off the CPU for a whole short run)."""
     reader = StoreReader(path)
     violations = 0
     sequences_seen = 0
     last_sequence = -1
-    for i in range(reads):
+    deadline = time.monotonic() + OVERLAP_DEADLINE_S
+    i = 0
+    while i < reads or (sequences_seen <= MIN_SEQUENCES and time.monotonic() < deadline):
+        i += 1
         if i % 2 == 0:
             record = reader.record("BTC")
             scaled = record.scaled
@@ -105,7 +114,7 @@ def torn_reader(path: str, reads: int) -> None:
         if not consistent:
             violations += 1
     report = {
-        "reads": reads,
+        "reads": i,
         "violations": violations,
         "retries": reader.retries,
         "sequences_seen": sequences_seen,

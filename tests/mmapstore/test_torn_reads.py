@@ -21,7 +21,7 @@ def test_no_torn_read_under_writer_at_full_speed(store_file: Path, workers: Work
     writer.kill()
     for report in reports:
         print(f"torn-read report: {report}")
-        assert report["reads"] == READS_PER_READER
+        assert report["reads"] >= READS_PER_READER
         assert report["violations"] == 0
         # The writer really was publishing while this reader read.
         assert report["sequences_seen"] > 1000
