@@ -172,11 +172,17 @@ RAW_REQUESTS = [
 
 
 def _raw_worker(socket_path: str, per_client: int, number: int) -> None:
-    """One blocking socket, pre-encoded JSON lines: a client that costs next to nothing."""
+    """One blocking socket, pre-encoded JSON lines: a client that costs next to nothing.
+
+    Says READY once connected and starts on a line from its parent, so that no
+    client's start-up (this module's imports) falls inside the measured run.
+    """
     index = 2 + number % 6
     requests = [line.replace("{index}", str(index)).encode() for line in RAW_REQUESTS]
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(socket_path)
+    print("READY", flush=True)
+    sys.stdin.readline()
     latencies = []
     buffer = b""
     for n in range(per_client):
@@ -210,17 +216,27 @@ class RawRun:
 
 
 def raw_clients(socket_path: Path, server_pid: int, processes: int, per_client: int) -> RawRun:
-    """``processes`` raw client processes, one connection each, all at once."""
-    before = cpu_seconds(server_pid)
-    start = time.perf_counter()
+    """``processes`` raw client processes, one connection each, started together once all
+    are connected (the run and the server's CPU are measured from then)."""
     procs = [
         subprocess.Popen(
             [sys.executable, __file__, "--raw-worker", str(socket_path), str(per_client), str(n)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         for n in range(processes)
     ]
+    for proc in procs:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "READY":
+            raise SystemExit("a raw client did not connect")
+    before = cpu_seconds(server_pid)
+    start = time.perf_counter()
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     latencies: list[float] = []
     for proc in procs:
         out, _ = proc.communicate(timeout=600)
