@@ -500,7 +500,7 @@ class Ledger:
         """
         if self.applied.seen(exec_id, timestamp_ns):
             return None
-        if not FIRST_STRATEGY <= slot < self.strategy_count and slot != AVAILABLE:
+        if self.fill_slot(slot) != slot:  # no fill books to any other slot
             raise ValueError(f"a journalled fill booked to slot {slot}")
         return self._book(exec_id, timestamp_ns, slot, booked)
 

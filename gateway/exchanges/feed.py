@@ -32,10 +32,6 @@ class SilenceTimer:
         if self.scope.deadline < until - self._slack:
             self.scope.deadline = until
 
-    @property
-    def expired(self) -> bool:
-        return self.scope.cancelled_caught
-
 
 async def deliver(send: trio.MemorySendChannel[WriterMessage], message: WriterMessage) -> None:
     """Hand ``message`` to the writer, waiting only when its queue is full.

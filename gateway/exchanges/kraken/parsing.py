@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from functools import partial
+from functools import lru_cache, partial
 from typing import Final, TypeVar
 
 from gateway.exchanges.kraken.assets import AssetMap
@@ -84,14 +84,12 @@ def parse_timestamp_ns(text: object) -> int:
 def format_timestamp(ns: int) -> str:
     """ns since the epoch → Kraken's RFC 3339 with microseconds."""
     seconds, rest = divmod(ns, 1_000_000_000)
-    # Formatting a second is most of the cost, and stamps come many to a second.
-    if seconds != _formatted[0]:
-        text = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _formatted[:] = [seconds, text]
-    return f"{_formatted[1]}.{rest // 1000:06d}Z"
+    return f"{_second_text(seconds)}.{rest // 1000:06d}Z"
 
 
-_formatted: list[object] = [None, ""]  # the last second formatted, and its text
+@lru_cache(maxsize=1)  # formatting the second is most of the cost; stamps come many to one
+def _second_text(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _decimal(item: Mapping[str, object], name: str) -> Decimal:
