@@ -23,7 +23,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The replication tests run a real redis-server: Debian's package, installed when missing.
 test: lint
+	command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }; }; } || { echo "make test needs redis-server (apt-get install redis-server)"; exit 1; }
 	$(BIN)/pytest
 
 # The fuzz targets (tests/fuzz, and the store file in tests/mmapstore) for long:

@@ -15,9 +15,10 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Final, NoReturn
 
@@ -105,15 +106,17 @@ def _configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
     # One line per HTTP request is noise at info; failures surface as our own warnings.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Its retries (a script not yet cached, a reconnect) are routine; ours say what matters.
+    logging.getLogger("coredis").setLevel(logging.WARNING)
 
 
-def write_ready_file(path: Path, config: GatewayConfig) -> None:
+def write_ready_file(path: Path, config: GatewayConfig, state_dir: Path | None = None) -> None:
     """Tell a supervisor (or a test) the gateway is ready: JSON, written atomically."""
     facts = {
         "pid": os.getpid(),
         "socket": str(config.socket_path),
         "store": str(config.store_path),
-        "state_dir": str(config.state_dir),
+        "state_dir": str(state_dir or config.state_dir),
     }
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(facts) + "\n")
@@ -123,16 +126,25 @@ def write_ready_file(path: Path, config: GatewayConfig) -> None:
 async def serve(
     config: GatewayConfig, exchange: ExchangeSession, ready_file: Path | None = None
 ) -> None:
-    """Run the gateway in the foreground until SIGINT or SIGTERM, then stop it cleanly.
+    """Run the gateway in the foreground until SIGINT or SIGTERM, then stop it cleanly."""
+    ready = partial(write_ready_file, ready_file, config) if ready_file is not None else None
+    await _serve_until_signalled(partial(run_gateway, config, exchange), ready)
 
-    Signals stay caught until the gateway has stopped: a second one during the
+
+async def _serve_until_signalled(
+    start: Callable[..., Awaitable[object]], ready: Callable[[], None] | None
+) -> None:
+    """Start a service (``started()`` hands over its ``stop`` and ``stopped`` events) and stop
+    it cleanly on SIGINT or SIGTERM.
+
+    Signals stay caught until the service has stopped: a second one during the
     shutdown is logged, not allowed to kill the process half-way.
     """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            running = await nursery.start(run_gateway, config, exchange)
-            if ready_file is not None:
-                write_ready_file(ready_file, config)
+            running = await nursery.start(start)
+            if ready is not None:
+                ready()
 
             async def stop_on_signals() -> None:
                 async for signum in signals:
@@ -169,6 +181,7 @@ def _run_config(args: argparse.Namespace) -> GatewayConfig:
         ).settings_from_args(args),
         rebind_account=args.rebind_account,
         fresh_state=args.fresh_state,
+        replicate=args.replicate,
     )
 
 
@@ -180,6 +193,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         async with adapter.open_session(config, credentials) as session:
             await serve(config, session, args.ready_file)
+
+    trio.run(main)
+    return 0
+
+
+def _cmd_mirror(args: argparse.Namespace) -> int:
+    from gateway.replication.mirror import (  # noqa: PLC0415 - the Redis client: only here
+        mirror_state_dir,
+        run_mirror,
+    )
+
+    config = GatewayConfig.from_env(
+        exchange=args.exchange,
+        shm_dir=args.shm_dir,
+        run_dir=args.run_dir,
+        state_root=args.state_dir,
+    )
+    ready = partial(write_ready_file, args.ready_file, config, mirror_state_dir(config))
+
+    async def main() -> None:
+        await _serve_until_signalled(
+            partial(run_mirror, config, args.source), ready if args.ready_file else None
+        )
 
     trio.run(main)
     return 0
@@ -239,7 +275,11 @@ def _cmd_cmd(args: argparse.Namespace) -> int:
 
 # A failing REST alone is a warning: fills still arrive and commands are durable.
 UNHEALTHY_CONDITIONS: Final = (
-    Condition.FEED_DOWN | Condition.JOURNAL_DOWN | Condition.OVERDRAWN | Condition.OUT_OF_RANGE
+    Condition.FEED_DOWN
+    | Condition.JOURNAL_DOWN
+    | Condition.OVERDRAWN
+    | Condition.OUT_OF_RANGE
+    | Condition.SOURCE_STALE
 )
 
 
@@ -464,7 +504,33 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="set the state directory aside (renamed, kept) and start with empty slots",
     )
+    run.add_argument(
+        "--replicate",
+        default=None,
+        metavar="URL",
+        help="also publish the journal to Redis for mirrors (redis://HOST:PORT/DB, rediss://...)",
+    )
     run.set_defaults(handler=_cmd_run)
+
+    mirror = sub.add_parser(
+        "mirror",
+        help="a local copy of a gateway on another host, through Redis",
+        description=(
+            "Keep this host's store of an exchange in step with a gateway that runs with "
+            "--replicate, and forward this host's commands to it."
+        ),
+    )
+    where(mirror, timeout=False)
+    mirror.add_argument(
+        "--source", required=True, metavar="URL", help="the Redis the gateway publishes to"
+    )
+    mirror.add_argument(
+        "--state-dir", type=Path, default=None, help="the mirror's copy ($HFT_STATE_DIR)"
+    )
+    mirror.add_argument(
+        "--ready-file", type=Path, default=None, help="written once ready: pid, socket, store"
+    )
+    mirror.set_defaults(handler=_cmd_mirror)
 
     sim = sub.add_parser("sim", help="run an exchange's simulator on loopback")
     sim.add_argument("--exchange", default=DEFAULT_EXCHANGE, choices=EXCHANGES, help=EXCHANGE_HELP)

@@ -24,3 +24,6 @@ class ErrorCode(StrEnum):
     PERMISSION_DENIED = "PERMISSION_DENIED"  # peer uid not allowed
     TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
     UNAVAILABLE = "UNAVAILABLE"  # the journal cannot be written: nothing was changed
+    # A mirror's (``gateway mirror``) commands go through Redis to the gateway.
+    UNREACHABLE = "UNREACHABLE"  # Redis or the gateway is out of reach: nothing was sent
+    OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"  # sent, no answer in time: resend the same request_id

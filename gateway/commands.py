@@ -24,7 +24,7 @@ import trio
 from gateway.codes import ErrorCode
 from gateway.errors import CommandProtocolError, ConfigError, GatewayError
 from gateway.events import Reply, error_reply
-from gateway.messages import CommandReceived, QueryReceived, WriterMessage
+from gateway.messages import CommandReceived, QueryReceived
 from gateway.protocol import (
     CborFrameDecoder,
     Frame,
@@ -88,7 +88,7 @@ class CommandServer:
     def __init__(
         self,
         config: GatewayConfig,
-        send: trio.MemorySendChannel[WriterMessage],
+        send: trio.MemorySendChannel[CommandReceived | QueryReceived],
         metrics: Metrics | None = None,
     ) -> None:
         self._config = config
@@ -319,7 +319,7 @@ def _make_run_dir(directory: Path, mode: int) -> None:
 
 async def serve_commands(
     config: GatewayConfig,
-    send: trio.MemorySendChannel[WriterMessage],
+    send: trio.MemorySendChannel[CommandReceived | QueryReceived],
     metrics: Metrics | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,

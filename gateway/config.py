@@ -14,6 +14,7 @@ from clients.command import default_run_dir
 from gateway.errors import ConfigError
 from gateway.exchanges import registry
 from gateway.reconciler import RECHECK_S
+from gateway.replication.keys import Target
 from mmapstore import DEFAULT_STRATEGY_COUNT, store_path
 
 RECONCILE_INTERVAL_S: Final = 60.0
@@ -79,6 +80,8 @@ class GatewayConfig:
     # The state directory belongs to one account; these two are explicit operator choices.
     rebind_account: bool = False  # the same account, a new key: take the key as the account's
     fresh_state: bool = False  # set the state directory aside and start with empty slots
+    # Publish the journal to Redis for mirrors on other hosts (docs/replication.md).
+    replicate: str | None = None
 
     def __post_init__(self) -> None:
         if not 2 <= self.strategy_count <= 1024:
@@ -102,6 +105,8 @@ class GatewayConfig:
                 f"known: {', '.join(['rest_url', 'ws_url', *adapter.settings])}"
             )
         adapter.check_settings(self.exchange_settings)
+        if self.replicate is not None:
+            Target.parse(self.replicate, self.exchange)
 
     @property
     def service(self) -> str:
@@ -188,6 +193,7 @@ _FILE_KEYS: Final[dict[str, tuple[str, type | tuple[type, ...]]]] = {
     "shutdown_grace_s": ("shutdown_grace_s", (int, float)),
     "snapshot_every": ("snapshot_every", int),
     "metrics_port": ("metrics_port", int),
+    "replicate": ("replicate", str),
 }
 
 

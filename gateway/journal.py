@@ -148,8 +148,17 @@ class Journal:
     goes on appending.
     """
 
-    def __init__(self, directory: Path, segment: Path, next_seq: int, records_end: int = 0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        segment: Path,
+        next_seq: int,
+        records_end: int = 0,
+        *,
+        sync: bool = True,
+    ) -> None:
         self.directory = directory
+        self._sync = sync  # False: a mirror's copy, which the gateway's own journal backs
         self._segment = segment
         self._fd = _open_segment(segment)
         self._good_size = records_end  # the end of the last durable record
@@ -158,6 +167,9 @@ class Journal:
         self.next_seq = next_seq  # number of the next event appended
         self.synced_seq = next_seq  # events before this number are on disk
         self.events_since_snapshot = 0
+        # Called (on the owner's thread) each time more events are durable: the
+        # replication publisher's wake-up.
+        self.on_durable: Callable[[], None] | None = None
 
     @classmethod
     def open(
@@ -165,6 +177,8 @@ class Journal:
         directory: Path,
         restore: Callable[[dict[str, object] | None], None],
         replay: Callable[[bytes], None],
+        *,
+        sync: bool = True,
     ) -> tuple[Journal, RestoreReport]:
         """Open the journal in ``directory`` and bring the caller's state up to date.
 
@@ -241,7 +255,7 @@ class Journal:
         if last_segment is None or _seq_of(last_segment) < snapshot_seq:
             last_segment = directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
             records_end = 0
-        journal = cls(directory, last_segment, seq, records_end)
+        journal = cls(directory, last_segment, seq, records_end, sync=sync)
         _fsync_directory(directory)
         logger.info(
             "journal %s: snapshot at event %d, %d events replayed, next event %d",
@@ -300,7 +314,8 @@ class Journal:
                 self._allocate_ahead(end)
             _write_all_at(self._fd, write.data, self._good_size)
             # Data only: the file's size is data to fdatasync, its times are not.
-            os.fdatasync(self._fd)
+            if self._sync:
+                os.fdatasync(self._fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._good_size)
@@ -325,6 +340,8 @@ class Journal:
         """``write`` is on disk: the events before its sequence are durable."""
         self._good_size += len(write.data)
         self.synced_seq = write.upto_seq
+        if self.on_durable is not None:
+            self.on_durable()
 
     def discard_pending(self) -> None:
         """Forget every event not yet durable, in a write or not (a write failed)."""
@@ -338,8 +355,20 @@ class Journal:
         Call it with nothing pending (right after a commit). Blocking.
         """
         assert not self._pending, "commit before snapshotting"
-        seq = self.next_seq
-        body = cbor2.dumps(ledger_data)
+        self._start_from_snapshot(cbor2.dumps(ledger_data), self.next_seq)
+        logger.info("journal %s: snapshot at event %d", self.directory, self.next_seq)
+
+    def rebase(self, snapshot_body: bytes, seq: int) -> None:
+        """Start over from another journal's snapshot (CBOR ``snapshot_body``) at ``seq``.
+
+        A mirror's resync: every earlier and later file goes, and the next event
+        appended is number ``seq``. Blocking.
+        """
+        self._pending.clear()
+        self._start_from_snapshot(snapshot_body, seq, keep_later=False)
+        self.next_seq = self.synced_seq = seq
+
+    def _start_from_snapshot(self, body: bytes, seq: int, *, keep_later: bool = True) -> None:
         path = self.directory / f"snapshot-{seq:0{_SEQ_DIGITS}d}.cbor"
         tmp = path.with_suffix(".tmp")
         try:
@@ -355,6 +384,8 @@ class Journal:
             os.replace(tmp, path)
             # New events go to a new segment; the old ones are covered by the snapshot.
             new_segment = self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
+            if not keep_later:
+                new_segment.unlink(missing_ok=True)
             new_fd = _open_segment(new_segment)
             os.close(self._fd)
             self._segment, self._fd = new_segment, new_fd
@@ -366,10 +397,9 @@ class Journal:
                 tmp.unlink()
             raise JournalWriteError(f"snapshot {path}: {exc.strerror}") from exc
         for stale in [*_named(self.directory, "snapshot", ".cbor"), *segments_of(self.directory)]:
-            if _seq_of(stale) < seq:
+            if _seq_of(stale) < seq or (not keep_later and _seq_of(stale) > seq):
                 stale.unlink()
         self.events_since_snapshot = 0
-        logger.info("journal %s: snapshot at event %d", self.directory, seq)
 
     def abandon(self) -> None:
         """Close and delete a journal nothing was ever acknowledged from.

@@ -14,11 +14,14 @@ from gateway.ledger import BalanceCommand, Fill, Transfer
 class ReplySlot:
     """Where the writer leaves one reply and its requester waits for it."""
 
-    __slots__ = ("_event", "_reply")
+    __slots__ = ("_event", "_reply", "visible_at")
 
     def __init__(self) -> None:
         self._event = trio.Event()
         self._reply: Reply | None = None
+        # The journal's length once the command was applied: a mirror shows the
+        # command's effect once it has applied this many events.
+        self.visible_at = 0
 
     def set(self, reply: Reply) -> None:
         self._reply = reply

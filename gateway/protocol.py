@@ -30,6 +30,7 @@ from gateway.ledger import (
     BalanceCommand,
     CommandKind,
     Refused,
+    format_scaled,
     scale_exact,
 )
 
@@ -308,6 +309,22 @@ def parse_request(body: dict[str, object], strategy_count: int) -> tuple[Request
             )
     command = BalanceCommand(kind, strategy, _currency(body["currency"]), index, amount, ref_id)
     return command, request_id
+
+
+def request_body(command: BalanceCommand, request_id: str | None) -> dict[str, object]:
+    """The request map that :func:`parse_request` turns into ``command`` (for forwarding)."""
+    body: dict[str, object] = {
+        "cmd": command.kind.value,
+        "strategy": command.strategy,
+        "currency": command.currency,
+        "index": command.index,
+        "amount": format_scaled(command.amount),
+    }
+    if command.ref_id is not None:
+        body["ref_id"] = command.ref_id
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
 
 
 def _check_fields(body: dict[str, object], allowed: frozenset[str]) -> None:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -27,8 +28,12 @@ from gateway.memory import return_large_buffers
 from gateway.messages import BalancesFetched, HeartbeatTick, WriterMessage
 from gateway.metrics import Metrics, serve_metrics
 from gateway.reconciler import ReconcileStatus, run_reconciler
+from gateway.replication.keys import Target
 from gateway.writer import WriterCore, run_writer
 from mmapstore import StoreValueError, StoreWriter
+
+if TYPE_CHECKING:
+    from gateway.replication.publisher import ReplicationStatus
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +75,7 @@ def restore_state(config: GatewayConfig) -> tuple[Ledger, Journal, RestoreReport
     return holder[0], journal, report
 
 
-async def run_heartbeat(send: trio.MemorySendChannel[WriterMessage]) -> None:
+async def run_heartbeat(send: trio.MemorySendChannel[HeartbeatTick]) -> None:
     """Ask the writer to refresh the store's heartbeat, twice a second."""
     async with send:
         while True:
@@ -114,13 +119,24 @@ async def run_gateway(
         store.close()
         raise
     reconcile_status = ReconcileStatus()
+    replication: ReplicationStatus | None = None
+    if config.replicate is not None:
+        # Imported only when asked for: the Redis client costs ~0.3 s to import.
+        from gateway.replication.publisher import ReplicationStatus  # noqa: PLC0415
+
+        replication = ReplicationStatus(Target.parse(config.replicate, config.exchange).shown)
+
+    def status_extra() -> dict[str, object]:
+        extra = {**exchange.health().as_status(), **reconcile_status.as_dict()}
+        if replication is not None:
+            extra.update(replication.as_dict())
+        return extra
+
     core = WriterCore(
-        ledger,
-        journal,
-        store,
-        snapshot_every=config.snapshot_every,
-        status_extra=lambda: {**exchange.health().as_status(), **reconcile_status.as_dict()},
+        ledger, journal, store, snapshot_every=config.snapshot_every, status_extra=status_extra
     )
+    # Only durable events leave the host: with mirrors waiting, fills are synced at once.
+    core.sync_fills = replication is not None
     # A first start that fails before it is ready leaves no state behind: its slot
     # count, epoch and files would otherwise bind (or refuse) the next start.
     fresh = ledger.epoch_ns == 0 and report.snapshot_seq == 0 and report.replayed == 0
@@ -177,6 +193,29 @@ async def run_gateway(
                     )
                     await producers.start(serve_metrics, metrics, config.metrics_port)
                 await producers.start(serve_commands, config, send.clone(), metrics)
+                if replication is not None and config.replicate is not None:
+                    from gateway.replication.publisher import (  # noqa: PLC0415
+                        Publisher,
+                        serve_remote_commands,
+                    )
+
+                    target = Target.parse(config.replicate, config.exchange)
+                    publisher = Publisher(
+                        target,
+                        journal,
+                        epoch_ns=ledger.epoch_ns,
+                        strategy_count=ledger.strategy_count,
+                        conditions=lambda: int(core.conditions),
+                        status=replication,
+                    )
+                    await producers.start(publisher.run)
+                    await producers.start(
+                        serve_remote_commands,
+                        target,
+                        send.clone(),
+                        ledger.strategy_count,
+                        replication,
+                    )
                 logger.info(
                     "gateway ready: %d currencies, %d slots", len(ledger.balances),
                     config.strategy_count,

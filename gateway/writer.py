@@ -131,6 +131,8 @@ class WriterCore:
         self.store = store
         self.snapshot_every = snapshot_every
         self.status_extra = status_extra
+        # Replicating: fills are synced at once too, for only durable events leave the host.
+        self.sync_fills = False
         self.stats = WriterStats()
         self._store_index: dict[str, int] = {}
         self.conditions = Condition(0)
@@ -169,6 +171,7 @@ class WriterCore:
                     undo.after = list(self.ledger.balances.get(command.currency, ()))
                     batch.undo.append((slot, undo))
                 assert outcome.reply is not None
+                slot.visible_at = self.journal.next_seq
                 if outcome.reply.get("ok"):
                     self.stats.commands_applied += 1
                 else:
@@ -493,7 +496,8 @@ class _CommitPipeline:
         of what does."""
         assert self.syncing is None
         core = self._core
-        if not (core.journal.has_pending and any(b.needs_sync for b in self.waiting)):
+        needs_sync = core.sync_fills or any(b.needs_sync for b in self.waiting)
+        if not (core.journal.has_pending and needs_sync):
             # Fills alone wait for a disk no more than their replies (none) do.
             self._release(self.waiting)
             self.waiting = []

@@ -65,9 +65,17 @@ class Condition(IntFlag):
     REST_DOWN = 4  # the exchange's REST API is failing: no reconciliation
     OVERDRAWN = 8  # a slot is below zero (a withdrawal beyond available, a strategy oversold)
     OUT_OF_RANGE = 16  # a balance the store cannot hold: that record keeps its last values
+    SOURCE_STALE = 32  # a mirror: its gateway or Redis is out of reach, or it is behind
 
 
-CONDITION_BITS: Final = 0b11111  # the bits a reader of this layout knows
+CONDITION_BITS: Final = 0b111111  # the bits a reader of this layout knows
+
+
+class WriterRole(IntEnum):
+    """The header's ``role`` word: who writes the file."""
+
+    GATEWAY = 0  # the exchange account's own gateway
+    MIRROR = 1  # ``gateway mirror``: a copy fed through Redis from a gateway on another host
 
 
 # Header: the static part is written once, before the file is renamed into place.
@@ -82,6 +90,10 @@ H_WRITER_PID: Final = 8  # byte 64
 H_HEARTBEAT_NS: Final = 9  # byte 72
 H_STATE: Final = 10  # byte 80
 H_FLAGS: Final = 17  # byte 136 (Condition)
+# A mirror's words (zero in a gateway's file, which older readers never look at).
+H_ROLE: Final = 18  # byte 144 (WriterRole)
+H_APPLIED_SEQ: Final = 19  # byte 152: how many of the source's journal events it has applied
+H_SOURCE_SEEN_NS: Final = 20  # byte 160: when (this host's clock) the source was last seen alive
 
 _ENTRY = struct.Struct("<20sIQ")  # name, scale, record_offset
 

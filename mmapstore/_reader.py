@@ -15,10 +15,13 @@ from typing import Final, NamedTuple, TypeVar
 
 from mmapstore._layout import (
     CONDITION_BITS,
+    H_APPLIED_SEQ,
     H_CURRENCY_COUNT,
     H_FLAGS,
     H_GENERATION,
     H_HEARTBEAT_NS,
+    H_ROLE,
+    H_SOURCE_SEEN_NS,
     H_STATE,
     H_WRITER_PID,
     R_FLOATS,
@@ -26,6 +29,7 @@ from mmapstore._layout import (
     R_UPDATED_NS,
     RETIRED_SEQ,
     Condition,
+    WriterRole,
     WriterState,
     from_scaled,
     join_int128,
@@ -73,6 +77,11 @@ class WriterStatus:
     generation: int
     heartbeat_age_s: float
     conditions: Condition = NO_CONDITIONS
+    # A mirror's file (``gateway mirror``): the source's journal events it has applied,
+    # and how long ago (this host's clock) it last saw its source alive.
+    mirror: bool = False
+    applied_seq: int = 0
+    source_age_s: float = 0.0
 
     @property
     def alive(self) -> bool:
@@ -80,8 +89,10 @@ class WriterStatus:
 
     @property
     def balances_may_be_stale(self) -> bool:
-        """The writer is not live, or it is but the exchange's fill stream is down."""
-        return not self.alive or Condition.FEED_DOWN in self.conditions
+        """The writer is not live, or the exchange's fill stream (or a mirror's source) is down."""
+        return not self.alive or bool(
+            self.conditions & (Condition.FEED_DOWN | Condition.SOURCE_STALE)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +464,20 @@ class StoreReader:
         else:
             health = WriterHealth.LIVE
         conditions = Condition(int(self._words[H_FLAGS]) & CONDITION_BITS)
-        return WriterStatus(health, pid, int(self._words[H_GENERATION]), age, conditions)
+        generation = int(self._words[H_GENERATION])
+        if self._words[H_ROLE] != WriterRole.MIRROR:
+            return WriterStatus(health, pid, generation, age, conditions)
+        seen_ns = int(self._signed[H_SOURCE_SEEN_NS])
+        return WriterStatus(
+            health,
+            pid,
+            generation,
+            age,
+            conditions,
+            mirror=True,
+            applied_seq=int(self._words[H_APPLIED_SEQ]),
+            source_age_s=max(0.0, (now - seen_ns) / 1e9) if seen_ns else float("inf"),
+        )
 
     def _replaced_on_disk(self) -> bool:
         try:

@@ -19,10 +19,13 @@ from mmapstore._layout import (
     DEFAULT_CAPACITY,
     DEFAULT_SCALE,
     DEFAULT_STRATEGY_COUNT,
+    H_APPLIED_SEQ,
     H_CURRENCY_COUNT,
     H_FLAGS,
     H_GENERATION,
     H_HEARTBEAT_NS,
+    H_ROLE,
+    H_SOURCE_SEEN_NS,
     H_STATE,
     H_WRITER_PID,
     HEADER_SIZE,
@@ -32,6 +35,7 @@ from mmapstore._layout import (
     RETIRED_SEQ,
     Condition,
     Geometry,
+    WriterRole,
     WriterState,
     check_scale,
     encode_currency_name,
@@ -269,6 +273,9 @@ class StoreWriter:
         generation = previous_generation + 1
         words[H_STATE] = WriterState.STARTING
         words[H_FLAGS] = 0
+        words[H_ROLE] = WriterRole.GATEWAY
+        words[H_APPLIED_SEQ] = 0
+        words[H_SOURCE_SEEN_NS] = 0
         words[H_GENERATION] = generation
         words[H_WRITER_PID] = os.getpid()
         words[H_HEARTBEAT_NS] = clock_ns() & _MASK64
@@ -390,6 +397,13 @@ class StoreWriter:
     def set_conditions(self, conditions: Condition) -> None:
         """Publish what is wrong right now (readers see it in ``writer_status()``)."""
         self._map.words[H_FLAGS] = int(conditions)
+
+    def set_mirror(self, applied_seq: int, source_seen_ns: int) -> None:
+        """A mirror's progress: events applied, and when its source was last seen alive."""
+        words = self._map.words
+        words[H_APPLIED_SEQ] = applied_seq & _MASK64
+        words[H_SOURCE_SEEN_NS] = source_seen_ns & _MASK64
+        words[H_ROLE] = WriterRole.MIRROR
 
     def mark_live(self) -> None:
         """Say the records are current: call once the first full publish is done."""

@@ -1,0 +1,558 @@
+"""The gateway's side of replication: publish the durable journal, serve forwarded commands.
+
+Nothing here runs on the writer's path. The publisher reads the journal's files
+(events the writer has already made durable, told by ``Journal.synced_seq``)
+and sends them with ``XADD``; a Redis that is slow, down or restarted empty
+costs the writer nothing, and the publisher catches up from the files (and the
+newest snapshot) when it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import cbor2
+import coredis
+import trio
+from coredis.exceptions import ResponseError
+from coredis.tokens import PureToken
+
+from gateway.codes import ErrorCode
+from gateway.errors import CommandProtocolError, JournalCorruptError
+from gateway.events import Reply, error_reply
+from gateway.journal import (
+    RECORD_HEADER,
+    SNAPSHOT_MAGIC,
+    Journal,
+    load_snapshot,
+    segments_of,
+)
+from gateway.ledger import Ledger
+from gateway.messages import CommandReceived
+from gateway.protocol import MAX_FRAME_BYTES, Framing, Query, decode_frame, parse_request
+from gateway.replication.client import REDIS_FAILURES, RedisDownError, connect
+from gateway.replication.keys import (
+    BEAT,
+    BEAT_INTERVAL_S,
+    BLOCK_MS,
+    CLAIM,
+    MIRROR_ID_RE,
+    OWNER_TTL_MS,
+    PUBLISH_EVENTS,
+    PUBLISH_SNAPSHOT,
+    Target,
+    event_id,
+    position_after,
+)
+
+logger = logging.getLogger(__name__)
+
+BATCH_EVENTS: Final = 512
+BATCH_BYTES: Final = 512 * 1024
+READ_BYTES: Final = 1 << 20
+RETRY_S: Final = 1.0
+MAX_REMOTE_IN_FLIGHT: Final = 256
+REPLY_STREAM_LENGTH: Final = 1000
+REPLY_STREAM_TTL_S: Final = 600
+
+
+@dataclass
+class ReplicationStatus:
+    """What ``gateway status`` says of replication."""
+
+    target: str
+    state: str = "connecting"
+    lineage: str = ""
+    published: int = 0  # events published (the next event's number)
+    snapshots_published: int = 0
+    remote_commands: int = 0
+    remote_refused: int = 0
+    durable: Callable[[], int] = field(default=lambda: 0, repr=False)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "replication": {
+                "target": self.target,
+                "state": self.state,
+                "lineage": self.lineage,
+                "published": self.published,
+                "behind": max(0, self.durable() - self.published),
+                "snapshots_published": self.snapshots_published,
+                "remote_commands": self.remote_commands,
+                "remote_refused": self.remote_refused,
+            }
+        }
+
+
+class SnapshotNeededError(Exception):
+    """The events wanted are no longer in the journal's files: publish its snapshot."""
+
+
+class JournalTail:
+    """Reads durable records from the journal's files, in order, behind the writer.
+
+    It keeps its segment open, so a snapshot that deletes the segment does not
+    take records still to be read away from it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._fd: int | None = None
+        self._offset = 0
+        self._seq = 0  # the number of the record at _offset
+        self._buffer = b""
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def read(self, position: int, upto: int, limit: int) -> list[bytes]:
+        """Payloads of events ``position`` .. ``min(upto, position + limit) - 1``.
+
+        Raises:
+            SnapshotNeededError: event ``position`` is in no file any more.
+            JournalCorruptError: a durable record fails its checksum.
+        """
+        if self._fd is None or position != self._seq:
+            self._seek(position)
+        records: list[bytes] = []
+        while self._seq < upto and len(records) < limit:
+            payload = self._next_record()
+            if payload is None:
+                if not self._open_segment_at(self._seq):
+                    if records:
+                        break
+                    raise SnapshotNeededError
+                continue
+            records.append(payload)
+        # What was read past the last durable record may have been zeros or half a write
+        # then: the next call reads it afresh.
+        self._buffer = b""
+        return records
+
+    def _seek(self, position: int) -> None:
+        starts = [int(p.stem.split("-", 1)[1]) for p in segments_of(self._directory)]
+        candidates = [s for s in starts if s <= position]
+        if not candidates or not self._open_segment_at(max(candidates)):
+            raise SnapshotNeededError
+        while self._seq < position:
+            if self._next_record() is None:
+                raise SnapshotNeededError
+
+    def _open_segment_at(self, start: int) -> bool:
+        path = self._directory / f"journal-{start:020d}.log"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        self.close()
+        self._fd, self._offset, self._seq, self._buffer = fd, 0, start, b""
+        return True
+
+    def _next_record(self) -> bytes | None:
+        header = self._take(RECORD_HEADER.size)
+        if header is None:
+            return None
+        length, crc = RECORD_HEADER.unpack(header)
+        if length == 0:
+            # Space allocated ahead, nothing written here yet: forget what was read of
+            # it, so that the next read finds the records written there since.
+            self._offset -= RECORD_HEADER.size
+            self._buffer = b""
+            return None
+        payload = self._take(length)
+        if payload is None:
+            raise JournalCorruptError(f"journal event {self._seq} is cut short on disk")
+        if zlib.crc32(payload) != crc:
+            raise JournalCorruptError(f"journal event {self._seq} fails its checksum on disk")
+        self._seq += 1
+        return payload
+
+    def _take(self, size: int) -> bytes | None:
+        if len(self._buffer) < size:
+            assert self._fd is not None
+            more = os.pread(self._fd, max(READ_BYTES, size), self._offset + len(self._buffer))
+            self._buffer += more
+            if len(self._buffer) < size:
+                return None
+        taken, self._buffer = self._buffer[:size], self._buffer[size:]
+        self._offset += size
+        return taken
+
+
+def _snapshot_body(directory: Path, seq: int) -> bytes | None:
+    """The CBOR body of ``snapshot-<seq>.cbor`` if it is there and sound."""
+    try:
+        data = (directory / f"snapshot-{seq:020d}.cbor").read_bytes()
+    except FileNotFoundError:
+        return None
+    header = len(SNAPSHOT_MAGIC) + RECORD_HEADER.size
+    if not data.startswith(SNAPSHOT_MAGIC) or len(data) < header:
+        return None
+    length, crc = RECORD_HEADER.unpack_from(data, len(SNAPSHOT_MAGIC))
+    body = data[header:]
+    return body if len(body) == length and zlib.crc32(body) == crc else None
+
+
+def _newest_snapshot(directory: Path, strategy_count: int) -> tuple[int, bytes]:
+    """The newest snapshot's number and body; an empty ledger at 0 when there is none."""
+    data, seq = load_snapshot(directory)
+    if data is None:
+        data = Ledger(strategy_count).to_snapshot()
+    return seq, cbor2.dumps(data)
+
+
+def owner_identity(state_dir: Path) -> str:
+    """Who publishes: this host and state directory (a restart of it is the same owner)."""
+    return f"{socket.gethostname()}:{state_dir.resolve()}"
+
+
+class Publisher:
+    """One gateway's publishing: owner, lineage, position; see the module docstring."""
+
+    def __init__(
+        self,
+        target: Target,
+        journal: Journal,
+        *,
+        epoch_ns: int,
+        strategy_count: int,
+        conditions: Callable[[], int],
+        status: ReplicationStatus,
+    ) -> None:
+        self._target = target
+        self._journal = journal
+        self._directory = journal.directory
+        self._epoch = epoch_ns
+        self._strategy_count = strategy_count
+        self._conditions = conditions
+        self.status = status
+        self._identity = owner_identity(journal.directory)
+        self._token = f"{self._identity}|{os.getpid()}|{uuid.uuid4().hex}"
+        self._wake = trio.Event()
+        self._position = 0
+        self._last_snapshot = -1
+        self._republish = ""  # why a mirror asked for everything again, if one did
+        journal.on_durable = self._on_durable
+        status.durable = lambda: journal.synced_seq
+
+    def _on_durable(self) -> None:
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Publish until cancelled, reconnecting as long as it takes."""
+        task_status.started()
+        said = ""
+        while True:
+            try:
+                async with connect(self._target) as redis:
+                    await self._serve(redis)
+            except RedisDownError as exc:
+                state = f"down: {exc}"
+            except _NotOwnerError as exc:
+                state = f"refused: {exc}"
+            if state != said:
+                logger.warning("replication %s (retrying; the gateway carries on)", state)
+                said = state
+            self.status.state = state
+            await trio.sleep(RETRY_S)
+
+    async def _serve(self, redis: coredis.Redis[bytes]) -> None:
+        claim = redis.register_script(CLAIM)
+        owner: object = await claim(
+            keys=[self._target.key("owner")],
+            args=[self._token, self._identity, OWNER_TTL_MS],
+        )
+        if owner != b"OK":
+            raise _NotOwnerError(f"the stream {self._target.key('log')} is owned by {owner!r}")
+        await self._resume(redis)
+        self.status.state = "publishing"
+        logger.info(
+            "replicating to %s from event %d (lineage %s)",
+            self._target.shown,
+            self._position,
+            self.status.lineage,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._beat, redis)
+            await self._publish_forever(redis)
+
+    async def _resume(self, redis: coredis.Redis[bytes]) -> None:
+        """Find where the stream ends, or start a new lineage when it cannot be continued."""
+        meta = await redis.hgetall(self._target.key("meta"))
+        top = await redis.xrevrange(self._target.key("log"), count=1)
+        snap_seq = await redis.hget(self._target.key("snap"), "seq")
+        lineage = meta.get(b"lineage", b"").decode()
+        same_ledger = meta.get(b"epoch") == str(self._epoch).encode()
+        if top:
+            position = position_after(_raw(top[0].identifier))
+        elif snap_seq is not None:
+            position = int(snap_seq)
+        else:
+            position = -1
+        if not lineage or not same_ledger or position < 0 or position > self._journal.synced_seq:
+            why = (
+                "Redis holds nothing of it"
+                if not lineage or position < 0
+                else "Redis holds another ledger's events"
+                if not same_ledger
+                else "Redis holds events this journal does not have"
+            )
+            await self._publish_snapshot(redis, reset=True, why=why)
+            return
+        self.status.lineage = lineage
+        self._position = position
+        local_seq = load_snapshot_seq(self._directory)
+        if position < local_seq:
+            await self._publish_snapshot(redis, reset=False, why="the stream ends before it")
+        self._last_snapshot = max(self._last_snapshot, min(position, local_seq))
+
+    async def _publish_snapshot(
+        self, redis: coredis.Redis[bytes], *, reset: bool, why: str
+    ) -> None:
+        seq, body = await trio.to_thread.run_sync(
+            _newest_snapshot, self._directory, self._strategy_count
+        )
+        if reset:
+            self.status.lineage = uuid.uuid4().hex
+        script = redis.register_script(PUBLISH_SNAPSHOT)
+        await _fenced(
+            script(
+                keys=[self._target.key(k) for k in ("owner", "log", "snap", "meta")],
+                args=[
+                    self._token,
+                    seq,
+                    body,
+                    self.status.lineage,
+                    "1" if reset else "0",
+                    self._epoch,
+                    self._strategy_count,
+                ],
+            )
+        )
+        logger.info(
+            "replication: snapshot at event %d published (%s)%s",
+            seq,
+            why,
+            f"; new lineage {self.status.lineage}" if reset else "",
+        )
+        self._position = seq
+        self._last_snapshot = seq
+        self.status.published = seq
+        self.status.snapshots_published += 1
+
+    async def _publish_forever(self, redis: coredis.Redis[bytes]) -> None:
+        publish = redis.register_script(PUBLISH_EVENTS)
+        tail = JournalTail(self._directory)
+        try:
+            while True:
+                self._wake = trio.Event()
+                if self._republish:
+                    why, self._republish = self._republish, ""
+                    await self._publish_snapshot(redis, reset=True, why=why)
+                    continue
+                if self._position > self._last_snapshot and (
+                    _snapshot_body(self._directory, self._position) is not None
+                ):
+                    await self._publish_snapshot(redis, reset=False, why="the gateway took one")
+                durable = self._journal.synced_seq
+                if self._position >= durable:
+                    with trio.move_on_after(BEAT_INTERVAL_S):
+                        await self._wake.wait()
+                    continue
+                try:
+                    records = tail.read(self._position, durable, BATCH_EVENTS)
+                except SnapshotNeededError:
+                    await self._publish_snapshot(
+                        redis, reset=False, why="the stream fell behind it"
+                    )
+                    continue
+                args: list[str | bytes | int] = [self._token]
+                size = 0
+                for offset, payload in enumerate(records):
+                    args += [event_id(self._position + offset), payload]
+                    size += len(payload)
+                    if size > BATCH_BYTES:
+                        break
+                count = (len(args) - 1) // 2
+                await _fenced(
+                    publish(keys=[self._target.key("owner"), self._target.key("log")], args=args)
+                )
+                self._position += count
+                self.status.published = self._position
+        finally:
+            tail.close()
+
+    async def _beat(self, redis: coredis.Redis[bytes]) -> None:
+        beat = redis.register_script(BEAT)
+        while True:
+            asked = await redis.getdel(self._target.key("republish"))
+            if asked is not None:
+                # A mirror found a hole no snapshot bridges (Redis lost writes: a failover,
+                # a hand-edited stream): publish everything again, as a new lineage.
+                self._republish = f"a mirror asked: {asked.decode(errors='replace')[:200]}"
+                self._wake.set()
+            await _fenced(
+                beat(
+                    keys=[self._target.key("owner"), self._target.key("meta")],
+                    args=[
+                        self._token,
+                        OWNER_TTL_MS,
+                        time.time_ns(),
+                        self._journal.synced_seq,
+                        self._position,
+                        self._conditions(),
+                    ],
+                )
+            )
+            await trio.sleep(BEAT_INTERVAL_S)
+
+
+class _NotOwnerError(Exception):
+    """The stream belongs to another gateway."""
+
+
+async def _fenced(call: Awaitable[object]) -> object:
+    try:
+        return await call
+    except ResponseError as exc:
+        if str(exc).startswith("NOTOWNER"):
+            raise _NotOwnerError(str(exc)) from None
+        raise
+
+
+def _raw(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def load_snapshot_seq(directory: Path) -> int:
+    names = sorted(directory.glob("snapshot-*.cbor"))
+    return int(names[-1].stem.split("-", 1)[1]) if names else 0
+
+
+# -- commands forwarded by mirrors -------------------------------------------------------
+
+
+async def serve_remote_commands(
+    target: Target,
+    send: trio.MemorySendChannel[CommandReceived],
+    strategy_count: int,
+    status: ReplicationStatus,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Apply the commands mirrors forward as this gateway's own; reply on each mirror's stream.
+
+    A forwarded request is judged exactly as one from the socket is (the same
+    parser, the same limits); ``ok`` leaves only after the gateway's fsync, with
+    the journal length that shows it, so the mirror can wait until it does.
+    """
+    task_status.started()
+    last_id: bytes | None = None
+    limit = trio.CapacityLimiter(MAX_REMOTE_IN_FLIGHT)
+    async with send:
+        while True:
+            try:
+                async with connect(target) as redis, trio.open_nursery() as nursery:
+                    if last_id is None:
+                        top = await redis.xrevrange(target.key("cmd"), count=1)
+                        last_id = _raw(top[0].identifier) if top else b"0-0"
+                    while True:
+                        found = await redis.xread(
+                            {target.key("cmd"): last_id}, count=100, block=BLOCK_MS
+                        )
+                        for entry in (found or {}).get(target.key("cmd").encode(), ()):
+                            last_id = _raw(entry.identifier)
+                            await limit.acquire_on_behalf_of(last_id)
+                            nursery.start_soon(
+                                _answer_remote,
+                                redis,
+                                target,
+                                send,
+                                strategy_count,
+                                status,
+                                {_raw(k): _raw(v) for k, v in entry.field_values.items()},
+                                limit,
+                                last_id,
+                            )
+            except RedisDownError as exc:
+                logger.debug("remote commands: %s", exc)
+            await trio.sleep(RETRY_S)
+
+
+async def _answer_remote(
+    redis: coredis.Redis[bytes],
+    target: Target,
+    send: trio.MemorySendChannel[CommandReceived],
+    strategy_count: int,
+    status: ReplicationStatus,
+    fields: dict[bytes, bytes],
+    limit: trio.CapacityLimiter,
+    borrower: bytes,
+) -> None:
+    try:
+        mirror = fields.get(b"m", b"").decode("ascii", "replace")
+        correlation = fields.get(b"r", b"")
+        if not MIRROR_ID_RE.fullmatch(mirror) or not 0 < len(correlation) <= 64:
+            logger.warning("remote command without a usable mirror id or correlation: dropped")
+            return
+        reply, visible_at = await _judge_remote(fields, send, strategy_count)
+        status.remote_commands += 1
+        if not reply.get("ok"):
+            status.remote_refused += 1
+        if reply.get("expired"):
+            return
+        key = target.reply_key(mirror)
+        await redis.xadd(
+            key,
+            {b"r": correlation, b"b": cbor2.dumps(reply), b"s": str(visible_at).encode()},
+            trim_strategy=PureToken.MAXLEN,
+            threshold=REPLY_STREAM_LENGTH,
+            trim_operator=PureToken.APPROXIMATELY,
+        )
+        await redis.expire(key, REPLY_STREAM_TTL_S)
+    except RedisDownError as exc:
+        logger.warning("a forwarded command's reply could not be sent: %s", exc)
+    except REDIS_FAILURES as exc:
+        logger.warning("a forwarded command's reply could not be sent: %s", exc)
+    finally:
+        limit.release_on_behalf_of(borrower)
+
+
+async def _judge_remote(
+    fields: dict[bytes, bytes], send: trio.MemorySendChannel[CommandReceived], strategy_count: int
+) -> tuple[Reply, int]:
+    body_raw = fields.get(b"b", b"")
+    try:
+        expires_ns = int(fields.get(b"x", b"0"))
+    except ValueError:
+        expires_ns = 0
+    if time.time_ns() > expires_ns:
+        # The mirror has already told its client the outcome is unknown; applying it
+        # now would surprise that client. It may resend with the same request_id.
+        logger.info("a forwarded command arrived after its deadline: not applied")
+        return {"ok": False, "expired": True}, 0
+    if len(body_raw) > MAX_FRAME_BYTES:
+        return error_reply(ErrorCode.FRAME_TOO_LARGE, "forwarded request too large"), 0
+    body: dict[str, object] | None = None
+    try:
+        body = decode_frame(body_raw, Framing.CBOR)
+        request, request_id = parse_request(body, strategy_count)
+    except CommandProtocolError as exc:
+        return error_reply(exc.code, exc.message), 0
+    if isinstance(request, Query):
+        return error_reply(ErrorCode.INVALID_REQUEST, "a mirror answers queries itself"), 0
+    message = CommandReceived(request, request_id)
+    await send.send(message)
+    reply = await message.reply.wait()
+    return reply, message.reply.visible_at
