@@ -170,6 +170,9 @@ class Journal:
         # Called (on the owner's thread) each time more events are durable: the
         # replication publisher's wake-up.
         self.on_durable: Callable[[], None] | None = None
+        # The first event a reader of the files (the replication publisher) still needs:
+        # a snapshot keeps the segments holding it and later ones. None: nobody reads.
+        self.retain_from: Callable[[], int | None] | None = None
 
     @classmethod
     def open(
@@ -396,9 +399,19 @@ class Journal:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise JournalWriteError(f"snapshot {path}: {exc.strerror}") from exc
-        for stale in [*_named(self.directory, "snapshot", ".cbor"), *segments_of(self.directory)]:
+        for stale in _named(self.directory, "snapshot", ".cbor"):
             if _seq_of(stale) < seq or (not keep_later and _seq_of(stale) > seq):
                 stale.unlink()
+        retain = self.retain_from() if self.retain_from is not None and keep_later else None
+        segments = list(segments_of(self.directory))
+        for number, stale in enumerate(segments):
+            start = _seq_of(stale)
+            if start == seq or (keep_later and start > seq):
+                continue
+            end = _seq_of(segments[number + 1]) if number + 1 < len(segments) else seq
+            if retain is not None and start < seq and end > retain:
+                continue  # still being read (replication); a later snapshot removes it
+            stale.unlink()
         self.events_since_snapshot = 0
 
     def abandon(self) -> None:

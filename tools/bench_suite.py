@@ -43,6 +43,7 @@ import bench_catchup  # noqa: E402
 import bench_commands  # noqa: E402
 import bench_fills  # noqa: E402
 import bench_read  # noqa: E402
+import bench_replication  # noqa: E402
 
 import clients as hft  # noqa: E402
 from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem  # noqa: E402
@@ -620,6 +621,34 @@ def catch_up(plan: Plan, report: Report, work: Path) -> None:
     )  # fmt: skip
 
 
+# -- replication through Redis ---------------------------------------------------------------
+
+
+def replication(plan: Plan, report: Report, work: Path) -> None:
+    print("replication ...", flush=True)
+    if shutil.which("redis-server") is None:
+        print("  no redis-server: skipped (apt-get install redis-server)")
+        return
+    result = bench_replication.run(
+        samples=20 if plan.smoke else 300, seconds=0.3 if plan.smoke else 3.0
+    )
+    report.table(
+        "Replication through Redis",
+        ["measure", "replicated", "floor"],
+        bench_replication.table_rows(result),
+        "A gateway with --replicate, a redis-server and a mirror with its own directories, "
+        "all on loopback; the Kraken simulator trading at 1,000 fills/s during the first "
+        "row. `python tools/bench_replication.py`.",
+    )
+    rate_on, rate_off = result["rate_on"], result["rate_off"]
+    assert isinstance(rate_on, float) and isinstance(rate_off, float)
+    report.goal(
+        "command throughput with replication on within 10% of off (8 clients)",
+        f"{rate_on:,.0f}/s against {rate_off:,.0f}/s ({(rate_on / rate_off - 1) * 100:+.1f}%)",
+        rate_on >= 0.9 * rate_off,
+    )
+
+
 # -- memory and recovery --------------------------------------------------------------------
 
 
@@ -922,7 +951,7 @@ def write_report(report: Report, out: Path, plan: Plan, elapsed: float) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
-SECTIONS = (read_path, scaling, commands, fills, catch_up, memory_and_recovery)
+SECTIONS = (read_path, scaling, commands, fills, catch_up, replication, memory_and_recovery)
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ One gateway's keys, under ``hft:<exchange>``:
 
     :log          stream: event ``s`` as entry ``<s>-1`` (field ``e``: the journal
                   record's payload); a snapshot at ``S`` as entry ``<S>-0`` (field
-                  ``s``), just before event ``S``; trimmed only behind a snapshot
+                  ``s``), just before event ``S``; trimmed behind the snapshot
+                  before the newest, so a mirror up to one interval behind reads on
     :snap         hash: the newest snapshot (``seq``, ``body``, ``lineage``)
     :meta         hash: ``lineage``, ``epoch``, the source's heartbeat and progress
     :owner        string with a time to live: the one gateway that may publish
@@ -141,11 +142,17 @@ return (#ARGV - 1) / 2
 PUBLISH_SNAPSHOT: Final = (
     _FENCE
     + """
-if ARGV[5] == '1' then redis.call('DEL', KEYS[2]) end
+local previous = redis.call('HGET', KEYS[3], 'seq')
+if ARGV[5] == '1' then
+  redis.call('DEL', KEYS[2])
+  previous = false
+end
 redis.call('HSET', KEYS[3], 'seq', ARGV[2], 'body', ARGV[3], 'lineage', ARGV[4])
 if ARGV[2] ~= '0' then
   redis.call('XADD', KEYS[2], ARGV[2] .. '-0', 's', ARGV[2])
-  redis.call('XTRIM', KEYS[2], 'MINID', ARGV[2] .. '-0')
+end
+if previous then
+  redis.call('XTRIM', KEYS[2], 'MINID', previous .. '-0')
 end
 if ARGV[5] == '1' then
   redis.call('HSET', KEYS[4], 'lineage', ARGV[4], 'epoch', ARGV[6], 'strategy_count', ARGV[7])

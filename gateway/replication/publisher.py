@@ -33,7 +33,6 @@ from gateway.journal import (
     RECORD_HEADER,
     SNAPSHOT_MAGIC,
     Journal,
-    load_snapshot,
     segments_of,
 )
 from gateway.ledger import Ledger
@@ -205,11 +204,21 @@ def _snapshot_body(directory: Path, seq: int) -> bytes | None:
 
 
 def _newest_snapshot(directory: Path, strategy_count: int) -> tuple[int, bytes]:
-    """The newest snapshot's number and body; an empty ledger at 0 when there is none."""
-    data, seq = load_snapshot(directory)
-    if data is None:
-        data = Ledger(strategy_count).to_snapshot()
-    return seq, cbor2.dumps(data)
+    """The newest sound snapshot's number and CBOR body (as on disk); an empty ledger at 0
+    when there is none (a journal that starts at event 0)."""
+    for seq in sorted(_snapshot_seqs(directory), reverse=True):
+        body = _snapshot_body(directory, seq)
+        if body is not None:
+            return seq, body
+    return 0, cbor2.dumps(Ledger(strategy_count).to_snapshot())
+
+
+def _snapshot_seqs(directory: Path) -> list[int]:
+    return [
+        int(path.stem.split("-", 1)[1])
+        for path in directory.glob("snapshot-*.cbor")
+        if path.stem.split("-", 1)[1].isdigit()
+    ]
 
 
 def owner_identity(state_dir: Path) -> str:
@@ -244,6 +253,8 @@ class Publisher:
         self._last_snapshot = -1
         self._republish = ""  # why a mirror asked for everything again, if one did
         journal.on_durable = self._on_durable
+        # Behind while connected, the publisher reads segments a snapshot would delete.
+        journal.retain_from = lambda: self._position if status.state == "publishing" else None
         status.durable = lambda: journal.synced_seq
 
     def _on_durable(self) -> None:
@@ -312,7 +323,7 @@ class Publisher:
             return
         self.status.lineage = lineage
         self._position = position
-        local_seq = load_snapshot_seq(self._directory)
+        local_seq = max(_snapshot_seqs(self._directory), default=0)
         if position < local_seq:
             await self._publish_snapshot(redis, reset=False, why="the stream ends before it")
         self._last_snapshot = max(self._last_snapshot, min(position, local_seq))
@@ -433,11 +444,6 @@ async def _fenced(call: Awaitable[object]) -> object:
 
 def _raw(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
-
-
-def load_snapshot_seq(directory: Path) -> int:
-    names = sorted(directory.glob("snapshot-*.cbor"))
-    return int(names[-1].stem.split("-", 1)[1]) if names else 0
 
 
 # -- commands forwarded by mirrors -------------------------------------------------------

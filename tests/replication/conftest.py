@@ -12,14 +12,16 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import coredis
 import pytest
+import trio
 
 from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem
-from gateway.launcher import STOP_GRACE_S, wait_ready
+from gateway.launcher import STOP_GRACE_S, LocalStack, wait_ready
 from mmapstore import StoreReader
 from tests.kraken.stack import KrakenStack
 
@@ -30,7 +32,8 @@ MIRROR_START_TIMEOUT_S = 30.0
 class RedisServer:
     """A redis-server of the test's own on loopback, without persistence (as a cache runs)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, password: str | None = None) -> None:
+        self.password = password
         if shutil.which("redis-server") is None:
             pytest.fail(
                 "redis-server is missing: `make test` installs it (apt-get install redis-server)"
@@ -52,6 +55,7 @@ class RedisServer:
                 [
                     "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                     "--save", "", "--appendonly", "no", "--dir", str(self.root),
+                    *(["--requirepass", self.password] if self.password else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -72,7 +76,14 @@ class RedisServer:
 
     def cli(self, *args: str) -> str:
         return subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args],
+            [
+                "redis-cli",
+                "-p",
+                str(self.port),
+                *(["-a", self.password] if self.password else []),
+                "--no-auth-warning",
+                *args,
+            ],
             check=True,
             capture_output=True,
             text=True,
@@ -83,7 +94,7 @@ class RedisServer:
 class MirrorHost:
     """The other host: its own directories, its own ``gateway mirror``."""
 
-    def __init__(self, stack: KrakenStack, root: Path, run_dir: Path) -> None:
+    def __init__(self, stack: LocalStack, root: Path, run_dir: Path) -> None:
         self.stack = stack
         self.root = root
         self.run_dir = run_dir
@@ -101,7 +112,8 @@ class MirrorHost:
     def store(self) -> Path:
         return self.root / "shm" / "hft.kraken.balance"
 
-    def start(self, source: str) -> None:
+    def spawn(self, source: str) -> subprocess.Popen[bytes]:
+        """Start ``gateway mirror`` without waiting for it to be ready."""
         self.ready.unlink(missing_ok=True)
         with open(self.root / "mirror.log", "ab") as log:
             self.process = subprocess.Popen(
@@ -110,6 +122,11 @@ class MirrorHost:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        return self.process
+
+    def start(self, source: str) -> None:
+        self.spawn(source)
+        assert self.process is not None
         wait_ready(
             self.ready.exists, self.process, self.root / "mirror.log", "the mirror",
             MIRROR_START_TIMEOUT_S,
@@ -142,6 +159,16 @@ class MirrorHost:
         return facts
 
 
+def xadd_raw(url: str, key: str, fields: dict[bytes, bytes]) -> None:
+    """Add an entry of exact bytes (redis-cli would re-encode them)."""
+
+    async def add() -> None:
+        async with coredis.Redis.from_url(url, decode_responses=False) as client:
+            await client.xadd(key, fields)
+
+    trio.run(add)
+
+
 def slots_of(store: Path) -> dict[str, tuple[Decimal, ...]]:
     with StoreReader(store) as reader:
         return {c: reader.record(c).exact_all() for c in reader.currencies()}
@@ -155,17 +182,35 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
+HostsFactory = Callable[..., tuple[KrakenStack, MirrorHost]]
+
+
 @pytest.fixture
-def hosts(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[KrakenStack, MirrorHost]]:
-    """A simulator and a replicating gateway ("host A"), and a mirror's place ("host B")."""
-    run_a = Path(tempfile.mkdtemp(prefix="hft-a-"))
-    run_b = Path(tempfile.mkdtemp(prefix="hft-b-"))
-    stack = KrakenStack(tmp_path / "a", run_a)
-    stack.start_sim()
-    stack.start_gateway("--replicate", redis_server.url, "--reconcile-interval", "2")
-    mirror = MirrorHost(stack, tmp_path / "b", run_b)
-    yield stack, mirror
-    mirror.kill()
-    stack.kill()
-    shutil.rmtree(run_a, ignore_errors=True)
-    shutil.rmtree(run_b, ignore_errors=True)
+def make_hosts(tmp_path: Path, redis_server: RedisServer) -> Iterator[HostsFactory]:
+    """Start a simulator and a replicating gateway ("host A", with ``args``), and give a
+    mirror's place ("host B")."""
+    made: list[tuple[KrakenStack, MirrorHost]] = []
+    run_dirs: list[Path] = []
+
+    def make(*args: str) -> tuple[KrakenStack, MirrorHost]:
+        run_a = Path(tempfile.mkdtemp(prefix="hft-a-"))
+        run_b = Path(tempfile.mkdtemp(prefix="hft-b-"))
+        run_dirs.extend((run_a, run_b))
+        stack = KrakenStack(tmp_path / "a", run_a)
+        stack.start_sim()
+        stack.start_gateway("--replicate", redis_server.url, "--reconcile-interval", "2", *args)
+        mirror = MirrorHost(stack, tmp_path / "b", run_b)
+        made.append((stack, mirror))
+        return stack, mirror
+
+    yield make
+    for stack, mirror in made:
+        mirror.kill()
+        stack.kill()
+    for run_dir in run_dirs:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def hosts(make_hosts: HostsFactory) -> tuple[KrakenStack, MirrorHost]:
+    return make_hosts()

@@ -93,3 +93,23 @@ def test_a_forwarded_command_parses_back_to_itself(
         scaled = -scaled
     command = BalanceCommand(kind, "strat", "USD", index, scaled)
     assert parse_request(request_body(command, request_id), 8) == (command, request_id)
+
+
+def test_snapshots_keep_the_segments_a_lagging_reader_still_needs(tmp_path: Path) -> None:
+    journal = open_journal(tmp_path)
+    tail = JournalTail(tmp_path)
+    position = 0
+    journal.retain_from = lambda: position
+    expected: list[bytes] = []
+    for round_ in range(4):  # four snapshots while the reader has read nothing
+        for n in range(5):
+            expected.append(b"%d.%d" % (round_, n))
+            journal.append(expected[-1])
+        journal.commit()
+        journal.write_snapshot({"round": round_})
+    records = tail.read(0, journal.synced_seq, 1000)
+    assert records == expected
+    position = len(records)
+    journal.write_snapshot({"round": "last"})  # the reader has passed: now they go
+    assert [p.name for p in tmp_path.glob("journal-*.log")] == [f"journal-{20:020d}.log"]
+    assert len(list(tmp_path.glob("snapshot-*.cbor"))) == 1

@@ -1,0 +1,157 @@
+"""Replication's harder cases: snapshots and trimming mid-stream, hostile entries in the
+command stream, a gateway that stops answering, and Redis with a password."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from clients.errors import CommandRefusedError
+from tests.kraken.stack import KrakenStack, settled, wait_until
+from tests.replication.conftest import (
+    HostsFactory,
+    MirrorHost,
+    RedisServer,
+    slots_of,
+    xadd_raw,
+)
+from tests.replication.test_mirror_e2e import IPC, allocate, converged, trades_done
+
+
+def snapshot_config(tmp_path: Path, every: int) -> str:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"snapshot_every = {every}\n")
+    return str(config)
+
+
+def test_snapshots_mid_stream_rebase_the_mirror_and_trim_the_stream(
+    make_hosts: HostsFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    stack, mirror = make_hosts("--config", snapshot_config(tmp_path, 40))
+    mirror.start(redis_server.url)
+    stack.control("trade-generator", {"rate": 300, "count": 300, "userrefs": [2, 3, 4]})
+    trades_done(stack, 300)
+    wait_until(lambda: settled(stack), 60, "the gateway to settle")
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    published = stack.status()["replication"]
+    assert isinstance(published, dict) and published["snapshots_published"] >= 5
+    # Trimmed behind the snapshot before the newest: the stream starts at its marker.
+    taken = [int(n) for n in re.findall(r"snapshot at event (\d+) published", stack.log("gateway"))]
+    assert int(redis_server.cli("HGET", "hft:kraken:snap", "seq")) == taken[-1]
+    first = redis_server.cli("XRANGE", "hft:kraken:log", "-", "+", "COUNT", "1").splitlines()[0]
+    assert first == f"{taken[-2]}-0"
+    assert mirror.status()["resyncs"] == 0  # every marker was met in order: no resync
+    # A mirror stopped while the stream was trimmed past it resyncs from the snapshot.
+    mirror.kill()
+    stack.control("trade-generator", {"rate": 300, "count": 200, "userrefs": [2, 3]})
+    trades_done(stack, 500)
+    wait_until(lambda: settled(stack), 60, "the gateway to settle")
+    mirror.start(redis_server.url)
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge again")
+    assert mirror.status()["resyncs"] == 1
+    assert "resyncing from the snapshot" in mirror.log()
+
+
+def test_hostile_entries_in_the_command_stream_change_nothing(
+    hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
+) -> None:
+    stack, mirror = hosts
+    mirror.start(redis_server.url)
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    before = slots_of(stack.store)
+    far = str(time.time_ns() + 60 * 10**9).encode()
+    query = cbor2.dumps({"cmd": "query"})
+    hostile: list[dict[bytes, bytes]] = [
+        {b"m": b"x", b"r": b"1", b"b": b"\xff\xfe not cbor", b"x": far},
+        {b"m": b"../../etc", b"r": b"1", b"b": query, b"x": far},  # a mirror id that is a path
+        {b"m": b"ok", b"x": far},  # no correlation, no body
+        {b"m": b"ok", b"r": b"2", b"b": b"A" * 70000, b"x": far},  # too large
+        {b"m": b"ok", b"r": b"3", b"b": query, b"x": far},  # mirrors answer queries themselves
+        {b"junk": b"only"},
+        {b"m": b"ok", b"r": b"4", b"b": cbor2.dumps([1, 2]), b"x": b"not a number"},
+        {b"m": b"ok", b"r": b"5", b"b": cbor2.dumps({"cmd": "allocate", "amount": "1e999"}),
+         b"x": far},
+        {b"m": b"ok", b"r": b"6", b"b": b"\x9f" * 5000, b"x": far},  # nested past any limit
+    ]  # fmt: skip
+    for fields in hostile:
+        xadd_raw(redis_server.url, "hft:kraken:cmd", fields)
+    # Each well-formed one got its refusal on the reply stream of the mirror it names.
+    wait_until(lambda: int(redis_server.cli("XLEN", "hft:kraken:reply:ok")) >= 3, 10, "replies")
+    time.sleep(1.0)
+    assert stack.gateway is not None and stack.gateway.poll() is None
+    assert slots_of(stack.store) == before
+    # And it goes on serving: a mirror's command and a local one.
+    assert mirror.command(allocate("remote", "2", "after-hostile", index=3))["ok"]
+    assert IPC(stack).command(allocate("local", "2", "after-hostile-local"))["ok"]
+    log = stack.log("gateway")
+    assert "Traceback" not in log and "without a usable mirror id" in log
+
+
+def test_a_command_the_gateway_never_answers_is_unknown_then_resent_once(
+    hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
+) -> None:
+    stack, mirror = hosts
+    mirror.start(redis_server.url)
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    assert stack.gateway is not None
+    os.kill(stack.gateway.pid, signal.SIGSTOP)  # hung: its heartbeat has not yet gone stale
+    try:
+        with pytest.raises(CommandRefusedError) as unknown:
+            mirror.command(allocate("remote", "5", "hung-1", index=3), timeout_s=15)
+        assert unknown.value.code == "OUTCOME_UNKNOWN"
+        # By now the heartbeat is stale too: refused at once, nothing sent.
+        with pytest.raises(CommandRefusedError) as unreachable:
+            mirror.command(allocate("remote", "5", "hung-2", index=3))
+        assert unreachable.value.code == "UNREACHABLE"
+    finally:
+        os.kill(stack.gateway.pid, signal.SIGCONT)
+    # Woken, the gateway finds the first command past its deadline and does not apply it.
+    wait_until(lambda: mirror.status()["current"], 30, "the mirror to be current")
+    time.sleep(1.0)
+    assert "after its deadline: not applied" in stack.log("gateway")
+    assert slots_of(stack.store)["USD"][3] == slots_of(mirror.store)["USD"][3]
+    owners = mirror.command({"cmd": "query"})["owners"]
+    assert "3" not in owners  # type: ignore[operator]
+    # Resent with the same request_id: applied, once.
+    assert mirror.command(allocate("remote", "5", "hung-1", index=3))["ok"]
+    assert mirror.command(allocate("remote", "5", "hung-1", index=3))["ok"]
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    assert mirror.command({"cmd": "query"})["owners"] == {"3": "remote"}
+
+
+def test_redis_with_a_password_and_the_password_never_shown(
+    tmp_path: Path,
+) -> None:
+    redis = RedisServer(tmp_path / "redis", password="s3cret-pw")
+    redis.start()
+    run_a, run_b = tmp_path / "ra", tmp_path / "rb"
+    stack = KrakenStack(tmp_path / "a", run_a)
+    mirror = MirrorHost(stack, tmp_path / "b", run_b)
+    url = f"redis://default:s3cret-pw@127.0.0.1:{redis.port}/0"
+    try:
+        stack.start_sim()
+        stack.start_gateway("--replicate", url)
+        mirror.start(url)
+        wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+        replication = stack.status()["replication"]
+        assert isinstance(replication, dict)
+        assert replication["target"] == f"redis://default:***@127.0.0.1:{redis.port}/0"
+        assert mirror.status()["source"] == replication["target"]
+        for log in (stack.log("gateway"), mirror.log()):
+            assert "s3cret-pw" not in log
+        # A wrong password: the mirror waits, saying why in one line, and never crashes.
+        other = MirrorHost(stack, tmp_path / "c", tmp_path / "rc")
+        process = other.spawn(f"redis://default:wrong-pw@127.0.0.1:{redis.port}/0")
+        wait_until(lambda: "waiting for the source" in other.log(), 15, "the mirror to say why")
+        assert process.poll() is None and "wrong-pw" not in other.log()
+        other.kill()
+    finally:
+        mirror.kill()
+        stack.kill()
+        redis.kill()

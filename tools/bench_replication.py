@@ -1,0 +1,188 @@
+"""Replication through Redis, measured beside its floors in one run (docs/replication.md).
+
+    .venv/bin/python tools/bench_replication.py [--samples 300] [--seconds 3] [--markdown FILE]
+
+Real processes on loopback: the Kraken simulator, a gateway with ``--replicate``,
+a redis-server of its own, and a mirror with its own directories ("host B").
+
+- **event to visible on the mirror**: with fills flowing at 1,000/s, a command is
+  sent to the gateway's own socket; from its ok (durable on host A) until the
+  mirror's store shows it. Beside it, the same command's visibility on the
+  gateway's own store (already there when the ok arrives: the floor).
+- **remote command round trip**: a command through the mirror (to the gateway
+  through Redis, answered once the mirror shows it) against the same command on
+  the gateway's own socket.
+- **throughput with replication on and off**: 8 raw clients against the same
+  gateway and simulator, one run with ``--replicate`` and one without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from bench_commands import raw_clients  # noqa: E402
+
+from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem  # noqa: E402
+from gateway.launcher import LocalStack  # noqa: E402
+from mmapstore import StoreReader  # noqa: E402
+from tests.replication.conftest import MirrorHost, RedisServer  # noqa: E402
+
+CLIENTS = 8
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):.0f} / {percentile(values, 0.99):.0f}"
+
+
+def _command(system: IPCCommandSystem, amount: int, request_id: str) -> dict[str, object]:
+    return system.send_command_blocking(
+        "kraken_gateway",
+        STRATEGY_BALANCE_CMD,
+        {
+            "cmd": "allocate",
+            "strategy": "bench",
+            "currency": "USD",
+            "amount": amount,
+            "index": 2,
+            "request_id": request_id,
+        },
+    )
+
+
+def visibility(stack: LocalStack, mirror: MirrorHost, samples: int) -> tuple[list[float], ...]:
+    """Microseconds from the gateway's ok to the value on each store, fills at 1,000/s."""
+    stack.control("trade-generator", {"rate": 1000, "count": 1000 * 60, "userrefs": [3, 4]})
+    local = IPCCommandSystem("bench", run_dir=stack.run_dir)
+    local.start()
+    on_mirror: list[float] = []
+    on_gateway: list[float] = []
+    with StoreReader(stack.store) as gateway_store, StoreReader(mirror.store) as mirror_store:
+        for n in range(samples):
+            reply = _command(local, 1, f"vis-{n}")
+            acked = time.perf_counter_ns()
+            expected = Decimal(str(reply["balances"][2]))  # type: ignore[index]
+            while gateway_store.record("USD").exact(2) != expected:
+                pass
+            on_gateway.append((time.perf_counter_ns() - acked) / 1000)
+            while mirror_store.record("USD").exact(2) < expected:
+                pass
+            on_mirror.append((time.perf_counter_ns() - acked) / 1000)
+            time.sleep(0.003)
+    local.close()
+    stack.control("trade-generator", {"rate": 0, "count": 0})
+    return on_gateway, on_mirror
+
+
+def round_trips(stack: LocalStack, mirror: MirrorHost, samples: int) -> tuple[list[float], ...]:
+    local = IPCCommandSystem("bench-local", run_dir=stack.run_dir)
+    remote = IPCCommandSystem("bench-remote", run_dir=mirror.run_dir)
+    local.start()
+    remote.start()
+    local_us: list[float] = []
+    remote_us: list[float] = []
+    for n in range(samples):  # interleaved: noise falls on both alike
+        for system, into, tag in ((local, local_us, "l"), (remote, remote_us, "r")):
+            started = time.perf_counter_ns()
+            assert _command(system, 1, f"rt-{tag}-{n}")["ok"]
+            into.append((time.perf_counter_ns() - started) / 1000)
+    local.close()
+    remote.close()
+    return local_us, remote_us
+
+
+def throughput(work: Path, replicate: str | None, seconds: float) -> float:
+    run_dir = Path(tempfile.mkdtemp(prefix="hft-t-"))
+    stack = LocalStack(work / ("on" if replicate else "off"), run_dir)
+    try:
+        stack.start_sim()
+        extra = ["--replicate", replicate] if replicate else []
+        stack.start_gateway("--reconcile-interval", "0", *extra)
+        assert stack.gateway is not None
+        per_client = max(200, int(seconds * 600))
+        return raw_clients(stack.socket, stack.gateway.pid, CLIENTS, per_client).rate
+    finally:
+        stack.kill()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run(samples: int, seconds: float) -> dict[str, list[float] | float]:
+    """Every measure of this module, in one run."""
+    if shutil.which("redis-server") is None:
+        raise SystemExit("bench_replication: needs redis-server (apt-get install redis-server)")
+    work = Path(tempfile.mkdtemp(prefix="bench-repl-"))
+    redis = RedisServer(work / "redis")
+    redis.start()
+    run_a = Path(tempfile.mkdtemp(prefix="hft-a-"))
+    run_b = Path(tempfile.mkdtemp(prefix="hft-b-"))
+    stack = LocalStack(work / "a", run_a)
+    mirror = MirrorHost(stack, work / "b", run_b)
+    try:
+        stack.start_sim()
+        stack.start_gateway("--replicate", redis.url, "--reconcile-interval", "0")
+        mirror.start(redis.url)
+        on_gateway, on_mirror = visibility(stack, mirror, samples)
+        local_rt, remote_rt = round_trips(stack, mirror, samples)
+        mirror.kill()
+        stack.kill()
+        rate_off = throughput(work, None, seconds)
+        rate_on = throughput(work, redis.url, seconds)
+    finally:
+        mirror.kill()
+        stack.kill()
+        redis.kill()
+        for path in (work, run_a, run_b):
+            shutil.rmtree(path, ignore_errors=True)
+    return {
+        "on_gateway": on_gateway, "on_mirror": on_mirror, "local_rt": local_rt,
+        "remote_rt": remote_rt, "rate_on": rate_on, "rate_off": rate_off,
+    }  # fmt: skip
+
+
+def table_rows(result: dict[str, list[float] | float]) -> list[list[str]]:
+    def lat(name: str) -> str:
+        values = result[name]
+        assert isinstance(values, list)
+        return summary(values)
+
+    rate_on, rate_off = result["rate_on"], result["rate_off"]
+    assert isinstance(rate_on, float) and isinstance(rate_off, float)
+    return [
+        ["a command's event visible, fills at 1,000/s (µs from the gateway's ok, p50 / p99)",
+         f"mirror: {lat('on_mirror')}", f"gateway's own store: {lat('on_gateway')}"],
+        ["command round trip (µs, p50 / p99)", f"through the mirror: {lat('remote_rt')}",
+         f"gateway's socket: {lat('local_rt')}"],
+        [f"durable commands/s, {CLIENTS} raw clients", f"replication on: {rate_on:,.0f}",
+         f"off: {rate_off:,.0f} ({(rate_on / rate_off - 1) * 100:+.1f}%)"],
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    result = run(args.samples, args.seconds)
+    for row in table_rows(result):
+        print(" | ".join(row))
+    print(json.dumps({k: v for k, v in result.items() if isinstance(v, float)}))
+
+
+if __name__ == "__main__":
+    main()
