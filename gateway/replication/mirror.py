@@ -24,6 +24,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, assert_never
@@ -131,6 +132,11 @@ class MirrorProgress:
     forward_failed: int = 0
     _waiters: list[tuple[int, trio.Event]] = field(default_factory=list)
 
+    def source_reachable(self) -> bool:
+        """Redis answers and the gateway's heartbeat moved lately: commands may be sent."""
+        age_ns = time.time_ns() - self.source_seen_ns
+        return self.redis_ok and bool(self.source_seen_ns) and age_ns <= SOURCE_STALE_AFTER_S * 1e9
+
     def advance(self, position: int) -> None:
         self.position = position
         if self._waiters:
@@ -163,6 +169,7 @@ class MirrorCore:
         self.target = target
         self.mirror_id = _mirror_id()
         self._durable_history: list[tuple[float, int]] = []  # (monotonic, source durable)
+        self._last_beat = 0  # the source's last heartbeat value seen
 
     def apply_events(self, message: EventsArrived) -> None:
         progress = self.progress
@@ -217,7 +224,7 @@ class MirrorCore:
         progress = self.progress
         progress.redis_ok = message.reachable
         if message.reachable:
-            if message.beat_ns and message.beat_ns != getattr(self, "_last_beat", 0):
+            if message.beat_ns and message.beat_ns != self._last_beat:
                 self._last_beat = message.beat_ns
                 progress.source_seen_ns = time.time_ns()
             progress.source_durable = message.durable
@@ -506,7 +513,7 @@ class Forwarder:
                 logger.debug("mirror replies: %s", exc)
             await trio.sleep(RETRY_S)
 
-    def _deliver(self, fields: dict[bytes, bytes] | dict[str | bytes, str | bytes]) -> None:
+    def _deliver(self, fields: Mapping[str | bytes, str | bytes]) -> None:
         values = {_raw(k): _raw(v) for k, v in fields.items()}
         waiting = self._pending.get(values.get(b"r", b""))
         body = values.get(b"b", b"")
@@ -525,7 +532,7 @@ class Forwarder:
         progress = self._mirror.progress
         request_id = message.request_id
         redis = self._redis
-        if redis is None or progress.stale_reason.startswith(("redis", "the gateway")):
+        if redis is None or not progress.source_reachable():
             reason = progress.stale_reason or f"redis {self._target.shown} is out of reach"
             progress.forward_failed += 1
             message.reply.set(
