@@ -18,6 +18,7 @@ skips those it already has.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_BATCH: Final = 1024
+FILL_SYNC_DELAY_S: Final = 0.002  # replicating: fills wait at most this for their sync
 SLOW_COMMIT_S: Final = 0.05
 
 
@@ -496,8 +498,7 @@ class _CommitPipeline:
         of what does."""
         assert self.syncing is None
         core = self._core
-        needs_sync = core.sync_fills or any(b.needs_sync for b in self.waiting)
-        if not (core.journal.has_pending and needs_sync):
+        if not (core.journal.has_pending and any(b.needs_sync for b in self.waiting)):
             # Fills alone wait for a disk no more than their replies (none) do.
             self._release(self.waiting)
             self.waiting = []
@@ -511,6 +512,13 @@ class _CommitPipeline:
             self._finish(write, batches, error)
             return
         self.syncing = _Sync(write, batches)
+        self._nursery.start_soon(self._sync_in_thread, self.syncing)
+
+    def sync_pending(self) -> None:
+        """Start syncing what the journal holds with no reply waiting on it (fills, for
+        replication: only durable events leave the host)."""
+        assert self.syncing is None and not self.waiting
+        self.syncing = _Sync(self._core.journal.take_pending(), [])
         self._nursery.start_soon(self._sync_in_thread, self.syncing)
 
     async def _sync_in_thread(self, sync: _Sync) -> None:
@@ -591,6 +599,9 @@ async def run_writer(
     async with receive, trio.open_nursery() as nursery:
         pipeline = _CommitPipeline(core, nursery)
         more_queued = False  # the last batch stopped at MAX_BATCH, not at an empty queue
+        # Replicating: when the fills the journal holds unsynced must be synced (a few
+        # ms after the first, so that one sync serves many; mirrors wait for it).
+        fills_due = math.inf
         while True:
             pipeline.reap()
             if pipeline.syncing is None and pipeline.waiting:
@@ -599,13 +610,28 @@ async def run_writer(
                 # thread syncs while the writer applies it.
                 pipeline.flush(inline=not more_queued)
                 continue
+            if not (core.sync_fills and core.journal.has_pending):
+                fills_due = math.inf
+            elif fills_due == math.inf:
+                fills_due = trio.current_time() + FILL_SYNC_DELAY_S
+            elif pipeline.syncing is None and trio.current_time() >= fills_due:
+                pipeline.sync_pending()
+                fills_due = math.inf
+                continue
             if pipeline.syncing is None:
                 if core.journal.events_since_snapshot >= core.snapshot_every:
                     await _snapshot(core)
+                messages = []
                 try:
-                    messages = [await receive.receive()]
+                    if fills_due == math.inf:  # no cancel scope on the common path
+                        messages = [await receive.receive()]
+                    else:
+                        with trio.move_on_at(fills_due):
+                            messages = [await receive.receive()]
                 except trio.EndOfChannel:
                     break  # with nothing in flight or waiting: all is answered
+                if not messages:
+                    continue  # the fills' sync is due
             else:
                 try:
                     messages = [receive.receive_nowait()]

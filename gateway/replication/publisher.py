@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 BATCH_EVENTS: Final = 512
 BATCH_BYTES: Final = 512 * 1024
-READ_BYTES: Final = 1 << 20
+READ_BYTES: Final = 64 * 1024
 RETRY_S: Final = 1.0
 MAX_REMOTE_IN_FLIGHT: Final = 256
 REPLY_STREAM_LENGTH: Final = 1000
@@ -108,7 +108,8 @@ class JournalTail:
         self._fd: int | None = None
         self._offset = 0
         self._seq = 0  # the number of the record at _offset
-        self._buffer = b""
+        self._buffer = b""  # bytes of the file read ahead; _offset is at _buffer[_used]
+        self._used = 0
 
     def close(self) -> None:
         if self._fd is not None:
@@ -136,7 +137,7 @@ class JournalTail:
             records.append(payload)
         # What was read past the last durable record may have been zeros or half a write
         # then: the next call reads it afresh.
-        self._buffer = b""
+        self._forget()
         return records
 
     def _seek(self, position: int) -> None:
@@ -155,7 +156,8 @@ class JournalTail:
         except FileNotFoundError:
             return False
         self.close()
-        self._fd, self._offset, self._seq, self._buffer = fd, 0, start, b""
+        self._fd, self._offset, self._seq = fd, 0, start
+        self._forget()
         return True
 
     def _next_record(self) -> bytes | None:
@@ -167,7 +169,7 @@ class JournalTail:
             # Space allocated ahead, nothing written here yet: forget what was read of
             # it, so that the next read finds the records written there since.
             self._offset -= RECORD_HEADER.size
-            self._buffer = b""
+            self._forget()
             return None
         payload = self._take(length)
         if payload is None:
@@ -178,15 +180,21 @@ class JournalTail:
         return payload
 
     def _take(self, size: int) -> bytes | None:
-        if len(self._buffer) < size:
+        """The next ``size`` bytes of the file from ``_offset``, or None before they exist."""
+        start = self._used
+        if len(self._buffer) - start < size:
             assert self._fd is not None
-            more = os.pread(self._fd, max(READ_BYTES, size), self._offset + len(self._buffer))
-            self._buffer += more
+            rest = self._buffer[start:]
+            more = os.pread(self._fd, max(READ_BYTES, size), self._offset + len(rest))
+            self._buffer, self._used, start = rest + more, 0, 0
             if len(self._buffer) < size:
                 return None
-        taken, self._buffer = self._buffer[:size], self._buffer[size:]
+        self._used = start + size
         self._offset += size
-        return taken
+        return self._buffer[start : start + size]
+
+    def _forget(self) -> None:
+        self._buffer, self._used = b"", 0
 
 
 def _snapshot_body(directory: Path, seq: int) -> bytes | None:

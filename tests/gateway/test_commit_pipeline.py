@@ -143,3 +143,37 @@ async def test_a_failed_sync_takes_back_every_command_behind_it_and_keeps_fills(
     core.ledger.check_invariant()
     # Nothing of it is durable: a restart finds the ledger as it was before.
     assert core.journal.next_seq == core.journal.synced_seq
+
+
+async def test_replicating_fills_are_synced_within_the_delay_with_nothing_else_arriving(
+    writer: Writer, mock_clock: trio.testing.MockClock
+) -> None:
+    """Only durable events leave the host: with no command or heartbeat to sync them,
+    fills are still synced once FILL_SYNC_DELAY_S has passed (and only then)."""
+    core = writer.core
+    core.sync_fills = True
+    for n in range(3):
+        await writer.send.send(_fill(f"replicated-{n}"))
+    await trio.testing.wait_all_tasks_blocked()
+    assert core.journal.next_seq - core.journal.synced_seq == 3  # held: one sync for many
+    mock_clock.jump(gateway.writer.FILL_SYNC_DELAY_S / 2)
+    await trio.testing.wait_all_tasks_blocked()
+    assert core.journal.synced_seq < core.journal.next_seq
+    mock_clock.jump(gateway.writer.FILL_SYNC_DELAY_S)
+    for _ in range(1_000_000):  # the sync runs in a worker thread
+        if core.journal.synced_seq == core.journal.next_seq:
+            break
+        await trio.sleep(0)
+    assert core.journal.synced_seq == core.journal.next_seq
+    assert core.ledger.balances["BTC"][0] == 13 * UNIT
+
+
+async def test_without_replication_fills_wait_for_the_next_sync(
+    writer: Writer, mock_clock: trio.testing.MockClock
+) -> None:
+    core = writer.core
+    await writer.send.send(_fill("alone"))
+    await trio.testing.wait_all_tasks_blocked()
+    mock_clock.jump(1.0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert core.journal.synced_seq == core.journal.next_seq - 1  # until a command or a tick
