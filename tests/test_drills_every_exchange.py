@@ -18,6 +18,7 @@ import pytest
 from gateway.exchanges import registry
 from gateway.launcher import LocalStack
 from tests.kraken.stack import wait_until
+from tests.replication.conftest import MirrorHost, RedisServer, slots_of
 
 QUICK = ("--reconcile-interval", "1", "--recheck-interval", "0.5")
 # How each simulator's generator is told which strategy ids to tag (Kraken's userref).
@@ -85,3 +86,36 @@ def test_a_reader_started_before_the_gateway_waits_then_reads(stack: LocalStack)
     stack.start_gateway(*QUICK)
     out, _ = reader.communicate(timeout=30)
     assert out.strip() == "BALANCE 100000.0"
+
+
+def test_a_mirror_through_redis_follows_fills_and_commands(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    """The mirror names no exchange: what works for one works for each (docs/replication.md)."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    mirror = MirrorHost(stack, tmp_path / "mirror", tmp_path / "mirror-run")
+    try:
+        stack.start_gateway(*QUICK, "--replicate", redis.url)
+        mirror.start(redis.url)
+        stack.control("trade-generator", {"rate": 100, "count": 100, TAGS[stack.exchange]: [2, 3]})
+        payload = {
+            "cmd": "allocate", "strategy": "remote", "currency": FUNDED[stack.exchange],
+            "amount": "25", "index": 4, "request_id": f"mirror-{stack.exchange}",
+        }  # fmt: skip
+        reply = mirror.command(payload)
+        assert reply["ok"] and reply["balances"][4] == "25"  # type: ignore[index]
+
+        def converged() -> bool:
+            status = mirror.status()
+            return bool(
+                status["current"]
+                and status["applied_events"] == stack.status()["journal_events"]
+                and int(str(stack.status()["fills_applied"])) >= 100
+                and slots_of(mirror.store) == slots_of(stack.store)
+            )
+
+        wait_until(converged, 60, "the mirror to follow the gateway")
+    finally:
+        mirror.kill()
+        redis.kill()

@@ -22,7 +22,7 @@ import trio
 
 from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem
 from gateway.launcher import STOP_GRACE_S, LocalStack, wait_ready
-from mmapstore import StoreReader
+from mmapstore import StoreReader, store_path
 from tests.kraken.stack import KrakenStack
 
 REDIS_START_TIMEOUT_S = 10.0
@@ -110,14 +110,23 @@ class MirrorHost:
 
     @property
     def store(self) -> Path:
-        return self.root / "shm" / "hft.kraken.balance"
+        return store_path(self.stack.exchange, self.root / "shm")
 
     def spawn(self, source: str) -> subprocess.Popen[bytes]:
         """Start ``gateway mirror`` without waiting for it to be ready."""
         self.ready.unlink(missing_ok=True)
         with open(self.root / "mirror.log", "ab") as log:
             self.process = subprocess.Popen(
-                [*self.stack.cli, "mirror", "--source", source, "--ready-file", str(self.ready)],
+                [
+                    *self.stack.cli,
+                    "mirror",
+                    "--exchange",
+                    self.stack.exchange,
+                    "--source",
+                    source,
+                    "--ready-file",
+                    str(self.ready),
+                ],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -144,7 +153,7 @@ class MirrorHost:
         system = IPCCommandSystem("mirror-test", run_dir=self.run_dir, timeout_s=timeout_s)
         system.start()
         try:
-            return system.send_command_blocking("kraken_gateway", STRATEGY_BALANCE_CMD, payload)
+            return system.send_command_blocking(self.stack.service, STRATEGY_BALANCE_CMD, payload)
         finally:
             system.close()
 
