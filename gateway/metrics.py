@@ -100,6 +100,23 @@ class GatewayCollector(Collector):
         feed = GaugeMetricFamily("gateway_feed_live", "1 while the exchange fill stream is live")
         feed.add_metric([], 1.0 if health.feed_live else 0.0)
         yield feed
+        replication = status.get("replication")
+        if isinstance(replication, dict):  # --replicate (docs/replication.md)
+            publishing = GaugeMetricFamily(
+                "gateway_replication_publishing", "1 while the journal is being published to Redis"
+            )
+            publishing.add_metric([], 1.0 if replication["state"] == "publishing" else 0.0)
+            yield publishing
+            behind = GaugeMetricFamily(
+                "gateway_replication_behind_events", "Durable events not yet published to Redis"
+            )
+            behind.add_metric([], float(str(replication["behind"])))
+            yield behind
+            yield counter(
+                "gateway_replication_remote_commands",
+                "Commands mirrors forwarded through Redis",
+                replication["remote_commands"],
+            )
 
 
 class Metrics:

@@ -9,10 +9,12 @@ one stream for one gateway only.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem
@@ -20,7 +22,7 @@ from clients.errors import CommandRefusedError
 from gateway.launcher import STOP_GRACE_S
 from mmapstore import Condition, StoreReader
 from tests.kraken.stack import KrakenStack, settled, wait_until
-from tests.replication.conftest import MirrorHost, RedisServer, slots_of
+from tests.replication.conftest import HostsFactory, MirrorHost, RedisServer, slots_of
 
 Hosts = tuple[KrakenStack, MirrorHost]
 
@@ -88,11 +90,25 @@ def test_a_command_through_the_mirror_is_visible_on_it_when_answered(
     assert stack.status()["replication"]["remote_commands"] >= 12  # type: ignore[index]
 
 
-def test_redis_killed_then_restarted_empty(hosts: Hosts, redis_server: RedisServer) -> None:
-    stack, mirror = hosts
+def metric(port: int, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    assert values, f"{name} is not served"
+    return float(values[0])
+
+
+def test_redis_killed_then_restarted_empty(
+    make_hosts: HostsFactory, redis_server: RedisServer
+) -> None:
+    with socket.socket() as probe:  # a free port for the gateway's metrics
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stack, mirror = make_hosts("--metrics-port", str(port))
     mirror.start(redis_server.url)
     wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    assert metric(port, "gateway_replication_publishing") == 1
     redis_server.kill()
+    wait_until(lambda: metric(port, "gateway_replication_publishing") == 0, 10, "the metric")
     # The gateway and its local strategies carry on, unaffected.
     assert IPC(stack).command(allocate("local", "7", "during-1"))["ok"]
     before = stack.control("state")["orders"]
@@ -125,6 +141,9 @@ def test_redis_killed_then_restarted_empty(hosts: Hosts, redis_server: RedisServ
     wait_until(lambda: settled(stack), 60, "the gateway to settle")
     wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge again")
     assert mirror.command(allocate("remote", "1", "after", index=3))["ok"]
+    assert metric(port, "gateway_replication_publishing") == 1
+    wait_until(lambda: metric(port, "gateway_replication_behind_events") == 0, 10, "no lag")
+    assert metric(port, "gateway_replication_remote_commands_total") >= 1
     ok = subprocess.run(
         [*stack.cli, "status"],
         env=mirror.env,
