@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -125,29 +126,47 @@ def test_a_command_the_gateway_never_answers_is_unknown_then_resent_once(
     assert mirror.command({"cmd": "query"})["owners"] == {"3": "remote"}
 
 
-def test_redis_with_a_password_and_the_password_never_shown(
-    tmp_path: Path,
-) -> None:
-    redis = RedisServer(tmp_path / "redis", password="s3cret-pw")
+# The least privileges docs/replication.md gives each side, as Redis ACL rules.
+GATEWAY_ACL = ("~hft:kraken:*", "+@stream", "+@hash", "+@string", "+@scripting", "+@keyspace",
+               "+@connection")  # fmt: skip
+MIRROR_ACL = ("%R~hft:kraken:*", "%W~hft:kraken:cmd", "%W~hft:kraken:republish", "+@read",
+              "+xadd", "+set", "+@connection")  # fmt: skip
+
+
+def test_least_privilege_users_and_passwords_never_shown(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
     redis.start()
-    run_a, run_b = tmp_path / "ra", tmp_path / "rb"
-    stack = KrakenStack(tmp_path / "a", run_a)
-    mirror = MirrorHost(stack, tmp_path / "b", run_b)
-    url = f"redis://default:s3cret-pw@127.0.0.1:{redis.port}/0"
+    redis.cli("ACL", "SETUSER", "gateway", "on", ">gw-s3cret", *GATEWAY_ACL)
+    redis.cli("ACL", "SETUSER", "mirror", "on", ">mirror-s3cret", *MIRROR_ACL)
+    redis.cli("ACL", "SETUSER", "default", "off")  # nobody else
+    stack = KrakenStack(tmp_path / "a", tmp_path / "ra")
+    mirror = MirrorHost(stack, tmp_path / "b", tmp_path / "rb")
+    as_gateway = f"redis://gateway:gw-s3cret@127.0.0.1:{redis.port}/0"
+    as_mirror = f"redis://mirror:mirror-s3cret@127.0.0.1:{redis.port}/0"
     try:
         stack.start_sim()
-        stack.start_gateway("--replicate", url)
-        mirror.start(url)
+        stack.start_gateway("--replicate", as_gateway)
+        mirror.start(as_mirror)
+        stack.control("trade-generator", {"rate": 200, "count": 100, "userrefs": [2]})
+        assert mirror.command(allocate("remote", "3", "acl-1", index=3))["ok"]
+        trades_done(stack, 100)
         wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
         replication = stack.status()["replication"]
         assert isinstance(replication, dict)
-        assert replication["target"] == f"redis://default:***@127.0.0.1:{redis.port}/0"
-        assert mirror.status()["source"] == replication["target"]
+        assert replication["target"] == f"redis://gateway:***@127.0.0.1:{redis.port}/0"
+        assert mirror.status()["source"] == f"redis://mirror:***@127.0.0.1:{redis.port}/0"
         for log in (stack.log("gateway"), mirror.log()):
-            assert "s3cret-pw" not in log
+            assert "s3cret" not in log
+        # The mirror's user cannot write the log: a mirror cannot forge balances.
+        forged = subprocess.run(
+            ["redis-cli", "-p", str(redis.port), "--user", "mirror", "--pass", "mirror-s3cret",
+             "--no-auth-warning", "XADD", "hft:kraken:log", "*", "e", "x"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        assert "NOPERM" in forged.stdout + forged.stderr
         # A wrong password: the mirror waits, saying why in one line, and never crashes.
         other = MirrorHost(stack, tmp_path / "c", tmp_path / "rc")
-        process = other.spawn(f"redis://default:wrong-pw@127.0.0.1:{redis.port}/0")
+        process = other.spawn(f"redis://mirror:wrong-pw@127.0.0.1:{redis.port}/0")
         wait_until(lambda: "waiting for the source" in other.log(), 15, "the mirror to say why")
         assert process.poll() is None and "wrong-pw" not in other.log()
         other.kill()
