@@ -138,13 +138,14 @@ return (#ARGV - 1) / 2
 """
 )
 
-# KEYS owner, log, snap, meta; ARGV token, seq, body, lineage, reset, epoch, strategy_count.
+# KEYS owner, log, snap, meta, republish; ARGV token, seq, body, lineage, reset, epoch,
+# strategy_count. A reset answers every request to publish everything again.
 PUBLISH_SNAPSHOT: Final = (
     _FENCE
     + """
 local previous = redis.call('HGET', KEYS[3], 'seq')
 if ARGV[5] == '1' then
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[5])
   previous = false
 end
 redis.call('HSET', KEYS[3], 'seq', ARGV[2], 'body', ARGV[3], 'lineage', ARGV[4])

@@ -149,9 +149,13 @@ class MirrorProgress:
         """Return once ``position`` events are applied."""
         if self.position >= position:
             return
-        event = trio.Event()
-        self._waiters.append((position, event))
-        await event.wait()
+        waiter = (position, trio.Event())
+        self._waiters.append(waiter)
+        try:
+            await waiter[1].wait()
+        finally:  # given up (the deadline): not kept until an event that may never come
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
 
 # -- the writer ---------------------------------------------------------------------------------
@@ -374,7 +378,11 @@ async def _follow_connected(
         batch: list[bytes] = []
         first = position
         for entry in entries:
-            seq, is_snapshot = parse_id(_raw(entry.identifier))
+            try:
+                seq, is_snapshot = parse_id(_raw(entry.identifier))
+            except ValueError:  # no publisher writes it: someone else did; skipped
+                logger.warning("mirror: skipping a log entry that is not ours: %r", entry)
+                continue
             if seq != position:
                 await _gap(redis, target, progress, position)
                 break
@@ -648,8 +656,14 @@ async def _first_snapshot(target: Target) -> SnapshotArrived:
                     and published is not None
                     and snap.lineage == published.decode()
                 ):
-                    return snap
-                why = f"nothing published at {target.key('log')} yet"
+                    try:
+                        Ledger.from_snapshot(cbor2.loads(snap.body))
+                    except _DECODE_FAILURES as exc:
+                        why = f"the published snapshot is unusable ({exc})"
+                    else:
+                        return snap
+                else:
+                    why = f"nothing published at {target.key('log')} yet"
         except RedisDownError as exc:
             why = str(exc)
         if why != said:

@@ -280,6 +280,10 @@ class Publisher:
                 state = f"down: {exc}"
             except _NotOwnerError as exc:
                 state = f"refused: {exc}"
+            except (JournalCorruptError, OSError) as exc:
+                # The journal's files could not be read back: replication stops short of
+                # them, the gateway does not (its state is in memory, its journal written).
+                state = f"failing: {exc}"
             if state != said:
                 logger.warning("replication %s (retrying; the gateway carries on)", state)
                 said = state
@@ -313,15 +317,16 @@ class Publisher:
         snap_seq = await redis.hget(self._target.key("snap"), "seq")
         lineage = meta.get(b"lineage", b"").decode()
         same_ledger = meta.get(b"epoch") == str(self._epoch).encode()
-        if top:
-            position = position_after(_raw(top[0].identifier))
-        elif snap_seq is not None:
-            position = int(snap_seq)
-        else:
+        try:
+            if top:
+                position = position_after(_raw(top[0].identifier))
+            else:
+                position = int(snap_seq) if snap_seq is not None else -1
+        except ValueError:  # an entry or a snapshot no publisher wrote: start over
             position = -1
         if not lineage or not same_ledger or position < 0 or position > self._journal.synced_seq:
             why = (
-                "Redis holds nothing of it"
+                "Redis holds nothing of it (or what it holds is not ours)"
                 if not lineage or position < 0
                 else "Redis holds another ledger's events"
                 if not same_ledger
@@ -347,7 +352,7 @@ class Publisher:
         script = redis.register_script(PUBLISH_SNAPSHOT)
         await _fenced(
             script(
-                keys=[self._target.key(k) for k in ("owner", "log", "snap", "meta")],
+                keys=[self._target.key(k) for k in ("owner", "log", "snap", "meta", "republish")],
                 args=[
                     self._token,
                     seq,

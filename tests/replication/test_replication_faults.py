@@ -94,6 +94,24 @@ def test_hostile_entries_in_the_command_stream_change_nothing(
     assert "Traceback" not in log and "without a usable mirror id" in log
 
 
+def test_entries_forged_into_the_log_heal_by_a_new_lineage(
+    hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
+) -> None:
+    stack, mirror = hosts
+    mirror.start(redis_server.url)
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    lineage = mirror.status()["lineage"]
+    # Ids no publisher writes, ahead of the stream: the publisher's next XADD fails.
+    redis_server.cli("XADD", "hft:kraken:log", "*", "e", "forged")
+    redis_server.cli("XADD", "hft:kraken:log", "99999999999999-7", "e", "forged")
+    for n in range(3):
+        assert IPC(stack).command(allocate("local", "1", f"forged-{n}"))["ok"]
+    wait_until(lambda: mirror.status()["lineage"] != lineage, 30, "a new lineage")
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge again")
+    assert stack.gateway is not None and stack.gateway.poll() is None
+    assert mirror.process is not None and mirror.process.poll() is None
+
+
 def test_a_command_the_gateway_never_answers_is_unknown_then_resent_once(
     hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
 ) -> None:
