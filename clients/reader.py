@@ -12,6 +12,7 @@ from typing import Final, NamedTuple
 from mmapstore import (
     BalanceRecord,
     SlotIndexError,
+    SlotValue,
     StoreReader,
     StrategyCountError,
     WriterStatus,
@@ -152,19 +153,16 @@ def _quoter(
         DataType(data_type)  # raises ValueError for anything but a balance
     market = Exchange(exchange)
     name = str(currency).upper()
-    read = _shared_reader(market, shm_dir).slot_reader(name, 0)
-    last: list[object] = [None, None]  # the slot read, the quote made of it
 
-    def quote() -> SingleQuote:
-        # Raises UnknownCurrencyError until the gateway publishes the currency.
-        value = read()
-        if value is last[0]:  # the record has not changed: the same quote
-            return last[1]  # type: ignore[return-value]
+    def made_of(value: SlotValue) -> SingleQuote:
         scaled, scale, mid, updated_ns, sequence = value
         fields = (market, DataType.BALANCE, name, mid, scaled, scale, updated_ns, sequence)
         made: SingleQuote = _new_quote(SingleQuote, fields)
-        last[:] = [value, made]
         return made
+
+    # One call a read: the same quote while the record has not changed. Raises
+    # UnknownCurrencyError until the gateway publishes the currency.
+    quote = _shared_reader(market, shm_dir).derived_reader(name, 0, made_of)
 
     if len(_quoters) >= QUOTERS_KEPT:
         _quoters.clear()

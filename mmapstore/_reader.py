@@ -137,6 +137,10 @@ _Entry = tuple[int, int, int, str]
 _PID_MAX: Final = 2**22  # Linux's ceiling for pid_max
 
 
+def _same(value: SlotValue) -> SlotValue:
+    return value
+
+
 def pid_alive(pid: int) -> bool:
     """Whether ``pid`` is a running (not zombie) process visible from here."""
     if not 0 < pid <= _PID_MAX:  # a crafted header may hold any 64-bit number
@@ -343,17 +347,28 @@ class StoreReader:
         Raises (on each call, as :meth:`slot` does):
             UnknownCurrencyError, SlotIndexError, StoreBusyError.
         """
-        last: list[object] = [None, -1, None]  # the mapping, its sequence, the value
+        return self.derived_reader(currency, slot, _same)
 
-        def read() -> SlotValue:
+    def derived_reader(
+        self, currency: str, slot: int, derive: Callable[[SlotValue], T]
+    ) -> Callable[[], T]:
+        """:meth:`slot_reader` that hands out ``derive(value)``, made once per record version.
+
+        One call on the hot path: a caller that turns each read into its own
+        object (the seed's quote) would otherwise pay a second call per read.
+        """
+        last: list[object] = [None, -1, None]  # the mapping, its sequence, what was derived
+
+        def read() -> T:
             words = self._words
             entry = self._index.get(currency)
             if entry is not None and words is last[0] and words[entry[0]] == last[1]:
                 return last[2]  # type: ignore[return-value]
             value = self.slot(currency, slot)
+            made = derive(value)
             # Cached under the sequence it was read at (2x + 0: even, so stable then).
-            last[:] = [self._words, value.sequence * 2, value]
-            return value
+            last[:] = [self._words, value.sequence * 2, made]
+            return made
 
         return read
 

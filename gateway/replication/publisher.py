@@ -297,7 +297,11 @@ class Publisher:
             args=[self._token, self._identity, OWNER_TTL_MS],
         )
         if owner != b"OK":
-            raise _NotOwnerError(f"the stream {self._target.key('log')} is owned by {owner!r}")
+            holder = owner.decode(errors="replace") if isinstance(owner, bytes) else repr(owner)
+            raise _NotOwnerError(
+                f"the stream {self._target.key('log')} is another gateway's "
+                f"({holder.rsplit('|', 2)[0]}); give this one its own Redis database"
+            )
         await self._resume(redis)
         self.status.state = "publishing"
         logger.info(
