@@ -221,6 +221,15 @@ def _newest_snapshot(directory: Path, strategy_count: int) -> tuple[int, bytes]:
     return 0, cbor2.dumps(Ledger(strategy_count).to_snapshot())
 
 
+def _file_identity(directory: Path, seq: int) -> tuple[int, int] | None:
+    """Which file ``snapshot-<seq>.cbor`` is (inode, change time), or None if there is none."""
+    try:
+        info = os.stat(directory / f"snapshot-{seq:020d}.cbor")
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_ctime_ns
+
+
 def _snapshot_seqs(directory: Path) -> list[int]:
     return [
         int(path.stem.split("-", 1)[1])
@@ -260,6 +269,7 @@ class Publisher:
         self._position = 0
         self._last_snapshot = -1
         self._republish = ""  # why a mirror asked for everything again, if one did
+        self._snapshot_file: tuple[int, int] | None = None  # the last one published, on disk
         journal.on_durable = self._on_durable
         # Behind while connected, the publisher reads segments a snapshot would delete.
         journal.retain_from = lambda: self._position if status.state == "publishing" else None
@@ -344,6 +354,7 @@ class Publisher:
         if position < local_seq:
             await self._publish_snapshot(redis, reset=False, why="the stream ends before it")
         self._last_snapshot = max(self._last_snapshot, min(position, local_seq))
+        self._snapshot_file = _file_identity(self._directory, self._last_snapshot)
 
     async def _publish_snapshot(
         self, redis: coredis.Redis[bytes], *, reset: bool, why: str
@@ -376,8 +387,13 @@ class Publisher:
         )
         self._position = seq
         self._last_snapshot = seq
+        self._snapshot_file = _file_identity(self._directory, seq)
         self.status.published = seq
         self.status.snapshots_published += 1
+
+    def _snapshot_retaken(self) -> bool:
+        current = _file_identity(self._directory, self._last_snapshot)
+        return None not in (current, self._snapshot_file) and current != self._snapshot_file
 
     async def _publish_forever(self, redis: coredis.Redis[bytes]) -> None:
         publish = redis.register_script(PUBLISH_EVENTS)
@@ -387,6 +403,13 @@ class Publisher:
                 self._wake = trio.Event()
                 if self._republish:
                     why, self._republish = self._republish, ""
+                    await self._publish_snapshot(redis, reset=True, why=why)
+                    continue
+                if self._position == self._last_snapshot and self._snapshot_retaken():
+                    # After a journal outage the gateway snapshots again at the same
+                    # event, with the fills applied meanwhile: a marker for it exists
+                    # already, so only a new lineage carries it to the mirrors.
+                    why = "the gateway took its snapshot again (the journal recovered)"
                     await self._publish_snapshot(redis, reset=True, why=why)
                     continue
                 if self._position > self._last_snapshot and (
