@@ -5,7 +5,11 @@
 Real processes on loopback: the Kraken simulator, a gateway with ``--replicate``,
 a redis-server of its own, and a mirror with its own directories ("host B").
 
-- **event to visible on the mirror**: with fills flowing at 1,000/s, a command is
+- **fill to visible on the mirror**: the simulator sends probe fills at 1,000/s
+  (each buys 1e-8 BTC for slot 5, as in ``bench_fills.py``, and it records each
+  one's send time); one reader process polls both stores, the gateway's and the
+  mirror's, and notes when each first shows n fills.
+- **a command's event visible on the mirror**: with fills flowing at 1,000/s, a command is
   sent to the gateway's own socket; from its ok (durable on host A) until the
   mirror's store shows it. Beside it, the same command's visibility on the
   gateway's own store (already there when the ok arrives: the floor).
@@ -22,6 +26,7 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_commands import raw_clients  # noqa: E402
+from bench_fills import PROBE_SLOT, SCALED_PER_FILL, probe_body  # noqa: E402
 
 from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem  # noqa: E402
 from gateway.launcher import LocalStack  # noqa: E402
@@ -66,6 +72,59 @@ def _command(system: IPCCommandSystem, amount: int, request_id: str) -> dict[str
             "request_id": request_id,
         },
     )
+
+
+def reader_main(stores: list[str], expected: int, out: str, timeout_s: float) -> None:
+    """Poll each store's probe slot; write, per store, (fills seen, first time seen) pairs."""
+    readers = [StoreReader(path) for path in stores]
+    bases = [reader.record("BTC").scaled[PROBE_SLOT] for reader in readers]
+    seen: list[list[tuple[int, int]]] = [[] for _ in readers]
+    last = [0 for _ in readers]
+    deadline = time.monotonic() + timeout_s
+    print("READY", flush=True)
+    while min(last) < expected and time.monotonic() < deadline:
+        for number, reader in enumerate(readers):
+            count = (reader.slot("BTC", PROBE_SLOT).scaled - bases[number]) // SCALED_PER_FILL
+            if count != last[number]:
+                seen[number].append((count, time.time_ns()))
+                last[number] = count
+        time.sleep(POLL_S)  # five processes on two cores: a spinning reader would starve them
+    Path(out).write_text(json.dumps(seen))
+
+
+def _latencies(sent: list[int], seen: list[list[int]]) -> list[float]:
+    """Fill n: the first time the store showed n fills, minus fill n's send time (µs)."""
+    latencies: list[float] = []
+    position = 0
+    for fill_number, sent_ns in enumerate(sent, start=1):
+        while position < len(seen) and seen[position][0] < fill_number:
+            position += 1
+        if position == len(seen):
+            break
+        latencies.append((seen[position][1] - sent_ns) / 1000)
+    return latencies
+
+
+def fill_visibility(
+    stack: LocalStack, mirror: MirrorHost, rate: int, seconds: float
+) -> tuple[list[float], list[float]]:
+    """Microseconds from the simulator's send to each store showing the fill."""
+    count = int(rate * seconds)
+    out = stack.root / "seen.json"
+    reader = subprocess.Popen(
+        [sys.executable, __file__, "--reader", str(count), str(out), str(seconds * 4 + 20),
+         str(stack.store), str(mirror.store)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert reader.stdout is not None
+    reader.stdout.readline()
+    stack.control("trade-generator", probe_body("kraken", rate, count))
+    reader.wait(timeout=seconds * 4 + 60)
+    sent = stack.control("generated", {})["sent_ns"]
+    assert isinstance(sent, list)
+    on_gateway, on_mirror = json.loads(out.read_text())
+    time.sleep(SETTLE_S)
+    return _latencies(sent, on_gateway), _latencies(sent, on_mirror)
 
 
 def visibility(stack: LocalStack, mirror: MirrorHost, samples: int) -> tuple[list[float], ...]:
@@ -142,6 +201,7 @@ def run(samples: int, seconds: float) -> dict[str, list[float] | float]:
         stack.start_sim()
         stack.start_gateway("--replicate", redis.url, "--reconcile-interval", "0")
         mirror.start(redis.url)
+        fill_gateway, fill_mirror = fill_visibility(stack, mirror, 1000, seconds)
         on_gateway, on_mirror = visibility(stack, mirror, samples)
         local_rt, remote_rt = round_trips(stack, mirror, samples)
         mirror.kill()
@@ -155,6 +215,7 @@ def run(samples: int, seconds: float) -> dict[str, list[float] | float]:
         for path in (work, run_a, run_b):
             shutil.rmtree(path, ignore_errors=True)
     return {
+        "fill_gateway": fill_gateway, "fill_mirror": fill_mirror,
         "on_gateway": on_gateway, "on_mirror": on_mirror, "local_rt": local_rt,
         "remote_rt": remote_rt, "rate_on": rate_on, "rate_off": rate_off,
     }  # fmt: skip
@@ -169,6 +230,8 @@ def table_rows(result: dict[str, list[float] | float]) -> list[list[str]]:
     rate_on, rate_off = result["rate_on"], result["rate_off"]
     assert isinstance(rate_on, float) and isinstance(rate_off, float)
     return [
+        ["a fill visible, 1,000 fills/s (µs from the simulator's send, p50 / p99)",
+         f"mirror: {lat('fill_mirror')}", f"gateway's own store: {lat('fill_gateway')}"],
         ["a command's event visible, fills at 1,000/s (µs from the gateway's ok, p50 / p99)",
          f"mirror: {lat('on_mirror')}", f"gateway's own store: {lat('on_gateway')}"],
         ["command round trip (µs, p50 / p99)", f"through the mirror: {lat('remote_rt')}",
@@ -182,7 +245,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--reader", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reader:
+        expected, out, timeout_s, *stores = args.reader
+        reader_main(stores, int(expected), out, float(timeout_s))
+        return
     result = run(args.samples, args.seconds)
     for row in table_rows(result):
         print(" | ".join(row))
