@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -180,7 +181,10 @@ def throughput(work: Path, replicate: str | None, seconds: float) -> float:
         stack.start_gateway("--reconcile-interval", "0", *extra)
         assert stack.gateway is not None
         per_client = max(200, int(seconds * 600))
-        return raw_clients(stack.socket, stack.gateway.pid, CLIENTS, per_client).rate
+        run = raw_clients(stack.socket, stack.gateway.pid, CLIENTS, per_client)
+        if os.environ.get("BENCH_VERBOSE"):
+            print(f"  {run.rate:,.0f}/s, gateway {run.server_cpu_us:.0f} µs CPU/command")
+        return run.rate
     finally:
         stack.kill()
         shutil.rmtree(run_dir, ignore_errors=True)

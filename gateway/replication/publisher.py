@@ -56,6 +56,7 @@ from gateway.replication.keys import (
 logger = logging.getLogger(__name__)
 
 BATCH_EVENTS: Final = 512
+SEND_INTERVAL_S: Final = 0.005
 BATCH_BYTES: Final = 512 * 1024
 READ_BYTES: Final = 64 * 1024
 RETRY_S: Final = 1.0
@@ -398,6 +399,7 @@ class Publisher:
     async def _publish_forever(self, redis: coredis.Redis[bytes]) -> None:
         publish = redis.register_script(PUBLISH_EVENTS)
         tail = JournalTail(self._directory)
+        next_send = trio.current_time()
         try:
             while True:
                 self._wake = trio.Event()
@@ -416,11 +418,15 @@ class Publisher:
                     _snapshot_body(self._directory, self._position) is not None
                 ):
                     await self._publish_snapshot(redis, reset=False, why="the gateway took one")
-                durable = self._journal.synced_seq
-                if self._position >= durable:
+                if self._position >= self._journal.synced_seq:
                     with trio.move_on_after(BEAT_INTERVAL_S):
                         await self._wake.wait()
                     continue
+                # One send per interval at most: a send costs the gateway's loop about as
+                # much as a command does, so under load each carries many events.
+                await trio.sleep_until(next_send)
+                next_send = trio.current_time() + SEND_INTERVAL_S
+                durable = self._journal.synced_seq
                 try:
                     records = tail.read(self._position, durable, BATCH_EVENTS)
                 except SnapshotNeededError:
