@@ -173,6 +173,7 @@ def round_trips(stack: LocalStack, mirror: MirrorHost, samples: int) -> tuple[li
 
 
 def throughput(work: Path, replicate: str | None, seconds: float) -> float:
+    """Durable commands/s of 8 raw clients; with ``replicate``, checked to be publishing."""
     run_dir = Path(tempfile.mkdtemp(prefix="hft-t-"))
     stack = LocalStack(work / ("on" if replicate else "off"), run_dir)
     try:
@@ -180,14 +181,33 @@ def throughput(work: Path, replicate: str | None, seconds: float) -> float:
         extra = ["--replicate", replicate] if replicate else []
         stack.start_gateway("--reconcile-interval", "0", *extra)
         assert stack.gateway is not None
+        if replicate:  # a measure of replication on is one where it publishes
+            deadline = time.monotonic() + 15
+            while _replication(stack)["state"] != "publishing":
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"replication never started: {_replication(stack)}")
+                time.sleep(0.1)
+            sends_before = int(str(_replication(stack)["sends"]))
         per_client = max(200, int(seconds * 600))
         run = raw_clients(stack.socket, stack.gateway.pid, CLIENTS, per_client)
+        note = ""
+        if replicate:
+            after = _replication(stack)
+            sends = int(str(after["sends"])) - sends_before
+            assert sends > 0, after
+            note = f", {sends:,} sends of {CLIENTS * per_client / sends:.0f} events each"
         if os.environ.get("BENCH_VERBOSE"):
-            print(f"  {run.rate:,.0f}/s, gateway {run.server_cpu_us:.0f} µs CPU/command")
+            print(f"  {run.rate:,.0f}/s, gateway {run.server_cpu_us:.0f} µs CPU/command{note}")
         return run.rate
     finally:
         stack.kill()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _replication(stack: LocalStack) -> dict[str, object]:
+    replication = stack.status()["replication"]
+    assert isinstance(replication, dict)
+    return replication
 
 
 def run(samples: int, seconds: float) -> dict[str, list[float] | float]:
@@ -211,7 +231,8 @@ def run(samples: int, seconds: float) -> dict[str, list[float] | float]:
         mirror.kill()
         stack.kill()
         rate_off = throughput(work, None, seconds)
-        rate_on = throughput(work, redis.url, seconds)
+        # A database of its own: the stream of the run before belongs to another gateway.
+        rate_on = throughput(work, redis.url.rsplit("/", 1)[0] + "/1", seconds)
     finally:
         mirror.kill()
         stack.kill()

@@ -20,6 +20,7 @@ starts a new one, and mirrors that see it change resync from the snapshot.
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
@@ -121,22 +122,47 @@ end
 return current
 """
 
+# KEYS owner; ARGV token. A gateway stopping cleanly frees its stream for a successor.
+RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 _FENCE: Final = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('NOTOWNER this gateway no longer owns the stream')
 end
 """
 
-# KEYS owner, log; ARGV token, then pairs of entry id and payload.
+# KEYS owner, log; ARGV token, the first event's number, and the events as one string of
+# ``u32 length | payload`` records: one argument however many events, for a client's
+# cost grows with its arguments (Redis 7's Lua has the struct library).
 PUBLISH_EVENTS: Final = (
     _FENCE
     + """
-for i = 2, #ARGV, 2 do
-  redis.call('XADD', KEYS[2], ARGV[i], 'e', ARGV[i + 1])
+local seq = tonumber(ARGV[2])
+local blob = ARGV[3]
+local pos = 1
+local count = 0
+while pos <= #blob do
+  local length = struct.unpack('>I4', blob, pos)
+  redis.call('XADD', KEYS[2], string.format('%d-1', seq),
+             'e', string.sub(blob, pos + 4, pos + 3 + length))
+  seq = seq + 1
+  count = count + 1
+  pos = pos + 4 + length
 end
-return (#ARGV - 1) / 2
+return count
 """
 )
+
+
+def pack_events(payloads: list[bytes]) -> bytes:
+    """The events as :data:`PUBLISH_EVENTS` takes them."""
+    return b"".join(_LENGTH.pack(len(payload)) + payload for payload in payloads)
+
+
+_LENGTH: Final = struct.Struct(">I")
 
 # KEYS owner, log, snap, meta, republish; ARGV token, seq, body, lineage, reset, epoch,
 # strategy_count. A reset answers every request to publish everything again.

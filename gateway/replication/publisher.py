@@ -9,6 +9,7 @@ newest snapshot) when it is back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -48,15 +49,18 @@ from gateway.replication.keys import (
     OWNER_TTL_MS,
     PUBLISH_EVENTS,
     PUBLISH_SNAPSHOT,
+    RELEASE,
     Target,
-    event_id,
+    pack_events,
     position_after,
 )
+from gateway.replication.resp import ScriptCaller
 
 logger = logging.getLogger(__name__)
 
 BATCH_EVENTS: Final = 512
 SEND_INTERVAL_S: Final = 0.005
+RELEASE_TIMEOUT_S: Final = 1.0
 BATCH_BYTES: Final = 512 * 1024
 READ_BYTES: Final = 64 * 1024
 RETRY_S: Final = 1.0
@@ -74,6 +78,7 @@ class ReplicationStatus:
     lineage: str = ""
     published: int = 0  # events published (the next event's number)
     snapshots_published: int = 0
+    sends: int = 0  # event batches sent (published / sends: events a send carries)
     remote_commands: int = 0
     remote_refused: int = 0
     durable: Callable[[], int] = field(default=lambda: 0, repr=False)
@@ -87,6 +92,7 @@ class ReplicationStatus:
                 "published": self.published,
                 "behind": max(0, self.durable() - self.published),
                 "snapshots_published": self.snapshots_published,
+                "sends": self.sends,
                 "remote_commands": self.remote_commands,
                 "remote_refused": self.remote_refused,
             }
@@ -321,9 +327,24 @@ class Publisher:
             self._position,
             self.status.lineage,
         )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._beat, redis)
-            await self._publish_forever(redis)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._beat, redis)
+                await self._publish_forever(redis)
+        finally:
+            # Stopping: free the stream at once for a successor (killed, the key's time
+            # to live frees it). Never more than a moment, Redis answering or not.
+            # A connection of its own: the client's is being cancelled with this task.
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(RELEASE_TIMEOUT_S),
+                contextlib.suppress(*REDIS_FAILURES),
+            ):
+                caller = await ScriptCaller.connect(self._target, RELEASE)
+                try:
+                    await caller.call([self._target.key("owner")], [self._token])
+                finally:
+                    await caller.aclose()
 
     async def _resume(self, redis: coredis.Redis[bytes]) -> None:
         """Find where the stream ends, or start a new lineage when it cannot be continued."""
@@ -397,7 +418,7 @@ class Publisher:
         return None not in (current, self._snapshot_file) and current != self._snapshot_file
 
     async def _publish_forever(self, redis: coredis.Redis[bytes]) -> None:
-        publish = redis.register_script(PUBLISH_EVENTS)
+        sender = await ScriptCaller.connect(self._target, PUBLISH_EVENTS)
         tail = JournalTail(self._directory)
         next_send = trio.current_time()
         try:
@@ -415,7 +436,7 @@ class Publisher:
                     await self._publish_snapshot(redis, reset=True, why=why)
                     continue
                 if self._position > self._last_snapshot and (
-                    _snapshot_body(self._directory, self._position) is not None
+                    _file_identity(self._directory, self._position) is not None
                 ):
                     await self._publish_snapshot(redis, reset=False, why="the gateway took one")
                 if self._position >= self._journal.synced_seq:
@@ -434,21 +455,27 @@ class Publisher:
                         redis, reset=False, why="the stream fell behind it"
                     )
                     continue
-                args: list[str | bytes | int] = [self._token]
-                size = 0
-                for offset, payload in enumerate(records):
-                    args += [event_id(self._position + offset), payload]
+                size = count = 0
+                for payload in records:
+                    count += 1
                     size += len(payload)
                     if size > BATCH_BYTES:
                         break
-                count = (len(args) - 1) // 2
+                args: list[str | bytes | int] = [
+                    self._token,
+                    self._position,
+                    pack_events(records[:count]),
+                ]
                 await _fenced(
-                    publish(keys=[self._target.key("owner"), self._target.key("log")], args=args)
+                    sender.call([self._target.key("owner"), self._target.key("log")], args)
                 )
                 self._position += count
                 self.status.published = self._position
+                self.status.sends += 1
         finally:
             tail.close()
+            with trio.CancelScope(shield=True):
+                await sender.aclose()
 
     async def _beat(self, redis: coredis.Redis[bytes]) -> None:
         beat = redis.register_script(BEAT)

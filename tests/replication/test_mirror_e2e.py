@@ -211,6 +211,13 @@ def test_two_gateways_never_publish_into_one_stream(
         assert IPC(stack).command(allocate("local", "3", "first-1"))["ok"]
         wait_until(lambda: converged(stack, mirror), 30, "the mirror to follow the first only")
         assert mirror.status()["resyncs"] == 0
+        # The first stops cleanly: it frees the stream at once (not after the key's TTL).
+        assert stack.stop_gateway() == 0
+        wait_until(
+            lambda: other.status()["replication"]["state"] == "publishing",  # type: ignore[index]
+            5,
+            "the second gateway to take the stream over",
+        )
     finally:
         other.kill()
 
