@@ -66,11 +66,15 @@ class ScriptCaller:
                             stream, ssl.create_default_context(), server_hostname=parts.hostname
                         )
                 caller = cls(stream, script)
-                if parts.password is not None:
-                    user = unquote(parts.username) if parts.username else "default"
-                    await caller._request(_command("AUTH", user, unquote(parts.password)))
-                if database != "0":
-                    await caller._request(_command("SELECT", database))
+                try:
+                    if parts.password is not None:
+                        user = unquote(parts.username) if parts.username else "default"
+                        await caller._request(_command("AUTH", user, unquote(parts.password)))
+                    if database != "0":
+                        await caller._request(_command("SELECT", database))
+                except BaseException:
+                    await trio.aclose_forcefully(stream)  # refused: never left open
+                    raise
         except TimeoutError:
             raise RedisConnectionError(f"no answer from {target.shown}") from None
         except _STREAM_FAILURES as exc:
