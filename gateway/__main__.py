@@ -214,7 +214,8 @@ def _cmd_mirror(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         await _serve_until_signalled(
-            partial(run_mirror, config, args.source), ready if args.ready_file else None
+            partial(run_mirror, config, args.source, command_timeout_s=args.command_timeout),
+            ready if args.ready_file else None,
         )
 
     trio.run(main)
@@ -529,6 +530,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mirror.add_argument(
         "--ready-file", type=Path, default=None, help="written once ready: pid, socket, store"
+    )
+    mirror.add_argument(
+        "--command-timeout",
+        type=_seconds,
+        default=5.0,
+        help="seconds a forwarded command waits for the gateway before OUTCOME_UNKNOWN (5)",
     )
     mirror.set_defaults(handler=_cmd_mirror)
 

@@ -124,11 +124,13 @@ def fill_visibility(
     sent = stack.control("generated", {})["sent_ns"]
     assert isinstance(sent, list)
     on_gateway, on_mirror = json.loads(out.read_text())
-    time.sleep(SETTLE_S)
+    time.sleep(min(SETTLE_S, seconds))
     return _latencies(sent, on_gateway), _latencies(sent, on_mirror)
 
 
-def visibility(stack: LocalStack, mirror: MirrorHost, samples: int) -> tuple[list[float], ...]:
+def visibility(
+    stack: LocalStack, mirror: MirrorHost, samples: int, settle_s: float = SETTLE_S
+) -> tuple[list[float], ...]:
     """Microseconds from the gateway's ok to the value on each store, fills at 1,000/s."""
     stack.control("trade-generator", {"rate": 1000, "count": 1000 * 60, "userrefs": [3, 4]})
     local = IPCCommandSystem("bench", run_dir=stack.run_dir)
@@ -151,7 +153,7 @@ def visibility(stack: LocalStack, mirror: MirrorHost, samples: int) -> tuple[lis
             time.sleep(0.003)
     local.close()
     stack.control("trade-generator", {"rate": 0, "count": 0})
-    time.sleep(SETTLE_S)  # the fills still in flight land before the next measure
+    time.sleep(settle_s)  # the fills still in flight land before the next measure
     return on_gateway, on_mirror
 
 
@@ -226,7 +228,7 @@ def run(samples: int, seconds: float) -> dict[str, list[float] | float]:
         stack.start_gateway("--replicate", redis.url, "--reconcile-interval", "0")
         mirror.start(redis.url)
         fill_gateway, fill_mirror = fill_visibility(stack, mirror, 1000, seconds)
-        on_gateway, on_mirror = visibility(stack, mirror, samples)
+        on_gateway, on_mirror = visibility(stack, mirror, samples, min(SETTLE_S, seconds))
         local_rt, remote_rt = round_trips(stack, mirror, samples)
         mirror.kill()
         stack.kill()

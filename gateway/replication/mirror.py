@@ -694,6 +694,7 @@ async def run_mirror(
     config: GatewayConfig,
     source: str,
     *,
+    command_timeout_s: float = COMMAND_TIMEOUT_S,
     task_status: trio.TaskStatus[MirrorRunning] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a mirror until its ``stop`` event is set.
@@ -728,7 +729,7 @@ async def run_mirror(
     core = WriterCore(ledger, journal, store)
     progress = MirrorProgress(lineage=lineage, position=journal.next_seq)
     mirror = MirrorCore(core, progress, state_dir, target)
-    forwarder = Forwarder(target, mirror)
+    forwarder = Forwarder(target, mirror, command_timeout_s)
     if first is not None:
         mirror.rebase(first)
         progress.resyncs = 0  # the first load is not a resync

@@ -112,7 +112,7 @@ class MirrorHost:
     def store(self) -> Path:
         return store_path(self.stack.exchange, self.root / "shm")
 
-    def spawn(self, source: str) -> subprocess.Popen[bytes]:
+    def spawn(self, source: str, *args: str) -> subprocess.Popen[bytes]:
         """Start ``gateway mirror`` without waiting for it to be ready."""
         self.ready.unlink(missing_ok=True)
         with open(self.root / "mirror.log", "ab") as log:
@@ -126,6 +126,7 @@ class MirrorHost:
                     source,
                     "--ready-file",
                     str(self.ready),
+                    *args,
                 ],
                 env=self.env,
                 stdout=log,
@@ -133,8 +134,8 @@ class MirrorHost:
             )
         return self.process
 
-    def start(self, source: str) -> None:
-        self.spawn(source)
+    def start(self, source: str, *args: str) -> None:
+        self.spawn(source, *args)
         assert self.process is not None
         wait_ready(
             self.ready.exists, self.process, self.root / "mirror.log", "the mirror",
@@ -207,7 +208,10 @@ def make_hosts(tmp_path: Path, redis_server: RedisServer) -> Iterator[HostsFacto
         run_dirs.extend((run_a, run_b))
         stack = KrakenStack(tmp_path / "a", run_a)
         stack.start_sim()
-        stack.start_gateway("--replicate", redis_server.url, "--reconcile-interval", "2", *args)
+        stack.start_gateway(
+            "--replicate", redis_server.url, "--reconcile-interval", "1",
+            "--recheck-interval", "0.5", *args,
+        )  # fmt: skip
         mirror = MirrorHost(stack, tmp_path / "b", run_b)
         made.append((stack, mirror))
         return stack, mirror

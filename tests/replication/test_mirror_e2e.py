@@ -51,11 +51,11 @@ def test_the_mirror_equals_the_gateway_after_fills_and_commands(
 ) -> None:
     stack, mirror = hosts
     mirror.start(redis_server.url)
-    stack.control("trade-generator", {"rate": 300, "count": 600, "userrefs": [2, 3, 4]})
+    stack.control("trade-generator", {"rate": 300, "count": 300, "userrefs": [2, 3, 4]})
     for n in range(20):  # commands on both hosts while the fills flow
         assert mirror.command(allocate("remote", "1.5", f"m-{n}", index=3))["ok"]
         assert IPC(stack).command(allocate("local", "2", f"g-{n}"))["ok"]
-    trades_done(stack, 600)
+    trades_done(stack, 300)
     wait_until(lambda: settled(stack), 60, "the gateway to settle")
     wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
     assert slots_of(mirror.store) == slots_of(stack.store)
@@ -158,13 +158,13 @@ def test_redis_killed_then_restarted_empty(
 def test_a_mirror_killed_resumes_where_it_was(hosts: Hosts, redis_server: RedisServer) -> None:
     stack, mirror = hosts
     mirror.start(redis_server.url)
-    stack.control("trade-generator", {"rate": 300, "count": 600, "userrefs": [2, 3, 4]})
-    time.sleep(0.8)
+    stack.control("trade-generator", {"rate": 300, "count": 400, "userrefs": [2, 3, 4]})
+    time.sleep(0.6)
     mirror.kill()  # -9, mid-stream
-    time.sleep(0.5)
+    time.sleep(0.3)
     mirror.start(redis_server.url)
     assert "resuming from the local copy" in mirror.log()
-    trades_done(stack, 600)
+    trades_done(stack, 400)
     wait_until(lambda: settled(stack), 60, "the gateway to settle")
     wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
     assert mirror.status()["resyncs"] == 0  # it went on from its copy, no resync needed

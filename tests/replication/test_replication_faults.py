@@ -36,8 +36,8 @@ def test_snapshots_mid_stream_rebase_the_mirror_and_trim_the_stream(
 ) -> None:
     stack, mirror = make_hosts("--config", snapshot_config(tmp_path, 40))
     mirror.start(redis_server.url)
-    stack.control("trade-generator", {"rate": 300, "count": 300, "userrefs": [2, 3, 4]})
-    trades_done(stack, 300)
+    stack.control("trade-generator", {"rate": 300, "count": 200, "userrefs": [2, 3, 4]})
+    trades_done(stack, 200)
     wait_until(lambda: settled(stack), 60, "the gateway to settle")
     wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
     published = stack.status()["replication"]
@@ -50,8 +50,8 @@ def test_snapshots_mid_stream_rebase_the_mirror_and_trim_the_stream(
     assert mirror.status()["resyncs"] == 0  # every marker was met in order: no resync
     # A mirror stopped while the stream was trimmed past it resyncs from the snapshot.
     mirror.kill()
-    stack.control("trade-generator", {"rate": 300, "count": 200, "userrefs": [2, 3]})
-    trades_done(stack, 500)
+    stack.control("trade-generator", {"rate": 300, "count": 150, "userrefs": [2, 3]})
+    trades_done(stack, 350)
     wait_until(lambda: settled(stack), 60, "the gateway to settle")
     mirror.start(redis_server.url)
     wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge again")
@@ -116,7 +116,7 @@ def test_a_command_the_gateway_never_answers_is_unknown_then_resent_once(
     hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
 ) -> None:
     stack, mirror = hosts
-    mirror.start(redis_server.url)
+    mirror.start(redis_server.url, "--command-timeout", "1.5")  # under the 3 s of staleness
     wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
     assert stack.gateway is not None
     os.kill(stack.gateway.pid, signal.SIGSTOP)  # hung: its heartbeat has not yet gone stale
@@ -124,7 +124,10 @@ def test_a_command_the_gateway_never_answers_is_unknown_then_resent_once(
         with pytest.raises(CommandRefusedError) as unknown:
             mirror.command(allocate("remote", "5", "hung-1", index=3), timeout_s=15)
         assert unknown.value.code == "OUTCOME_UNKNOWN"
-        # By now the heartbeat is stale too: refused at once, nothing sent.
+        # Once the heartbeat is stale too: refused at once, nothing sent.
+        wait_until(
+            lambda: "heartbeat" in str(mirror.status()["stale_reason"]), 10, "a stale source"
+        )
         with pytest.raises(CommandRefusedError) as unreachable:
             mirror.command(allocate("remote", "5", "hung-2", index=3))
         assert unreachable.value.code == "UNREACHABLE"
