@@ -70,6 +70,22 @@ def reader_main(shm: str, exchange: str, expected: int, out: str, timeout_s: flo
     Path(out).write_text(json.dumps(seen))
 
 
+def fill_latencies_us(sent: list[int], seen: list[list[int]]) -> list[float]:
+    """Fill n: the first time a reader saw at least n fills, minus fill n's send time (µs).
+
+    ``seen`` holds (fills seen, time) pairs in the order the reader noted them.
+    """
+    latencies: list[float] = []
+    position = 0
+    for fill_number, sent_ns in enumerate(sent, start=1):
+        while position < len(seen) and seen[position][0] < fill_number:
+            position += 1
+        if position == len(seen):
+            break
+        latencies.append((seen[position][1] - sent_ns) / 1000)
+    return latencies
+
+
 def probe_body(exchange: str, rate: int, count: int) -> dict[str, object]:
     return {"rate": rate, "count": count, "probe": True, "qty": str(PROBE_QTY), **PROBES[exchange]}
 
@@ -185,15 +201,7 @@ def run_rate(stack: Stack, rate: int, seconds: float) -> dict[str, float]:
     sent = stack.control("generated", {})["sent_ns"]
     assert isinstance(sent, list)
     seen = json.loads(out.read_text())
-    latencies_us: list[float] = []
-    position = 0
-    for fill_number, sent_ns in enumerate(sent, start=1):
-        while position < len(seen) and seen[position][0] < fill_number:
-            position += 1
-        if position == len(seen):
-            break
-        latencies_us.append((seen[position][1] - sent_ns) / 1000)
-    ordered = sorted(latencies_us)
+    ordered = sorted(fill_latencies_us(sent, seen))
     delivered = seen[-1][0] if seen else 0
     return {
         "rate": rate,

@@ -39,7 +39,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_commands import raw_clients  # noqa: E402
-from bench_fills import PROBE_SLOT, SCALED_PER_FILL, probe_body  # noqa: E402
+from bench_fills import (  # noqa: E402
+    PROBE_SLOT,
+    SCALED_PER_FILL,
+    fill_latencies_us,
+    probe_body,
+)
 
 from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem  # noqa: E402
 from gateway.launcher import LocalStack  # noqa: E402
@@ -93,19 +98,6 @@ def reader_main(stores: list[str], expected: int, out: str, timeout_s: float) ->
     Path(out).write_text(json.dumps(seen))
 
 
-def _latencies(sent: list[int], seen: list[list[int]]) -> list[float]:
-    """Fill n: the first time the store showed n fills, minus fill n's send time (µs)."""
-    latencies: list[float] = []
-    position = 0
-    for fill_number, sent_ns in enumerate(sent, start=1):
-        while position < len(seen) and seen[position][0] < fill_number:
-            position += 1
-        if position == len(seen):
-            break
-        latencies.append((seen[position][1] - sent_ns) / 1000)
-    return latencies
-
-
 def fill_visibility(
     stack: LocalStack, mirror: MirrorHost, rate: int, seconds: float
 ) -> tuple[list[float], list[float]]:
@@ -125,7 +117,7 @@ def fill_visibility(
     assert isinstance(sent, list)
     on_gateway, on_mirror = json.loads(out.read_text())
     time.sleep(min(SETTLE_S, seconds))
-    return _latencies(sent, on_gateway), _latencies(sent, on_mirror)
+    return fill_latencies_us(sent, on_gateway), fill_latencies_us(sent, on_mirror)
 
 
 def visibility(

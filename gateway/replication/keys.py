@@ -11,6 +11,7 @@ One gateway's keys, under ``hft:<exchange>``:
     :owner        string with a time to live: the one gateway that may publish
     :cmd          stream: commands mirrors forward to the gateway
     :reply:<id>   stream: the gateway's replies to one mirror
+    :republish    string: a mirror's request to publish everything again
 
 A *lineage* names one unbroken copy of one journal in Redis: a publisher that
 finds Redis empty, another ledger's events, or events its journal does not have
@@ -30,6 +31,7 @@ from gateway.errors import ConfigError
 CONNECT_TIMEOUT_S: Final = 2.0
 STREAM_TIMEOUT_S: Final = 5.0  # longer than any blocking read we make
 BLOCK_MS: Final = 500
+RETRY_S: Final = 1.0  # between attempts to reach Redis
 OWNER_TTL_MS: Final = 10_000  # a gateway killed with -9 holds the stream this long
 BEAT_INTERVAL_S: Final = 0.5
 SOURCE_STALE_AFTER_S: Final = 3.0  # a mirror calls its source stale after this silence
@@ -83,12 +85,13 @@ class Target:
         return f"{self.prefix}:reply:{mirror_id}"
 
 
+def as_bytes(value: str | bytes) -> bytes:
+    """A stream id or field as bytes (the client gives str or bytes by its settings)."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
 def event_id(seq: int) -> str:
     return f"{seq}-1"
-
-
-def snapshot_id(seq: int) -> str:
-    return f"{seq}-0"
 
 
 def parse_id(raw: bytes) -> tuple[int, bool]:

@@ -45,8 +45,10 @@ from gateway.protocol import MAX_FRAME_BYTES, request_body
 from gateway.replication.client import REDIS_FAILURES, RedisDownError, connect
 from gateway.replication.keys import (
     BLOCK_MS,
+    RETRY_S,
     SOURCE_STALE_AFTER_S,
     Target,
+    as_bytes,
     parse_id,
     read_from,
 )
@@ -57,7 +59,6 @@ from mmapstore import Condition, StoreWriter
 logger = logging.getLogger(__name__)
 
 READ_COUNT: Final = 1000
-RETRY_S: Final = 1.0
 COMMAND_TIMEOUT_S: Final = 5.0
 # Conditions the mirror judges itself; every other bit is the source gateway's.
 _OWN_CONDITIONS: Final = Condition.OVERDRAWN | Condition.OUT_OF_RANGE | Condition.SOURCE_STALE
@@ -379,7 +380,7 @@ async def _follow_connected(
         first = position
         for entry in entries:
             try:
-                seq, is_snapshot = parse_id(_raw(entry.identifier))
+                seq, is_snapshot = parse_id(as_bytes(entry.identifier))
             except ValueError:  # no publisher writes it: someone else did; skipped
                 logger.warning("mirror: skipping a log entry that is not ours: %r", entry)
                 continue
@@ -478,10 +479,6 @@ async def _watch_source(
         await trio.sleep(HEARTBEAT_INTERVAL_S)
 
 
-def _raw(value: str | bytes) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
-
-
 # -- forwarding commands ----------------------------------------------------------------------
 
 
@@ -507,13 +504,13 @@ class Forwarder:
                 async with connect(self._target) as redis:
                     top = await redis.xrevrange(key, count=1)
                     if top:
-                        last_id = max(last_id, _raw(top[0].identifier), key=_id_order)
+                        last_id = max(last_id, as_bytes(top[0].identifier), key=_id_order)
                     self._redis = redis
                     try:
                         while True:
                             found = await redis.xread({key: last_id}, count=100, block=BLOCK_MS)
                             for entry in (found or {}).get(key.encode(), ()):
-                                last_id = _raw(entry.identifier)
+                                last_id = as_bytes(entry.identifier)
                                 self._deliver(entry.field_values)
                     finally:
                         self._redis = None
@@ -522,7 +519,7 @@ class Forwarder:
             await trio.sleep(RETRY_S)
 
     def _deliver(self, fields: Mapping[str | bytes, str | bytes]) -> None:
-        values = {_raw(k): _raw(v) for k, v in fields.items()}
+        values = {as_bytes(k): as_bytes(v) for k, v in fields.items()}
         waiting = self._pending.get(values.get(b"r", b""))
         body = values.get(b"b", b"")
         if waiting is None or len(body) > MAX_FRAME_BYTES:

@@ -50,7 +50,9 @@ from gateway.replication.keys import (
     PUBLISH_EVENTS,
     PUBLISH_SNAPSHOT,
     RELEASE,
+    RETRY_S,
     Target,
+    as_bytes,
     pack_events,
     position_after,
 )
@@ -65,7 +67,6 @@ BUSY_SEND_EVENTS: Final = 16  # a send this full means events come faster than ~
 RELEASE_TIMEOUT_S: Final = 1.0
 BATCH_BYTES: Final = 512 * 1024
 READ_BYTES: Final = 64 * 1024
-RETRY_S: Final = 1.0
 MAX_REMOTE_IN_FLIGHT: Final = 256
 REPLY_STREAM_LENGTH: Final = 1000
 REPLY_STREAM_TTL_S: Final = 600
@@ -357,7 +358,7 @@ class Publisher:
         same_ledger = meta.get(b"epoch") == str(self._epoch).encode()
         try:
             if top:
-                position = position_after(_raw(top[0].identifier))
+                position = position_after(as_bytes(top[0].identifier))
             else:
                 position = int(snap_seq) if snap_seq is not None else -1
         except ValueError:  # an entry or a snapshot no publisher wrote: start over
@@ -522,10 +523,6 @@ async def _fenced(call: Awaitable[object]) -> object:
         raise
 
 
-def _raw(value: str | bytes) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
-
-
 # -- commands forwarded by mirrors -------------------------------------------------------
 
 
@@ -552,13 +549,13 @@ async def serve_remote_commands(
                 async with connect(target) as redis, trio.open_nursery() as nursery:
                     if last_id is None:
                         top = await redis.xrevrange(target.key("cmd"), count=1)
-                        last_id = _raw(top[0].identifier) if top else b"0-0"
+                        last_id = as_bytes(top[0].identifier) if top else b"0-0"
                     while True:
                         found = await redis.xread(
                             {target.key("cmd"): last_id}, count=100, block=BLOCK_MS
                         )
                         for entry in (found or {}).get(target.key("cmd").encode(), ()):
-                            last_id = _raw(entry.identifier)
+                            last_id = as_bytes(entry.identifier)
                             await limit.acquire_on_behalf_of(last_id)
                             nursery.start_soon(
                                 _answer_remote,
@@ -567,7 +564,7 @@ async def serve_remote_commands(
                                 send,
                                 strategy_count,
                                 status,
-                                {_raw(k): _raw(v) for k, v in entry.field_values.items()},
+                                {as_bytes(k): as_bytes(v) for k, v in entry.field_values.items()},
                                 limit,
                                 last_id,
                             )

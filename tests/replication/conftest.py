@@ -6,7 +6,6 @@ two hosts would; only Redis, on loopback, joins them.
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import subprocess
@@ -163,10 +162,12 @@ class MirrorHost:
         assert isinstance(status, dict)
         return status
 
-    def ready_facts(self) -> dict[str, object]:
-        facts = json.loads(self.ready.read_text())
-        assert isinstance(facts, dict)
-        return facts
+    def status_command(self) -> subprocess.CompletedProcess[str]:
+        """``gateway status`` run on this host, as an operator would."""
+        return subprocess.run(
+            [*self.stack.cli, "status", "--exchange", self.stack.exchange],
+            env=self.env, capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
 
 
 def xadd_raw(url: str, key: str, fields: dict[bytes, bytes]) -> None:

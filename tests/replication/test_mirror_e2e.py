@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
 import time
 from decimal import Decimal
 
@@ -125,14 +124,7 @@ def test_redis_killed_then_restarted_empty(
         mirror.command(allocate("remote", "1", "while-down"))
     assert refused.value.code == "UNREACHABLE"
     assert time.monotonic() - started < 1.0
-    status = subprocess.run(
-        [*stack.cli, "status"],
-        env=mirror.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    status = mirror.status_command()
     assert status.returncode != 0 and "not healthy" in status.stderr
     trades_done(stack, before + 100)
     # Back, and empty: the gateway republishes from its journal, the mirror converges
@@ -144,14 +136,7 @@ def test_redis_killed_then_restarted_empty(
     assert metric(port, "gateway_replication_publishing") == 1
     wait_until(lambda: metric(port, "gateway_replication_behind_events") == 0, 10, "no lag")
     assert metric(port, "gateway_replication_remote_commands_total") >= 1
-    ok = subprocess.run(
-        [*stack.cli, "status"],
-        env=mirror.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    ok = mirror.status_command()
     assert "current:                yes" in ok.stdout, ok.stdout
 
 
