@@ -1,10 +1,13 @@
-"""What every adapter's fill stream shares: a silence limit and a cheap hand-off to the writer."""
+"""What every adapter's fill stream shares: a silence limit, a cheap hand-off to the writer,
+and failures in words."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 import trio
+
+from gateway.exchanges.websocket import WebSocketError
 
 if TYPE_CHECKING:
     from gateway.messages import WriterMessage
@@ -43,3 +46,10 @@ async def deliver(send: trio.MemorySendChannel[WriterMessage], message: WriterMe
         send.send_nowait(message)
     except trio.WouldBlock:
         await send.send(message)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A stream's failure in words: the websocket's own errors are words already."""
+    if isinstance(exc, WebSocketError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -6,9 +6,28 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Final
 
+import msgspec
+
 # No amount, price or time an exchange sends is near 1e40 or 1e-40; an exponent of 1e9
 # would stall whoever expands it, so anything outside is refused before it is used.
 MAX_EXPONENT: Final = 40
+
+# msgspec hands each non-integer number's own text to Decimal: exact, and about twice as
+# fast as the standard library's decoder with parse_float=Decimal. Integers past 64 bits
+# are refused (json would parse a million digits in quadratic time).
+_EXACT_JSON: Final = msgspec.json.Decoder(float_hook=Decimal)
+
+
+def loads_exact(text: str | bytes) -> object:
+    """JSON with every non-integer number a Decimal parsed from its text.
+
+    Raises:
+        ValueError: not JSON (or not UTF-8), nested too deep, or an integer past 64 bits.
+    """
+    try:
+        return _EXACT_JSON.decode(text)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
 
 
 def exact_decimal(

@@ -14,9 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-from trio_websocket import HandshakeError
-
-from gateway.exchanges.kraken.session import describe_failure
 from tests.kraken.stack import KrakenStack
 
 GATEWAY = Path(sys.executable).parent / "gateway"
@@ -72,14 +69,12 @@ def test_an_unreachable_rest_address_is_named(stack: KrakenStack) -> None:
     assert f"cannot reach {unreachable}" in line and "check --rest-url" in line
 
 
-def test_an_empty_handshake_error_says_what_failed() -> None:
-    try:
-        try:
-            raise ConnectionRefusedError(111, "Connection refused")
-        except OSError as cause:
-            raise HandshakeError from cause
-    except HandshakeError as exc:
-        assert describe_failure(exc) == "cannot connect: Connection refused"
+def test_an_unreachable_websocket_address_is_named(stack: KrakenStack) -> None:
+    unreachable = f"ws://127.0.0.1:{closed_port()}/v2"
+    rest = stack.address["rest_url"]
+    line, _ = run_to_failure(stack, "--rest-url", rest, "--ws-url", unreachable)
+    assert f"could not subscribe to Kraken executions at {unreachable}" in line
+    assert "cannot connect: " in line and "Connection refused (check --ws-url)" in line
 
 
 def test_json_logs_are_one_object_a_line(stack: KrakenStack) -> None:

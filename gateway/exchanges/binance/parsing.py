@@ -17,17 +17,15 @@ Booking, as Binance books it:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
 
 from gateway.exchanges.binance.errors import BinanceProtocolError
-from gateway.exchanges.numbers import exact_decimal
+from gateway.exchanges.numbers import exact_decimal, loads_exact
 from gateway.ledger import Fee, Fill, Side, Transfer
 
-_JSON: Final = json.JSONDecoder(parse_float=Decimal)
 _MAX_NAME: Final = 32  # an asset or symbol name
 _MAX_ID: Final = 64
 _SIDES: Final = {"BUY": Side.BUY, "SELL": Side.SELL}
@@ -39,8 +37,8 @@ _MAX_MS: Final = 7_258_118_400_000
 def loads(text: str | bytes) -> object:
     """JSON with exact decimals. Raises BinanceProtocolError."""
     try:
-        return _JSON.decode(text.decode() if isinstance(text, bytes) else text)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return loads_exact(text)
+    except ValueError as exc:
         raise BinanceProtocolError(f"not JSON: {exc}") from None
 
 

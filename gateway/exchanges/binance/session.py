@@ -17,12 +17,6 @@ from decimal import Decimal
 from typing import Final
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
 
 from gateway.errors import BootstrapError
 from gateway.exchanges.base import ExchangeHealth
@@ -45,7 +39,8 @@ from gateway.exchanges.binance.parsing import (
     parse_user_event,
 )
 from gateway.exchanges.binance.rest import BinanceRestClient
-from gateway.exchanges.feed import SilenceTimer, deliver
+from gateway.exchanges.feed import SilenceTimer, deliver, describe_failure
+from gateway.exchanges.websocket import WebSocket, WebSocketError, open_websocket
 from gateway.ledger import Fill, scale_fill
 from gateway.messages import (
     ExchangeHealthChanged,
@@ -173,9 +168,9 @@ class BinanceSession:
             while True:
                 try:
                     await self._one_connection(send, position_ns, task_status, live_once)
-                except (ConnectionClosed, HandshakeError, OSError, BinanceError, StreamEnded,
+                except (WebSocketError, OSError, BinanceError, StreamEnded,
                         trio.TooSlowError) as exc:  # fmt: skip
-                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self.last_error = describe_failure(exc)
                     auth = isinstance(exc, BinanceAuthError)
                     if not live_once and (auth or attempt + 1 >= STARTUP_ATTEMPTS):
                         raise BootstrapError(
@@ -202,7 +197,7 @@ class BinanceSession:
     ) -> None:
         self.ws_state = "connecting"
         symbols = await self.symbols()
-        async with open_websocket_url(self.ws_url, message_queue_size=WS_QUEUE_MESSAGES) as ws:
+        async with open_websocket(self.ws_url) as ws:
             self.connections += 1
             request_id = f"subscribe-{self.connections}"
             params: dict[str, str | int] = {
@@ -225,11 +220,14 @@ class BinanceSession:
             # Subscribed before catching up: a fill made meanwhile is in the queue, or
             # in myTrades, or both (the writer applies it once, by its id).
             self.ws_state = "catching up"
-            for fill in await self._catch_up(position_ns(), symbols):
-                self.fills_caught_up += 1
-                await send.send(FillReceived(fill))
-            for message in early:
-                await self._handle(message, symbols, send)
+            # The connection keeps being read meanwhile (into its queue): Binance
+            # never sees a stalled client.
+            async with ws.reading_ahead(WS_QUEUE_MESSAGES):
+                for fill in await self._catch_up(position_ns(), symbols):
+                    self.fills_caught_up += 1
+                    await send.send(FillReceived(fill))
+                for message in early:
+                    await self._handle(message, symbols, send)
             # Streamed totals are compared from here on: one older than the catch-up
             # may predate trades the catch-up already applied.
             self._cross_check_from_ms = int(time.time() * 1000) + self.rest.clock_offset_ms
@@ -243,7 +241,7 @@ class BinanceSession:
 
     async def _stream(
         self,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         symbols: SymbolMap,
         send: trio.MemorySendChannel[WriterMessage],
     ) -> None:

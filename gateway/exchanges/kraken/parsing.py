@@ -18,7 +18,6 @@ nothing else either (docs/kraken.md, "Booking").
 from __future__ import annotations
 
 import calendar
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,10 +27,9 @@ from typing import Final, TypeVar
 
 from gateway.exchanges.kraken.assets import AssetMap
 from gateway.exchanges.kraken.errors import KrakenProtocolError
-from gateway.exchanges.numbers import exact_decimal
+from gateway.exchanges.numbers import exact_decimal, loads_exact
 from gateway.ledger import Fee, Fill, Side, Transfer
 
-_JSON: Final = json.JSONDecoder(parse_float=Decimal)
 EARN_SUFFIX: Final = ".F"  # auto-earn balances, spent through their base asset
 _NO_DECIMALS: Final[Mapping[str, int]] = {}
 
@@ -62,8 +60,8 @@ def booked(amount: Decimal, asset: str, decimals: Mapping[str, int]) -> Decimal:
 def loads(text: str | bytes) -> object:
     """JSON with exact decimals. Raises KrakenProtocolError."""
     try:
-        return _JSON.decode(text.decode() if isinstance(text, bytes) else text)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return loads_exact(text)
+    except ValueError as exc:
         raise KrakenProtocolError(f"not JSON: {exc}") from None
 
 

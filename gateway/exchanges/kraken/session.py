@@ -22,17 +22,10 @@ from functools import partial
 from typing import Final, TypeVar
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    WebSocketConnection,
-    open_websocket_url,
-)
 
 from gateway.errors import BootstrapError, only_leaf
 from gateway.exchanges.base import ExchangeHealth
-from gateway.exchanges.feed import SilenceTimer, deliver
+from gateway.exchanges.feed import SilenceTimer, deliver, describe_failure
 from gateway.exchanges.kraken.assets import AssetMap
 from gateway.exchanges.kraken.errors import (
     PERMISSIONS,
@@ -56,6 +49,7 @@ from gateway.exchanges.kraken.parsing import (
     parse_ws_message,
 )
 from gateway.exchanges.kraken.rest import KrakenRestClient, RetryPolicy
+from gateway.exchanges.websocket import WebSocket, WebSocketError, open_websocket
 from gateway.ledger import Fill, Transfer
 from gateway.messages import ExchangeHealthChanged, FillReceived, TransferReceived, WriterMessage
 
@@ -103,25 +97,6 @@ def _parse_rest_trade(
 
 class StreamStale(Exception):  # noqa: N818 - a condition that ends one connection
     """No message (not even a heartbeat) for too long: the connection is dead."""
-
-
-def describe_failure(exc: BaseException) -> str:
-    """A websocket or REST failure in words.
-
-    A refused upgrade gives its HTTP status; an empty HandshakeError the network
-    error behind it.
-    """
-    if isinstance(exc, ConnectionRejected):
-        body = (exc.body or b"")[:120].decode("utf-8", "replace")
-        return f"the server refused the websocket: HTTP {exc.status_code} {body}".rstrip()
-    if isinstance(exc, HandshakeError) and not str(exc):
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, OSError) and cause.strerror:
-            return f"cannot connect: {cause.strerror}"
-        if cause is not None:
-            return f"cannot connect: {type(cause).__name__}: {cause}"
-        return "the websocket handshake failed"
-    return f"{type(exc).__name__}: {exc}"
 
 
 class KrakenSession:
@@ -305,8 +280,7 @@ class KrakenSession:
                     attempt = 0
                     logger.warning("Kraken executions stream closed; reconnecting")
                 except (
-                    ConnectionClosed, HandshakeError, OSError, StreamStale, KrakenError,
-                    trio.TooSlowError,
+                    WebSocketError, OSError, StreamStale, KrakenError, trio.TooSlowError
                 ) as exc:  # fmt: skip
                     self.last_error = describe_failure(exc)
                     if not live_once and attempt + 1 >= STARTUP_ATTEMPTS:
@@ -334,9 +308,7 @@ class KrakenSession:
         self.ws_state = "connecting"
         decimals = (await self.assets()).decimals
         token = await self.rest.websockets_token()  # a fresh token for every connection
-        # The connection's reader keeps taking messages into its queue while a long
-        # catch-up runs, so Kraken never sees a stalled client.
-        async with open_websocket_url(self.ws_url, message_queue_size=WS_QUEUE_MESSAGES) as ws:
+        async with open_websocket(self.ws_url) as ws:
             self.connections += 1
             subscribe = {
                 "method": "subscribe",
@@ -382,13 +354,16 @@ class KrakenSession:
                     elif isinstance(message, WsBalances):
                         self._count_skipped(message.skipped)
                         held.extend(message.transfers)
-            # Not under the subscribe timeout: a catch-up lasts as long as the counter needs.
-            await self._take_snapshot(snapshot, send)
-            for fill in held_fills:
-                self.fills_received += 1
-                await send.send(FillReceived(fill))
-            for transfer in held:
-                await send.send(TransferReceived(transfer))
+            # Not under the subscribe timeout: a catch-up lasts as long as the counter
+            # needs. The connection keeps being read meanwhile (into its queue), so
+            # Kraken never sees a stalled client.
+            async with ws.reading_ahead(WS_QUEUE_MESSAGES):
+                await self._take_snapshot(snapshot, send)
+                for fill in held_fills:
+                    self.fills_received += 1
+                    await send.send(FillReceived(fill))
+                for transfer in held:
+                    await send.send(TransferReceived(transfer))
             try:
                 await self._live(ws, send, decimals, on_live)
             except BaseExceptionGroup as group:
@@ -401,7 +376,7 @@ class KrakenSession:
 
     async def _live(
         self,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         send: trio.MemorySendChannel[WriterMessage],
         decimals: Mapping[str, int],
         on_live: Callable[[], None],
@@ -433,7 +408,7 @@ class KrakenSession:
 
     async def _stream(
         self,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         send: trio.MemorySendChannel[WriterMessage],
         decimals: Mapping[str, int],
     ) -> None:
