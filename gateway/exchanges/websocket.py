@@ -298,14 +298,15 @@ def _dropped(exc: BaseException) -> ConnectionClosedError:
 class WebSocket:
     """One client connection; made by :func:`open_websocket`.
 
-    :meth:`get_message` and :meth:`reading_ahead` read from one task at a
-    time; :meth:`send_message` may be called from any task.
+    One task reads with :meth:`get_message`; while :meth:`reading_ahead`
+    runs, a read that finds the queue empty waits for it to end.
+    :meth:`send_message` may be called from any task.
     """
 
     def __init__(self, stream: trio.abc.Stream, parser: FrameParser) -> None:
         self._stream = stream
         self._parser = parser
-        self._receive_lock = trio.Lock()
+        self._read_ahead_done: trio.Event | None = None
         self._send_lock = trio.Lock()
         self._close_sent = False
 
@@ -325,9 +326,10 @@ class WebSocket:
         """
         messages = self._parser.messages
         while not messages:
-            async with self._receive_lock:
-                if not messages:
-                    await self._receive()
+            if self._read_ahead_done is not None:
+                await self._read_ahead_done.wait()  # it reads; no second reader beside it
+            else:
+                await self._receive()
         return messages.popleft()
 
     async def send_message(self, message: str | bytes) -> None:
@@ -350,21 +352,27 @@ class WebSocket:
         pushes back. A failure of the connection is kept for the next
         :meth:`get_message`, never raised into the body.
         """
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read_ahead, limit_messages)
-            try:
-                yield
-            finally:
-                nursery.cancel_scope.cancel()
+        if self._read_ahead_done is not None:
+            raise RuntimeError("already reading ahead")
+        done = self._read_ahead_done = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_ahead, limit_messages)
+                try:
+                    yield
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._read_ahead_done = None
+            done.set()
 
     async def _read_ahead(self, limit_messages: int) -> None:
         messages = self._parser.messages
-        async with self._receive_lock:
-            while self._parser.closed is None and len(messages) < limit_messages:
-                try:
-                    await self._receive()
-                except ConnectionClosedError:
-                    return  # for the next get_message
+        while self._parser.closed is None and len(messages) < limit_messages:
+            try:
+                await self._receive()
+            except ConnectionClosedError:
+                return  # for the next get_message
 
     async def _receive(self) -> None:
         """One read from the stream, parsed; replies owed are sent before returning."""

@@ -29,12 +29,15 @@ from gateway.exchanges.binance.parsing import (
     parse_my_trade,
     parse_user_event,
 )
+from gateway.exchanges.kraken import parsing
 from gateway.exchanges.kraken.assets import AssetMap
 from gateway.exchanges.kraken.errors import KrakenProtocolError
 from gateway.exchanges.kraken.parsing import (
+    WsMessage,
     parse_rest_ledger_entry,
     parse_rest_trade,
     parse_ws_message,
+    parse_ws_message_checked,
 )
 from gateway.exchanges.kraken.sim.exchange import public_asset_pairs, public_assets
 from gateway.journal import scan_records
@@ -161,9 +164,126 @@ def test_kraken_ws_messages(channel: object, kind: object, data: object) -> None
     except (ValueError, UnicodeEncodeError):
         return
     started = time.perf_counter()
-    with contextlib.suppress(KrakenProtocolError):
-        parse_ws_message(text, _ASSETS.decimals)
+    _same_on_both_paths(text)
     _quick(started)
+
+
+def _both_paths(text: str) -> tuple[WsMessage | str, WsMessage | str]:
+    results: list[WsMessage | str] = []
+    for parse in (parse_ws_message, parse_ws_message_checked):
+        try:
+            results.append(parse(text, _ASSETS.decimals))
+        except KrakenProtocolError as exc:
+            results.append(f"refused: {exc}")
+    return results[0], results[1]
+
+
+def _same_on_both_paths(text: str) -> None:
+    fast, checked = _both_paths(text)
+    assert fast == checked
+
+
+_NUMBERS = st.one_of(
+    st.decimals(
+        allow_nan=False, allow_infinity=False, places=8, min_value=-(10**6), max_value=10**6
+    ),
+    st.integers(-(10**6), 10**6),
+)
+_ODD_VALUES = st.one_of(
+    values,
+    st.sampled_from([True, None, "", "1e999", "NaN", "-0", "12.5", 2**70, "XBT/USD", "BTC/ZZZ"]),
+)
+_TRADE_KEYS = ["exec_id", "symbol", "side", "last_qty", "last_price", "cost", "fees",
+               "timestamp", "order_userref", "cl_ord_id", "order_id", "margin",
+               "margin_borrow", "exec_type"]  # fmt: skip
+
+
+@st.composite
+def executions(draw: st.DrawFn) -> dict[str, object]:
+    """An execution as Kraken sends it, then perhaps broken in one or two places."""
+    item: dict[str, object] = {
+        "order_id": draw(st.sampled_from(["OABCDE-FGHIJ-KLMNOP", None, ""])),
+        "exec_id": draw(st.text("ABCDEFT0123456789-", min_size=1, max_size=20)),
+        "exec_type": draw(st.sampled_from(["trade"] * 4 + ["new", "filled", "canceled"])),
+        "symbol": draw(st.sampled_from(["BTC/USD", "ETH/USD", "BTC/EUR", "USDT/USD"])),
+        "side": draw(st.sampled_from(["buy", "sell"])),
+        "last_qty": draw(_NUMBERS),
+        "last_price": draw(_NUMBERS),
+        "cost": draw(_NUMBERS),
+        "timestamp": draw(st.sampled_from(
+            ["2026-12-02T10:33:05.709993Z", "2023-09-22T10:33:05.1Z", "2026-12-02T10:33:05+01:00"]
+        )),
+        "fees": draw(st.lists(
+            st.fixed_dictionaries({"asset": st.sampled_from(["USD", "BTC", "EUR"]),
+                                   "qty": _NUMBERS}), max_size=2,
+        )),
+        "cum_qty": draw(_NUMBERS),
+        "avg_price": draw(_NUMBERS),
+    }  # fmt: skip
+    item.update(draw(st.sampled_from([{"order_userref": 7}, {"cl_ord_id": "strategy-a"}, {}])))
+    for _ in range(draw(st.integers(0, 2))):
+        key = draw(st.sampled_from(_TRADE_KEYS))
+        if draw(st.booleans()):
+            item.pop(key, None)
+        else:
+            item[key] = draw(_ODD_VALUES)
+    return item
+
+
+@FUZZ
+@given(
+    items=st.lists(executions() | values, max_size=4),
+    envelope=st.fixed_dictionaries(
+        {"channel": st.sampled_from(["executions"] * 5 + ["balances", "status"])},
+        optional={
+            "type": st.sampled_from(["snapshot", "update", 3]),
+            "sequence": st.sampled_from([1, 2**40, True, "7", None]),
+            "method": st.sampled_from([None, "subscribe"]),
+        },
+    ),
+)
+def test_kraken_fast_and_checked_paths_agree(
+    items: list[object], envelope: dict[str, object]
+) -> None:
+    """The typed fast path for fills gives what the item-by-item checked path gives."""
+    message = {**envelope, "data": items}
+    # Decimals as JSON numbers, the way Kraken writes them (not as strings).
+    text = json.dumps(message, default=lambda d: f"__raw__{d}__raw__")
+    text = text.replace('"__raw__', "").replace('__raw__"', "")
+    _same_on_both_paths(text)
+
+
+@FUZZ
+@given(
+    entries=st.lists(
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["trade"] * 6 + ["deposit", "margin", 5])},
+            optional={"ledger_id": st.text(max_size=5), "asset": st.sampled_from(["USD", "BTC"]),
+                      "amount": st.sampled_from(["1.5", 2, None]), "fee": st.just("0"),
+                      "timestamp": st.just("2026-12-02T10:33:05.709993Z"),
+                      "wallet_type": st.sampled_from(["spot", "earn"])},
+        ) | values,
+        max_size=4,
+    ),
+    kind=st.sampled_from(["update", "snapshot", None]),
+)  # fmt: skip
+def test_kraken_balances_fast_and_checked_paths_agree(entries: list[object], kind: object) -> None:
+    _same_on_both_paths(json.dumps({"channel": "balances", "type": kind, "data": entries}))
+
+
+def test_the_fast_path_takes_a_documented_fill_and_refuses_what_it_cannot_check() -> None:
+    """It is taken (no fallback) for Kraken's own examples, so the agreement above means much."""
+    text = (
+        '{"channel":"executions","type":"update","data":[{"order_id":"O1","exec_id":"T1",'
+        '"exec_type":"trade","symbol":"BTC/USD","side":"buy","last_qty":0.01,'
+        '"last_price":98765.4,"cost":987.654,"timestamp":"2026-12-02T10:33:05.709993Z",'
+        '"fees":[{"asset":"USD","qty":2.5679}],"order_userref":3}],"sequence":42}'
+    )
+    fast = parsing.parse_fill_channels(parsing._FILL_CHANNELS.decode(text), _ASSETS.decimals)
+    assert fast is not None and fast == parse_ws_message_checked(text, _ASSETS.decimals)
+    assert fast.fills[0].cost == Decimal("987.654")  # type: ignore[union-attr]
+    margin = text.replace('"order_userref":3', '"order_userref":3,"margin":true')
+    assert parsing.parse_fill_channels(parsing._FILL_CHANNELS.decode(margin), {}) is None
 
 
 @FUZZ
