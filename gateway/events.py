@@ -204,13 +204,19 @@ def _recall(ledger: Ledger, event: CommandApplied) -> Reply | None:
 # -- journal encoding -------------------------------------------------------------
 
 _KIND: Final = "t"
+# A fill as the writer journals it (with what it booked) is not a map but an array:
+#   ["bf", exec_id, timestamp_ns, slot, [currency, scaled, ...], <the fill's map, as CBOR bytes>]
+# Replay reads the first five and never decodes the fill itself: a fifth of the cost of
+# the map form, which journals written before still hold and replay still reads.
+_BOOKED_FILL: Final = "bf"
 
 
 def encode_event(event: Event, fill: FillOutcome | None = None) -> bytes:
-    """The event as one CBOR map (decimals as strings, so the bytes are exact).
+    """The event as one CBOR item (decimals as strings, so the bytes are exact).
 
-    A fill applied (``fill``, its outcome) also records what it booked, which
-    replay applies instead of redoing the decimal arithmetic.
+    A fill applied (``fill``, its outcome) is recorded with what it booked,
+    which replay applies instead of redoing the decimal arithmetic (the
+    array form above); every other event is a map.
     """
     body: dict[str, object]
     match event:
@@ -227,23 +233,13 @@ def encode_event(event: Event, fill: FillOutcome | None = None) -> bytes:
             if c.ref_id is not None:
                 body["ref"] = c.ref_id
         case FillApplied(fill=f):
-            body = {
-                _KIND: "fill",
-                "id": f.exec_id,
-                "base": f.base,
-                "quote": f.quote,
-                "side": f.side.value,
-                "qty": str(f.qty),
-                "price": str(f.price),
-                "fees": [[fee.asset, str(fee.qty)] for fee in f.fees],
-                "userref": f.userref,
-                "ts": f.timestamp_ns,
-                "order": f.order_id,
-                "clid": f.cl_ord_id,
-                "cost": None if f.cost is None else str(f.cost),
-            }
+            body = _fill_body(f)
             if fill is not None:
-                body["book"] = [fill.slot, [[c, _compact(d)] for c, d in fill.booked]]
+                return cbor2.dumps([
+                    _BOOKED_FILL, f.exec_id, f.timestamp_ns, fill.slot,
+                    [part for c, d in fill.booked for part in (c, _compact(d))],
+                    cbor2.dumps(body),
+                ])  # fmt: skip
         case FillReplayed(record=record):
             return record
         case TransferApplied(transfer=t):
@@ -269,9 +265,88 @@ def encode_event(event: Event, fill: FillOutcome | None = None) -> bytes:
     return cbor2.dumps(body)
 
 
+def _fill_body(f: Fill) -> dict[str, object]:
+    return {
+        _KIND: "fill",
+        "id": f.exec_id,
+        "base": f.base,
+        "quote": f.quote,
+        "side": f.side.value,
+        "qty": str(f.qty),
+        "price": str(f.price),
+        "fees": [[fee.asset, str(fee.qty)] for fee in f.fees],
+        "userref": f.userref,
+        "ts": f.timestamp_ns,
+        "order": f.order_id,
+        "clid": f.cl_ord_id,
+        "cost": None if f.cost is None else str(f.cost),
+    }
+
+
 def decode_event(data: bytes) -> Event:
     """Inverse of :func:`encode_event`. Raises ValueError (or a CBOR error) on bad input."""
-    body = cbor2.loads(data)
+    item = cbor2.loads(data)
+    if type(item) is list:
+        exec_id, timestamp_ns, slot, booked = _booking(item)
+        return FillReplayed(exec_id, timestamp_ns, slot, booked, data)
+    return _decode_map(item, data)
+
+
+def replay_event(ledger: Ledger, data: bytes) -> None:
+    """``apply_event(ledger, decode_event(data))`` for a restart, which needs no outcome.
+
+    A booked fill, nearly every record of a busy journal, goes straight to
+    :meth:`Ledger.replay_booked_fill`: :meth:`Ledger.apply_booked_fill`, which
+    ``apply_event`` calls for it, without the outcome.
+    """
+    item = cbor2.loads(data)
+    if type(item) is list:
+        ledger.replay_booked_fill(*_booking(item))
+    else:
+        apply_event(ledger, _decode_map(item, data))
+
+
+def fill_of(data: bytes) -> Fill | None:
+    """The fill a journal record holds, with its decimals (for audits); None if not a fill."""
+    item = cbor2.loads(data)
+    if type(item) is list:
+        _booking(item)
+        item = cbor2.loads(item[5])
+    event = _decode_map(item, data)
+    return event.fill if isinstance(event, FillApplied) else None
+
+
+def _booking(item: list[object]) -> tuple[str, int, int, tuple[tuple[str, int], ...]]:
+    """A booked fill record's ``(exec_id, timestamp_ns, slot, booked)``, checked for shape
+    (it passed its checksum: a bad shape is a bug or tampering, and the start must stop)."""
+    if len(item) != 6 or item[0] != _BOOKED_FILL or type(item[5]) is not bytes:
+        raise ValueError("a journal record array is not a booked fill")
+    _, exec_id, timestamp_ns, slot, flat, _detail = item
+    if not (isinstance(exec_id, str) and type(timestamp_ns) is int and type(slot) is int):
+        raise ValueError("a fill record without its id, time or slot")
+    if not (isinstance(flat, list) and len(flat) % 2 == 0):
+        raise ValueError("a fill record's changes are not [currency, scaled, ...]")
+    pairs = []
+    for index in range(0, len(flat), 2):
+        currency, scaled = flat[index], flat[index + 1]
+        if type(scaled) is not int or not isinstance(currency, str):
+            currency, scaled = _change(currency, scaled)
+        pairs.append((currency, scaled))
+    return exec_id, timestamp_ns, slot, tuple(pairs)
+
+
+def _change(currency: object, scaled: object) -> tuple[str, int]:
+    if isinstance(currency, str):
+        if type(scaled) is int:
+            return currency, scaled
+        if type(scaled) is bytes and len(scaled) <= _MAX_SCALED_BYTES:
+            return currency, int.from_bytes(scaled, "big", signed=True)
+        if type(scaled) is str and len(scaled) <= _MAX_SCALED_DIGITS and _SCALED.fullmatch(scaled):
+            return currency, int(scaled)
+    raise ValueError("a fill record's change is not [currency, scaled]")
+
+
+def _decode_map(body: object, data: bytes) -> Event:
     if not isinstance(body, dict):
         raise ValueError("journal record is not a map")
     kind = body.get(_KIND)
@@ -329,8 +404,7 @@ def decode_event(data: bytes) -> Event:
 
 
 def _replayed(body: Mapping[str, object], booked: object, record: bytes) -> FillReplayed:
-    """A fill record's booking, checked for shape (it passed its checksum: a bad shape is
-    a bug or tampering, and the start must stop)."""
+    """A fill record of the earlier form (a map with its booking in ``book``)."""
     exec_id, timestamp_ns = body["id"], body["ts"]
     if not (isinstance(exec_id, str) and type(timestamp_ns) is int):
         raise ValueError("a fill record without its id or time")
@@ -341,23 +415,22 @@ def _replayed(body: Mapping[str, object], booked: object, record: bytes) -> Fill
         raise ValueError("a fill record's changes are not a list")
     pairs = []
     for change in changes:
-        if not (isinstance(change, list) and len(change) == 2 and isinstance(change[0], str)):
+        if not (isinstance(change, list) and len(change) == 2):
             raise ValueError("a fill record's change is not [currency, scaled]")
-        currency, scaled = change
-        if type(scaled) is str and len(scaled) <= _MAX_SCALED_DIGITS and _SCALED.fullmatch(scaled):
-            scaled = int(scaled)
-        elif type(scaled) is not int:
-            raise ValueError("a fill record's change is not [currency, scaled]")
-        pairs.append((currency, scaled))
+        pairs.append(_change(change[0], change[1]))
     return FillReplayed(exec_id, timestamp_ns, slot, tuple(pairs), record)
 
 
-# A scaled change beyond 64 bits is written as its digits: CBOR's bignums decode at
-# about a third of a journal record's whole decoding cost.
+# A scaled change beyond 64 bits (most amounts at 18 decimals) is written as its
+# two's-complement bytes: CBOR's bignums decode at about a third of a journal record's
+# whole decoding cost, and digits (the earlier form, still read) take a regex and a parse.
 _INT64: Final = 1 << 63
 _SCALED: Final = re.compile(r"-?[0-9]+", re.ASCII)
 _MAX_SCALED_DIGITS: Final = 80
+_MAX_SCALED_BYTES: Final = 34  # 80 digits
 
 
-def _compact(scaled: int) -> int | str:
-    return scaled if -_INT64 <= scaled < _INT64 else str(scaled)
+def _compact(scaled: int) -> int | bytes:
+    if -_INT64 <= scaled < _INT64:
+        return scaled
+    return scaled.to_bytes(scaled.bit_length() // 8 + 1, "big", signed=True)

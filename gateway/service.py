@@ -19,8 +19,7 @@ import trio
 from gateway.commands import serve_commands
 from gateway.config import HEARTBEAT_INTERVAL_S, GatewayConfig
 from gateway.errors import BootstrapError, ConfigError, ExchangeError
-from gateway.events import apply_event as apply_journalled
-from gateway.events import decode_event
+from gateway.events import replay_event
 from gateway.exchanges.base import ExchangeSession
 from gateway.journal import Journal, RestoreReport
 from gateway.ledger import Ledger, scale_fill
@@ -68,7 +67,7 @@ def restore_state(config: GatewayConfig) -> tuple[Ledger, Journal, RestoreReport
         holder.append(ledger)
 
     def replay(payload: bytes) -> None:
-        apply_journalled(holder[0], decode_event(payload))
+        replay_event(holder[0], payload)
 
     journal, report = Journal.open(config.state_dir, restore, replay)
     holder[0].check_invariant()

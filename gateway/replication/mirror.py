@@ -37,7 +37,7 @@ from gateway.codes import ErrorCode
 from gateway.commands import serve_commands
 from gateway.config import HEARTBEAT_INTERVAL_S, GatewayConfig
 from gateway.errors import GatewayError, JournalCorruptError
-from gateway.events import Reply, apply_event, decode_event, error_reply
+from gateway.events import Reply, apply_event, decode_event, error_reply, replay_event
 from gateway.journal import Journal
 from gateway.ledger import Ledger
 from gateway.messages import CommandReceived, HeartbeatTick, QueryReceived
@@ -623,7 +623,7 @@ def _restore_local(state_dir: Path) -> tuple[Ledger, Journal, str] | None:
         holder.append(Ledger.from_snapshot(snapshot))
 
     def replay(payload: bytes) -> None:
-        apply_event(holder[0], decode_event(payload))
+        replay_event(holder[0], payload)
 
     lineage = _read_lineage(state_dir)
     if not lineage:

@@ -19,6 +19,8 @@ from gateway.events import (
     apply_event,
     decode_event,
     encode_event,
+    fill_of,
+    replay_event,
 )
 from gateway.ledger import (
     UNIT,
@@ -381,8 +383,10 @@ def test_replaying_a_journal_by_what_fills_booked_rebuilds_the_same_ledger(
     events: list[Fill | BalanceCommand],
 ) -> None:
     """The writer journals each fill with what it booked; replay applies that booking
-    instead of the decimals again: the ledger must come out the same, and the same as
-    replaying records of the earlier form (no booking), which redo the arithmetic."""
+    instead of the decimals again: the ledger must come out the same, by either way in
+    (``apply_event(decode_event(...))`` and ``replay_event``), and the same as replaying
+    the records' earlier forms: a map with its booking as digits, and a map without one,
+    which redoes the arithmetic."""
     live = funded(USD=1000, USDT=1000, BTC=10)
     records = []
     for item in events:
@@ -390,18 +394,63 @@ def test_replaying_a_journal_by_what_fills_booked_rebuilds_the_same_ledger(
         outcome = apply_event(live, event)
         if outcome.durable:
             records.append(encode_event(event, outcome.fill))
-    booked, earlier = funded(USD=1000, USDT=1000, BTC=10), funded(USD=1000, USDT=1000, BTC=10)
+    booked, fast, mapped, earlier = (funded(USD=1000, USDT=1000, BTC=10) for _ in range(4))
     for record in records:
         replayed = decode_event(record)
         apply_event(booked, replayed)
+        replay_event(fast, record)
         assert encode_event(replayed) == record  # a replayed record encodes as it was
-        body = cbor2.loads(record)
-        body.pop("book", None)
+        item = cbor2.loads(record)
+        if isinstance(item, list):  # a booked fill: the fill itself is nested, whole
+            _, exec_id, timestamp_ns, slot, flat, detail = item
+            body = cbor2.loads(detail)
+            assert (body["id"], body["ts"]) == (exec_id, timestamp_ns)
+            assert fill_of(record) == decode_event(detail).fill  # type: ignore[union-attr]
+            changes = [[flat[i], str(_scaled(flat[i + 1]))] for i in range(0, len(flat), 2)]
+            apply_event(mapped, decode_event(cbor2.dumps({**body, "book": [slot, changes]})))
+        else:
+            body = item
+            apply_event(mapped, decode_event(record))
         apply_event(earlier, decode_event(cbor2.dumps(body)))
-    assert booked.to_snapshot() == live.to_snapshot() == earlier.to_snapshot()
+    assert booked.to_snapshot() == live.to_snapshot() == fast.to_snapshot()
+    assert mapped.to_snapshot() == earlier.to_snapshot() == live.to_snapshot()
     assert any(isinstance(decode_event(r), FillReplayed) for r in records) == any(
         isinstance(item, Fill) for item in events
     )
+
+
+def _scaled(value: object) -> int:
+    if isinstance(value, bytes):
+        return int.from_bytes(value, "big", signed=True)
+    assert isinstance(value, int)
+    return value
+
+
+@pytest.mark.parametrize(
+    "booking",
+    [
+        ["bf", "T1", 1, 9, ["USD", 1], b""],
+        ["bf", "T1", 1, 2, ["USD", 1.5], b""],
+        ["bf", "T1", 1, 2, ["USD"], b""],
+        ["bf", "T1", 1, "2", [], b""],
+        ["bf", "T1", "1", 2, [], b""],
+        ["bf", 7, 1, 2, [], b""],
+        ["bf", "T1", 1, 2, [5, 1], b""],
+        ["bf", "T1", 1, 2, ["USD", "1" * 81], b""],
+        ["bf", "T1", 1, 2, ["USD", bytes(35)], b""],
+        ["bf", "T1", 1, 2, "USD", b""],
+        ["bf", "T1", 1, 2, [], "not bytes"],
+        ["bf", "T1", 1, 2, []],
+        ["xx", "T1", 1, 2, [], b""],
+    ],
+)
+def test_a_booked_fill_record_of_a_wrong_shape_is_refused(booking: list[object]) -> None:
+    ledger = funded(USD=1000)
+    with pytest.raises(ValueError):
+        apply_event(ledger, decode_event(cbor2.dumps(booking)))
+    with pytest.raises(ValueError):
+        replay_event(ledger, cbor2.dumps(booking))
+    assert ledger.to_snapshot() == funded(USD=1000).to_snapshot()
 
 
 @pytest.mark.parametrize(
