@@ -456,6 +456,16 @@ async def _connect(target: _Target, ssl_context: ssl.SSLContext | None) -> trio.
         raise HandshakeError(f"cannot connect: {_reason(exc)}") from exc
 
 
+def _broken(exc: BaseException) -> str:
+    """Why a stream broke, in words: TLS refusals are wrapped in BrokenResourceError."""
+    cause = exc.__cause__ or exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS certificate refused: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS: {cause.reason or cause}"
+    return str(cause) or type(cause).__name__
+
+
 def _reason(exc: BaseException) -> str:
     """The OS's words for a failed connect (trio groups one error per address tried)."""
     cause = exc.__cause__
@@ -555,7 +565,7 @@ async def open_websocket(
             leftover = await _upgrade(stream, target)
         except (trio.BrokenResourceError, OSError) as exc:
             await trio.aclose_forcefully(stream)
-            raise HandshakeError(f"the connection failed during the handshake: {exc}") from exc
+            raise HandshakeError(f"the handshake failed: {_broken(exc)}") from exc
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -16,6 +17,7 @@ from functools import partial
 
 import pytest
 import trio
+import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed as ServerSawClose
@@ -227,6 +229,47 @@ async def test_a_dropped_connection_during_reading_ahead_reaches_the_next_read()
         with pytest.raises(ConnectionClosedError) as closed:
             await ws.get_message()
         assert closed.value.code == CLOSE_ABNORMAL
+
+
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context for ``localhost`` and a client context that trusts its CA."""
+    authority = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server)
+    client = ssl.create_default_context()
+    authority.configure_trust(client)
+    return server, client
+
+
+async def test_wss_verifies_the_server_and_says_why_it_refuses(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """Kraken and Binance are wss://: the certificate and its name are checked."""
+    server_context, client_context = tls
+    events: list[str] = []
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message("over TLS: " + str(await ws.get_message()))
+        events.append("answered")
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, server_context)
+        url = f"wss://localhost:{server.port}/v2"
+        async with open_websocket(url, ssl_context=client_context) as ws:
+            await ws.send_message("hello")
+            assert await ws.get_message() == "over TLS: hello"
+        with pytest.raises(HandshakeError, match="TLS certificate refused: IP address mismatch"):
+            async with open_websocket(
+                f"wss://127.0.0.1:{server.port}/v2", ssl_context=client_context
+            ):
+                pass
+        with pytest.raises(HandshakeError, match="TLS certificate refused: unable to get local"):
+            async with open_websocket(url):  # the system's authorities do not know this one
+                pass
+        nursery.cancel_scope.cancel()
+    assert events == ["answered"]
 
 
 # -- hostile and broken servers, byte for byte ------------------------------------------
