@@ -36,7 +36,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024  # Kraken's 50-trade snapshot is ~50 KB
+READ_AHEAD_BYTES: Final = 64 * 1024 * 1024
 HANDSHAKE_TIMEOUT_S: Final = 10.0
 CLOSE_TIMEOUT_S: Final = 1.0
 RECEIVE_BYTES: Final = 256 * 1024
@@ -345,10 +346,12 @@ class WebSocket:
         await self._send(self._parser.client_frame(opcode, payload))
 
     @asynccontextmanager
-    async def reading_ahead(self, limit_messages: int) -> AsyncIterator[None]:
-        """Keep reading into the queue while the body runs, up to ``limit_messages``.
+    async def reading_ahead(
+        self, limit_messages: int, limit_bytes: int = READ_AHEAD_BYTES
+    ) -> AsyncIterator[None]:
+        """Keep reading into the queue while the body runs, up to either limit.
 
-        Pings are answered meanwhile. Past the limit, reading pauses and TCP
+        Pings are answered meanwhile. Past a limit, reading pauses and TCP
         pushes back. A failure of the connection is kept for the next
         :meth:`get_message`, never raised into the body.
         """
@@ -357,7 +360,7 @@ class WebSocket:
         done = self._read_ahead_done = trio.Event()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read_ahead, limit_messages)
+                nursery.start_soon(self._read_ahead, limit_messages, limit_bytes)
                 try:
                     yield
                 finally:
@@ -366,31 +369,34 @@ class WebSocket:
             self._read_ahead_done = None
             done.set()
 
-    async def _read_ahead(self, limit_messages: int) -> None:
+    async def _read_ahead(self, limit_messages: int, limit_bytes: int) -> None:
         messages = self._parser.messages
-        while self._parser.closed is None and len(messages) < limit_messages:
+        read = 0  # the body takes no messages meanwhile: what was read is what is queued
+        while self._parser.closed is None and len(messages) < limit_messages and read < limit_bytes:
             try:
-                await self._receive()
+                read += await self._receive()
             except ConnectionClosedError:
                 return  # for the next get_message
 
-    async def _receive(self) -> None:
-        """One read from the stream, parsed; replies owed are sent before returning."""
+    async def _receive(self) -> int:
+        """One read from the stream, parsed; replies owed are sent before returning.
+
+        Returns how many bytes were read.
+        """
         parser = self._parser
+        data: bytes | bytearray = b""
         if parser.closed is None:
             try:
                 data = await self._stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                parser.closed = ConnectionClosedError(
-                    CLOSE_ABNORMAL, f"the connection failed: {exc}"
-                )
-                data = b""
+                parser.closed = _dropped(exc)
             parser.receive(data)
             owed = parser.take_outgoing()
             if owed:
                 await self._send(owed)
         if parser.closed is not None and not parser.messages:
             raise parser.closed
+        return len(data)
 
     async def _send(self, data: bytes) -> None:
         async with self._send_lock:

@@ -217,6 +217,22 @@ async def test_reading_ahead_stops_at_its_limit() -> None:
         assert [await ws.get_message() for _ in range(50)] == [f"m{i}" for i in range(50)]
 
 
+async def test_reading_ahead_stops_at_its_byte_limit() -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        key = await read_request(stream)
+        await stream.send_all(switching(key))
+        for _ in range(20):  # one message a read
+            await stream.send_all(frame(OP_TEXT, b"x" * 10_000))
+            await trio.sleep(0.01)
+        await trio.sleep_forever()
+
+    async with raw_server(handler) as url, open_websocket(url) as ws:
+        async with ws.reading_ahead(limit_messages=1000, limit_bytes=30_000):
+            await trio.sleep(0.5)
+        assert 3 <= ws.pending() <= 8  # the read that passes the limit is the last
+        assert len([await ws.get_message() for _ in range(20)]) == 20
+
+
 async def test_a_dropped_connection_during_reading_ahead_reaches_the_next_read() -> None:
     async def handler(stream: trio.SocketStream) -> None:
         key = await read_request(stream)
