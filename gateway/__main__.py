@@ -544,6 +544,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     sim.add_argument("--port", type=int, default=0, help="REST port (0: any free one)")
     sim.add_argument("--ws-port", type=int, default=0, help="WS port (0: any free one)")
+    sim.add_argument(
+        "--ws-tls",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="serve wss:// with this certificate chain and key (PEM); the gateway must trust "
+        "its authority (SSL_CERT_FILE)",
+    )
     sim.add_argument("--api-key", default=None, help="the key it accepts (default: a new one)")
     sim.add_argument(
         "--api-secret", default=None, help="its private key, base64 (default: a new one)"

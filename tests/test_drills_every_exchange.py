@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from gateway.exchanges import registry
 from gateway.launcher import LocalStack
@@ -37,6 +38,53 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalStack
     yield launched
     launched.kill()
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (chain and key, PEM) and the authority that signed it."""
+    signer = trustme.CA()
+    root = tmp_path_factory.mktemp("tls")
+    server, trusted = root / "server.pem", root / "authority.pem"
+    signer.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(
+        str(server)
+    )
+    signer.cert_pem.write_to_path(str(trusted))
+    return server, trusted
+
+
+@pytest.mark.parametrize("exchange", sorted(registry.ADAPTERS))
+def test_the_stream_runs_over_tls_and_an_untrusted_certificate_is_named(
+    exchange: str, tmp_path: Path, authority: tuple[Path, Path]
+) -> None:
+    """The real exchanges are wss://: the whole stream over TLS, the certificate checked."""
+    server, trusted = authority
+    run_dir = Path(tempfile.mkdtemp(prefix="hft-"))
+    stack = LocalStack(tmp_path, run_dir, exchange=exchange)
+    try:
+        stack.start_sim("--ws-tls", str(server))
+        assert stack.address["ws_url"].startswith("wss://127.0.0.1:")
+        untrusted = subprocess.run(
+            [sys.executable, "-m", "gateway", "run", "--exchange", exchange,
+             "--rest-url", stack.address["rest_url"], "--ws-url", stack.address["ws_url"]],
+            env=stack.gateway_env(), capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        verdict = untrusted.stderr.strip().splitlines()[-1]  # the error itself, in one line
+        assert untrusted.returncode != 0 and verdict.startswith("gateway run: "), untrusted.stderr
+        assert "TLS certificate refused: unable to get local issuer certificate" in verdict
+        stack.env["SSL_CERT_FILE"] = str(trusted)  # as an operator would point at a private CA
+        stack.start_gateway(*QUICK)
+        stack.control("trade-generator", {"rate": 100, "count": 200, TAGS[exchange]: [2, 3]})
+
+        def every_trade_applied() -> bool:
+            applied = stack.status()["fills_applied"]
+            return applied != 0 and applied == stack.control("state")["trades"]
+
+        wait_until(every_trade_applied, 30, "every fill, over TLS")
+        assert stack.stop_gateway() == 0
+    finally:
+        stack.kill()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def test_a_second_gateway_is_refused_in_one_line_and_the_first_is_unharmed(

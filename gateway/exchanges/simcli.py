@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from functools import partial
@@ -69,22 +70,33 @@ async def serve_rest_and_ws(
     api_key: str,
     api_secret: str,
     ready_file: Path | None,
+    ws_tls: Path | None = None,
 ) -> SimAddress:
     """Listen for REST and websocket clients in ``nursery``; return once both listen.
 
     ``ready_file`` (if given) gets the address as JSON, written atomically.
+    ``ws_tls`` (a PEM file with the certificate chain and its key) serves the
+    websocket as ``wss://``, as the real exchanges do.
     """
+    ssl_context = None
+    if ws_tls is not None:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(ws_tls)
     listeners = await nursery.start(
         partial(trio.serve_tcp, host=host), partial(serve_http_connection, handle=rest), port
     )
     rest_port = listeners[0].socket.getsockname()[1]
     ws_server = await nursery.start(
         lambda task_status: serve_websocket(
-            ws, host, ws_port, ssl_context=None, task_status=task_status
+            ws, host, ws_port, ssl_context=ssl_context, task_status=task_status
         )
     )
+    scheme = "ws" if ssl_context is None else "wss"
     address = SimAddress(
-        f"http://{host}:{rest_port}", f"ws://{host}:{ws_server.port}{ws_path}", api_key, api_secret
+        f"http://{host}:{rest_port}",
+        f"{scheme}://{host}:{ws_server.port}{ws_path}",
+        api_key,
+        api_secret,
     )
     if ready_file is not None:
         write_ready_file(ready_file, address)
@@ -106,7 +118,7 @@ def serve_until_signalled(serve: Serve, simulator: object, args: argparse.Namesp
             async with trio.open_nursery() as nursery:
                 address = await nursery.start(
                     partial(serve, host=args.host, port=args.port, ws_port=args.ws_port,
-                            ready_file=args.ready_file),
+                            ready_file=args.ready_file, ws_tls=args.ws_tls),
                     simulator,
                 )  # fmt: skip
                 print(json.dumps(dataclasses.asdict(address)), flush=True)

@@ -496,11 +496,13 @@ async def run_simulator(
     port: int = 0,
     ws_port: int = 0,
     ready_file: Path | None = None,
+    ws_tls: Path | None = None,
     task_status: trio.TaskStatus[SimAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve REST and the WebSocket API until cancelled; ``started(SimAddress)`` once both listen.
 
-    ``ready_file`` (if given) gets the same facts as JSON, written atomically.
+    ``ready_file`` (if given) gets the same facts as JSON, written atomically;
+    ``ws_tls`` (PEM: certificate chain and key) serves the websocket as wss://.
     """
     async with trio.open_nursery() as nursery:
         address = await serve_rest_and_ws(
@@ -514,6 +516,7 @@ async def run_simulator(
             api_key=sim.account.api_key,
             api_secret=sim.account.api_secret,
             ready_file=ready_file,
+            ws_tls=ws_tls,
         )
         logger.info("Binance simulator ready: REST %s, WS API %s", address.rest_url, address.ws_url)
         task_status.started(address)
