@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -90,11 +91,18 @@ def probe_body(exchange: str, rate: int, count: int) -> dict[str, object]:
     return {"rate": rate, "count": count, "probe": True, "qty": str(PROBE_QTY), **PROBES[exchange]}
 
 
-async def bare_client(exchange: str, address: dict[str, str], rate: int, count: int) -> list[int]:
+async def bare_client(
+    exchange: str,
+    address: dict[str, str],
+    rate: int,
+    count: int,
+    authority: Path | None = None,
+) -> list[int]:
     """The floor: a WS client that subscribes as the gateway does and only notes when
     each execution arrives."""
     received: list[int] = []
-    async with open_websocket_url(address["ws_url"]) as ws:
+    context = None if authority is None else ssl.create_default_context(cafile=authority)
+    async with open_websocket_url(address["ws_url"], ssl_context=context) as ws:
         if exchange == "kraken":
             async with KrakenRestClient(
                 address["rest_url"], api_key=address["api_key"], api_secret=address["api_secret"]
@@ -130,11 +138,13 @@ async def bare_client(exchange: str, address: dict[str, str], rate: int, count: 
     return received
 
 
-def run_floor(rate: int, seconds: float, exchange: str = "kraken") -> dict[str, float]:
-    stack = Stack(with_gateway=False, exchange=exchange)
+def run_floor(
+    rate: int, seconds: float, exchange: str = "kraken", *, tls: bool = False
+) -> dict[str, float]:
+    stack = Stack(with_gateway=False, exchange=exchange, tls=tls)
     try:
         count = int(rate * seconds)
-        received = trio.run(bare_client, exchange, stack.address, rate, count)
+        received = trio.run(bare_client, exchange, stack.address, rate, count, stack.authority)
         sent = stack.control("generated", {})["sent_ns"]
         assert isinstance(sent, list)
     finally:
@@ -164,14 +174,28 @@ def cpu_seconds(pid: int) -> float:
 class Stack(LocalStack):
     """The simulator and, unless told otherwise, the gateway, in temporary directories."""
 
-    def __init__(self, *, with_gateway: bool = True, exchange: str = "kraken") -> None:
+    def __init__(
+        self, *, with_gateway: bool = True, exchange: str = "kraken", tls: bool = False
+    ) -> None:
         super().__init__(
             Path(tempfile.mkdtemp(prefix="bench-fills-")),
             Path(tempfile.mkdtemp(prefix="hft-")),
             exchange=exchange,
             log_level="warning",
         )
-        self.start_sim()
+        self.authority: Path | None = None
+        if tls:  # wss://, as in production: a private authority the gateway is told to trust
+            import trustme  # noqa: PLC0415 - a test and bench dependency, not the gateway's
+
+            signer = trustme.CA()
+            served = self.root / "server.pem"
+            signer.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(served))
+            self.authority = self.root / "authority.pem"
+            signer.cert_pem.write_to_path(str(self.authority))
+            self.env["SSL_CERT_FILE"] = str(self.authority)
+            self.start_sim("--ws-tls", str(served))
+        else:
+            self.start_sim()
         if with_gateway:
             self.start_gateway("--reconcile-interval", "3600")
 
@@ -255,13 +279,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--saturation", action="store_true", help="also step up to the limit")
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument(
+        "--tls", action="store_true", help="the stream over wss://, as in production"
+    )
     parser.add_argument("--reader", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reader:
         shm, exchange, expected, out, timeout_s = args.reader
         reader_main(shm, exchange, int(expected), out, float(timeout_s))
         return
-    stack = Stack(exchange=args.exchange)
+    stack = Stack(exchange=args.exchange, tls=args.tls)
     results = []
     try:
         rates = [int(r) for r in args.rates.split(",")]
@@ -271,7 +298,7 @@ def main() -> None:
             print(f"{rate} fills/s for {args.seconds} s ...", flush=True)
             result = run_rate(stack, rate, args.seconds)
             if rate <= FLOOR_MAX_RATE:
-                floor = run_floor(rate, min(args.seconds, 3.0), args.exchange)
+                floor = run_floor(rate, min(args.seconds, 3.0), args.exchange, tls=args.tls)
                 result["floor_median_us"] = floor["median_us"]
                 result["floor_p99_us"] = floor["p99_us"]
             results.append(result)
@@ -284,7 +311,8 @@ def main() -> None:
     lines = [
         f"Command: `python tools/bench_fills.py --exchange {args.exchange} --rates {args.rates} "
         f"--seconds {args.seconds}"
-        f"{' --saturation' if args.saturation else ''}`; {os.cpu_count()} CPUs; simulator, "
+        f"{' --saturation' if args.saturation else ''}{' --tls' if args.tls else ''}`; "
+        f"{os.cpu_count()} CPUs; {'wss' if args.tls else 'ws'}://; simulator, "
         "gateway and reader are three processes. Latency runs from the simulator handing "
         "the execution to its socket; the floor is a bare WS client on the same simulator.",
         "",
