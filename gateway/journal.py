@@ -27,18 +27,23 @@ thread.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 import cbor2
 
 from gateway.errors import JournalCorruptError, JournalWriteError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +363,9 @@ class Journal:
         Call it with nothing pending (right after a commit). Blocking.
         """
         assert not self._pending, "commit before snapshotting"
-        self._start_from_snapshot(cbor2.dumps(ledger_data), self.next_seq)
+        # Encoded straight into the file: a snapshot with both caches full is ~17 MB, and
+        # holding it whole as bytes was the gateway's peak memory.
+        self._start_from_snapshot(partial(cbor2.dump, ledger_data), self.next_seq)
         logger.info("journal %s: snapshot at event %d", self.directory, self.next_seq)
 
     def rebase(self, snapshot_body: bytes, seq: int) -> None:
@@ -368,19 +375,25 @@ class Journal:
         appended is number ``seq``. Blocking.
         """
         self._pending.clear()
-        self._start_from_snapshot(snapshot_body, seq, keep_later=False)
+        self._start_from_snapshot(lambda out: out.write(snapshot_body), seq, keep_later=False)
         self.next_seq = self.synced_seq = seq
 
-    def _start_from_snapshot(self, body: bytes, seq: int, *, keep_later: bool = True) -> None:
+    def _start_from_snapshot(
+        self, write_body: Callable[[BinaryIO], object], seq: int, *, keep_later: bool = True
+    ) -> None:
         path = self.directory / f"snapshot-{seq:0{_SEQ_DIGITS}d}.cbor"
         tmp = path.with_suffix(".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                # Header and body apart: a snapshot is megabytes, and each copy of it
-                # made to prepend a header stays resident (gateway/memory.py).
-                _write_all(fd, SNAPSHOT_MAGIC + RECORD_HEADER.pack(len(body), zlib.crc32(body)))
-                _write_all(fd, body)
+                # The body first, after room for the header, which needs its length and
+                # checksum: no copy of a snapshot of megabytes is ever held whole.
+                os.lseek(fd, len(SNAPSHOT_MAGIC) + RECORD_HEADER.size, os.SEEK_SET)
+                sink = _ChecksummedSink(fd)
+                with io.BufferedWriter(sink, _SNAPSHOT_CHUNK) as out:
+                    write_body(out)
+                header = SNAPSHOT_MAGIC + RECORD_HEADER.pack(sink.length, sink.crc)
+                _write_all_at(fd, header, 0)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -456,7 +469,32 @@ def _read_snapshot(path: Path) -> dict[str, object]:
     return body
 
 
-def _write_all(fd: int, data: bytes) -> None:
+_SNAPSHOT_CHUNK: Final = 1 << 20
+
+
+class _ChecksummedSink(io.RawIOBase):
+    """Writes to ``fd`` where it stands, keeping the length and CRC-32 of what passed."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.length = 0
+        self.crc = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Buffer) -> int:
+        view = memoryview(data)
+        self.crc = zlib.crc32(view, self.crc)
+        self.length += len(view)
+        _write_all(self._fd, view)
+        return len(view)
+
+    def close(self) -> None:
+        super().close()  # the descriptor stays open: its owner closes it
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

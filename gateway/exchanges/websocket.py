@@ -38,6 +38,7 @@ import trio
 
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024  # Kraken's 50-trade snapshot is ~50 KB
 READ_AHEAD_BYTES: Final = 64 * 1024 * 1024
+MAX_FRAGMENTS: Final = 1024
 HANDSHAKE_TIMEOUT_S: Final = 10.0
 CLOSE_TIMEOUT_S: Final = 1.0
 RECEIVE_BYTES: Final = 256 * 1024
@@ -249,6 +250,10 @@ class FrameParser:
         elif opcode == OP_CONTINUATION:
             if self._fragments is None:
                 raise _FrameError(CLOSE_PROTOCOL_ERROR, "a continuation of no message")
+            if len(self._fragments) >= MAX_FRAGMENTS:
+                # Legal, but no exchange splits a message so finely: parsing frames of a
+                # byte each would cost seconds of CPU a message.
+                raise _FrameError(CLOSE_TOO_BIG, f"a message in over {MAX_FRAGMENTS} fragments")
             self._fragments.append(payload)
             self._fragment_bytes += len(payload)
             if fin:

@@ -313,6 +313,10 @@ HOSTILE_FRAMES = {
         frame(OP_TEXT, b"x" * 600, fin=False) + frame(OP_CONTINUATION, b"x" * 600),
         CLOSE_TOO_BIG,
     ),
+    "a message in 2,000 fragments": (
+        frame(OP_TEXT, b"x", fin=False) + frame(OP_CONTINUATION, b"", fin=False) * 2000,
+        CLOSE_TOO_BIG,
+    ),
     "a close of one byte": (frame(OP_CLOSE, b"\x03"), CLOSE_PROTOCOL_ERROR),
     "a close with code 1005 on the wire": (frame(OP_CLOSE, close_payload(1005)), 1002),
     "a close reason not UTF-8": (frame(OP_CLOSE, b"\x03\xe8\xff"), CLOSE_INVALID_DATA),
