@@ -415,15 +415,26 @@ class WebSocket:
                 if self._parser.closed is None:
                     self._parser.closed = closed
                 raise closed from None
+            except trio.Cancelled:
+                # Part of a frame may be out: nothing may follow it, not even a close frame.
+                self._close_sent = True
+                if self._parser.closed is None:
+                    self._parser.closed = ConnectionClosedError(
+                        CLOSE_ABNORMAL, "a send was cancelled midway"
+                    )
+                raise
 
     async def aclose(self) -> None:
-        """Send a close frame if none was sent (at most ``CLOSE_TIMEOUT_S``), then close."""
-        with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+        """Send a close frame if none was sent, then close: at most ``CLOSE_TIMEOUT_S``, after
+        which the stream is closed at once (a peer that reads nothing cannot hold it open)."""
+        with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True) as grace:
             if not self._close_sent:
                 self._parser.fail(CLOSE_NORMAL, "closed by the client")
                 with suppress(ConnectionClosedError):
                     await self._send(self._parser.take_outgoing())
             await self._stream.aclose()
+        if grace.cancelled_caught:
+            await trio.aclose_forcefully(self._stream)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from gateway.exchanges.websocket import (
     FrameParser,
     HandshakeError,
     HandshakeRejectedError,
+    WebSocket,
     accept_key,
     close_payload,
     frame,
@@ -377,6 +378,65 @@ async def test_pings_inside_a_fragmented_message_are_answered_in_order() -> None
         (OP_PONG, b"two"),
         (OP_CLOSE, close_payload(1001)),
     ]
+
+
+async def test_closing_against_a_peer_that_reads_nothing_takes_at_most_the_grace() -> None:
+    """Another task's send is stuck on full buffers: the close waits 1 s, then closes anyway."""
+    peer_saw_the_end = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        key = await read_request(stream)
+        await stream.send_all(switching(key))
+        await trio.sleep(2.5)  # reads nothing meanwhile: the client's sends back up
+        with suppress(trio.BrokenResourceError):
+            while await stream.receive_some(1 << 20):
+                pass
+        peer_saw_the_end.set()
+
+    async def stuck_send(ws: WebSocket) -> None:
+        with suppress(ConnectionClosedError):
+            await ws.send_message(b"x" * (64 << 20))  # never fits the buffers
+
+    async with raw_server(handler) as url, open_websocket(url) as ws:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stuck_send, ws)
+            await trio.sleep(0.3)
+            started = trio.current_time()
+            await ws.aclose()
+            assert trio.current_time() - started < 1.5
+        with trio.fail_after(10):
+            await peer_saw_the_end.wait()
+
+
+async def test_after_a_cancelled_send_nothing_follows_the_partial_frame() -> None:
+    """A frame cut short by cancellation ends the connection: a close frame after it would
+    be read as the cut frame's payload."""
+    received: list[bytes] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        key = await read_request(stream)
+        await stream.send_all(switching(key))
+        await trio.sleep(2)
+        data = bytearray()
+        with suppress(trio.BrokenResourceError):
+            while chunk := await stream.receive_some(1 << 20):
+                data += chunk
+        received.append(bytes(data))
+
+    async with raw_server(handler) as url:
+        async with open_websocket(url) as ws:
+            with trio.move_on_after(1):  # well after the first bytes, long before the last
+                await ws.send_message(b"x" * (32 << 20))
+            with pytest.raises(ConnectionClosedError, match="cancelled midway"):
+                await ws.send_message("after it")
+        with trio.fail_after(10):
+            while not received:
+                await trio.sleep(0.05)
+    data = received[0]
+    assert data[0] == 0x82 and data[1] == 0x80 | 127  # one binary frame, 64-bit length
+    mask, payload = data[10:14], data[14:]
+    assert 0 < len(payload) < 32 << 20
+    assert masked(payload, mask) == b"x" * len(payload)  # its payload, and nothing after
 
 
 async def test_a_connection_dropped_without_a_close_frame_is_1006() -> None:
