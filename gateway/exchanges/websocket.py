@@ -36,6 +36,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from gateway.errors import only_leaf
+
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024  # Kraken's 50-trade snapshot is ~50 KB
 READ_AHEAD_BYTES: Final = 64 * 1024 * 1024
 MAX_FRAGMENTS: Final = 1024
@@ -358,7 +360,8 @@ class WebSocket:
 
         Pings are answered meanwhile. Past a limit, reading pauses and TCP
         pushes back. A failure of the connection is kept for the next
-        :meth:`get_message`, never raised into the body.
+        :meth:`get_message`, never raised into the body; what the body raises
+        comes out as it is, not in an exception group.
         """
         if self._read_ahead_done is not None:
             raise RuntimeError("already reading ahead")
@@ -370,6 +373,14 @@ class WebSocket:
                     yield
                 finally:
                     nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The reader raises nothing (it keeps a failure for the next read), so the
+            # group holds the body's own exception: raised as the body raised it, for
+            # callers that handle a failed catch-up by its type.
+            leaf = only_leaf(group)
+            if leaf is None:
+                raise
+            raise leaf from None
         finally:
             self._read_ahead_done = None
             done.set()
@@ -588,12 +599,10 @@ async def open_websocket(
         except (trio.BrokenResourceError, OSError) as exc:
             await trio.aclose_forcefully(stream)
             raise HandshakeError(f"the handshake failed: {_broken(exc)}") from exc
-        except BaseException:
+        except BaseException:  # the timeout's Cancelled too: the stream is closed either way
             await trio.aclose_forcefully(stream)
             raise
     if timeout.cancelled_caught:
-        if "stream" in locals():
-            await trio.aclose_forcefully(stream)
         raise HandshakeError(f"no websocket handshake within {handshake_timeout_s:g} s")
     parser = FrameParser(max_message_bytes)
     websocket = WebSocket(stream, parser)

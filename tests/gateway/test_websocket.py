@@ -234,6 +234,15 @@ async def test_reading_ahead_stops_at_its_byte_limit() -> None:
         assert len([await ws.get_message() for _ in range(20)]) == 20
 
 
+async def test_what_the_body_of_reading_ahead_raises_comes_out_as_it_is() -> None:
+    """A failed catch-up is handled by its type (a reconnect), not as an exception group."""
+    async with frames_server(frame(OP_TEXT, b"kept")) as url, open_websocket(url) as ws:
+        with pytest.raises(LookupError, match="catch-up refused"):
+            async with ws.reading_ahead(limit_messages=10):
+                raise LookupError("catch-up refused")
+        assert await ws.get_message() == "kept"  # and the connection is still usable
+
+
 async def test_a_dropped_connection_during_reading_ahead_reaches_the_next_read() -> None:
     async def handler(stream: trio.SocketStream) -> None:
         key = await read_request(stream)

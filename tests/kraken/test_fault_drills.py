@@ -225,3 +225,31 @@ def test_state_directory_full_mid_run_then_space_returns(stack: KrakenStack) -> 
     finally:
         stack.stop()
         subprocess.run(["umount", "-l", str(state)], capture_output=True, check=False)
+
+
+def test_a_refused_catch_up_is_tried_again_on_a_new_connection(stack: KrakenStack) -> None:
+    """Kraken refuses the TradesHistory catch-up (an error not worth retrying in place)
+    twice: each connection is dropped and made again, and the gap closes once it answers.
+    The catch-up runs while the connection is read ahead; its failure must reach the
+    session as itself (once it came out as an exception group and stopped the gateway)."""
+    stack.start_gateway(*QUICK)
+    stack.control("trade-generator", {"rate": 100, "count": 10, "userrefs": [2]})
+    wait_until(lambda: stack.control("state")["orders"] == 10, 30, "the first trades")
+    wait_until(lambda: settled(stack), 30, "the first trades applied")
+    assert stack.stop_gateway() == 0
+    # More than the 50-trade snapshot holds: the restart must ask TradesHistory for the rest.
+    stack.control("trade-generator", {"rate": 400, "count": 120, "userrefs": [2, 3]})
+    wait_until(lambda: stack.control("state")["orders"] == 130, 30, "the trades while down")
+    stack.control("fail-rest", {
+        "count": 2, "error": "EGeneral:Invalid arguments", "method": "TradesHistory",
+        "skip": 1,  # the start's permission probe
+    })  # fmt: skip
+    gateway = stack.start_gateway(*QUICK)
+    wait_until(lambda: settled(stack), 60, "the gateway to agree with the exchange")
+    assert_matches_simulator(stack)
+    assert gateway.poll() is None
+    log = stack.log("gateway")
+    refused = "stream failed: KrakenAPIError: TradesHistory: EGeneral:Invalid arguments"
+    assert log.count(refused) == 2
+    status = stack.status()
+    assert int(str(status["fills_caught_up"])) > 0 and status["corrections"] == 0

@@ -62,6 +62,8 @@ class FaultPlan:
     count: int = 0
     error: str = "EService:Unavailable"
     status: int | None = None
+    method: str | None = None  # only this API method's calls fail; None: every one
+    skip: int = 0  # so many of those calls are answered first
 
 
 # Key permissions as Kraken names them, and the private methods each allows.
@@ -339,6 +341,8 @@ async def _control(
             int(str(body.get("count", 1))),
             str(body.get("error", "EService:Unavailable")),
             int(str(status)) if status is not None else None,
+            str(body["method"]) if "method" in body else None,
+            int(str(body.get("skip", 0))),
         )
         return {"failing": sim.faults.count}
     if name == "trade-generator":
@@ -489,7 +493,10 @@ async def _route(
             )
         if len(parts) != 3 or parts[0] != "0" or parts[1] not in ("public", "private"):
             return 404, {"error": ["EGeneral:Unknown method"]}
-        if sim.faults.count > 0:
+        faults = sim.faults
+        if faults.count > 0 and faults.method in (None, parts[2]) and faults.skip > 0:
+            faults.skip -= 1
+        elif faults.count > 0 and faults.method in (None, parts[2]):
             sim.faults.count -= 1
             if sim.faults.status is not None:
                 return sim.faults.status, "<html><body>upstream unavailable</body></html>"
