@@ -473,7 +473,9 @@ _SNAPSHOT_CHUNK: Final = 1 << 20
 
 
 class _ChecksummedSink(io.RawIOBase):
-    """Writes to ``fd`` where it stands, keeping the length and CRC-32 of what passed."""
+    """Writes to ``fd`` where it stands, keeping the length and CRC-32 of what passed.
+
+    Closing it leaves ``fd`` open: its owner closes it."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
@@ -489,9 +491,6 @@ class _ChecksummedSink(io.RawIOBase):
         self.length += len(view)
         _write_all(self._fd, view)
         return len(view)
-
-    def close(self) -> None:
-        super().close()  # the descriptor stays open: its owner closes it
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

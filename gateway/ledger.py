@@ -498,21 +498,24 @@ class Ledger:
         The journal records what :meth:`apply_fill` booked; replayed on the
         same state, the same checks pass, so this is that fill applied again.
         """
-        if self.applied.seen(exec_id, timestamp_ns):
+        if not self._replayable(exec_id, timestamp_ns, slot):
             return None
-        if self.fill_slot(slot) != slot:  # no fill books to any other slot
-            raise ValueError(f"a journalled fill booked to slot {slot}")
         return self._book(exec_id, timestamp_ns, slot, booked)
 
     def replay_booked_fill(
         self, exec_id: str, timestamp_ns: int, slot: int, booked: tuple[tuple[str, int], ...]
     ) -> None:
         """:meth:`apply_booked_fill` for a restart, which needs no outcome (a tenth of the cost)."""
+        if self._replayable(exec_id, timestamp_ns, slot):
+            self._move(exec_id, timestamp_ns, slot, booked)
+
+    def _replayable(self, exec_id: str, timestamp_ns: int, slot: int) -> bool:
+        """Not applied yet; raises ValueError for a slot no fill books to."""
         if self.applied.seen(exec_id, timestamp_ns):
-            return
+            return False
         if self.fill_slot(slot) != slot:
             raise ValueError(f"a journalled fill booked to slot {slot}")
-        self._move(exec_id, timestamp_ns, slot, booked)
+        return True
 
     def _book(
         self, exec_id: str, timestamp_ns: int, slot: int, booked: tuple[tuple[str, int], ...]

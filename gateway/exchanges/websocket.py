@@ -318,10 +318,6 @@ class WebSocket:
         self._send_lock = trio.Lock()
         self._close_sent = False
 
-    @property
-    def closed(self) -> ConnectionClosedError | None:
-        return self._parser.closed
-
     def pending(self) -> int:
         """Messages read but not yet taken."""
         return len(self._parser.messages)

@@ -494,13 +494,14 @@ async def _route(
         if len(parts) != 3 or parts[0] != "0" or parts[1] not in ("public", "private"):
             return 404, {"error": ["EGeneral:Unknown method"]}
         faults = sim.faults
-        if faults.count > 0 and faults.method in (None, parts[2]) and faults.skip > 0:
-            faults.skip -= 1
-        elif faults.count > 0 and faults.method in (None, parts[2]):
-            sim.faults.count -= 1
-            if sim.faults.status is not None:
-                return sim.faults.status, "<html><body>upstream unavailable</body></html>"
-            return 200, {"error": [sim.faults.error]}
+        if faults.count > 0 and faults.method in (None, parts[2]):
+            if faults.skip > 0:
+                faults.skip -= 1
+            else:
+                faults.count -= 1
+                if faults.status is not None:
+                    return faults.status, "<html><body>upstream unavailable</body></html>"
+                return 200, {"error": [faults.error]}
         if parts[1] == "public":
             return 200, {"error": [], "result": _public(sim, parts[2])}
         if method != "POST":
