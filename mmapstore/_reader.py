@@ -236,6 +236,24 @@ class StoreReader:
         self._release()
         self._open()
 
+    def _follow_successor(self, currency: str) -> None:
+        """Map the file that replaced a retired one, or refuse a file retired in place.
+
+        A writer retires a file only after renaming its successor over the path,
+        so a retired mark on the file the path still holds is damage (or a
+        crafted file): re-opening it would spin forever.
+
+        Raises:
+            StoreCorruptError: the path still holds the retired file.
+            StoreNotFoundError: the path holds no file now.
+        """
+        if not self._replaced_on_disk() and self.path.exists():
+            raise StoreCorruptError(
+                f"{self.path}: the {currency} record is marked retired, "
+                "but no newer file has replaced it"
+            )
+        self._reopen()
+
     # -- directory ----------------------------------------------------------------
 
     @property
@@ -435,7 +453,7 @@ class StoreReader:
                 return result
             seq = self._words[entry[0]]
             if seq == RETIRED_SEQ or self._words[H_STATE] == WriterState.RETIRED:
-                self._reopen()
+                self._follow_successor(entry[3])
                 continue
             spins += 1
             if spins % 32 == 0:

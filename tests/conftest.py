@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# `make test` replays the same examples every run, so a change is judged on
+# known inputs and CI cannot fail on a draw no one can repeat; `make fuzz`
+# (HFT_FUZZ_EXAMPLES set) draws new ones, and what it finds becomes a test.
+settings.register_profile("make-test", derandomize=True)
+settings.register_profile("fuzz", derandomize=False)
+settings.load_profile("fuzz" if "HFT_FUZZ_EXAMPLES" in os.environ else "make-test")
 
 STORE_WORKER = Path(__file__).parent / "mmapstore" / "store_worker.py"
 

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clients import StrategyBalanceManager
-from mmapstore import StoreError, StoreReader, StoreWriter
-from mmapstore._layout import HEADER_SIZE
+from mmapstore import StoreCorruptError, StoreError, StoreReader, StoreWriter
+from mmapstore._layout import H_STATE, HEADER_SIZE, RETIRED_SEQ, WriterState, unpack_header
 
 STRATEGIES = 4
 # A short run in `make test`; `make fuzz` sets HFT_FUZZ_EXAMPLES for a long one.
@@ -126,6 +126,33 @@ def test_writer_pid_beyond_any_pid_and_a_non_ascii_name(valid: bytes, tmp_path: 
         crafted = bytearray(valid)
         crafted[offset : offset + 8] = b"\xff" * 8
         _check(path, bytes(crafted))
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("mark", "words"),
+    [
+        ("a record's sequence retired", {"record": RETIRED_SEQ}),
+        ("the file retired, a record mid-write", {"state": WriterState.RETIRED, "record": 7}),
+    ],
+)
+def test_a_file_marked_retired_but_still_at_its_path_is_refused(
+    valid: bytes, tmp_path: Path, mark: str, words: dict[str, int]
+) -> None:
+    """A retired mark sends readers to the file that replaced this one; there is none.
+
+    CI found it: a record whose sequence read ``2**64 - 1`` made every read
+    re-open the same file for ever.
+    """
+    data = bytearray(valid)
+    record_at = unpack_header(valid, file_size=len(valid), path="valid").geometry.record_offset(0)
+    struct.pack_into("<Q", data, record_at, words["record"])
+    if "state" in words:
+        struct.pack_into("<Q", data, H_STATE * 8, words["state"])
+    with StoreReader(_write(tmp_path / "hft.kraken.balance", bytes(data))) as reader:
+        currency = reader.currencies()[0]
+        with pytest.raises(StoreCorruptError, match="marked retired, but no newer file"):
+            reader.record(currency)
 
 
 def _write(path: Path, data: bytes) -> Path:
