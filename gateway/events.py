@@ -296,12 +296,11 @@ def replay_event(ledger: Ledger, data: bytes) -> None:
     """``apply_event(ledger, decode_event(data))`` for a restart, which needs no outcome.
 
     A booked fill, nearly every record of a busy journal, goes straight to
-    :meth:`Ledger.replay_booked_fill`: :meth:`Ledger.apply_booked_fill`, which
-    ``apply_event`` calls for it, without the outcome.
+    :meth:`Ledger.replay_booked_fill` in the columns it is checked into.
     """
     item = cbor2.loads(data)
     if type(item) is list:
-        ledger.replay_booked_fill(*_booking(item))
+        ledger.replay_booked_fill(*_booked_columns(item))
     else:
         apply_event(ledger, _decode_map(item, data))
 
@@ -310,39 +309,57 @@ def fill_of(data: bytes) -> Fill | None:
     """The fill a journal record holds, with its decimals (for audits); None if not a fill."""
     item = cbor2.loads(data)
     if type(item) is list:
-        _booking(item)
+        _booked_columns(item)
         item = cbor2.loads(item[5])
     event = _decode_map(item, data)
     return event.fill if isinstance(event, FillApplied) else None
 
 
 def _booking(item: list[object]) -> tuple[str, int, int, tuple[tuple[str, int], ...]]:
-    """A booked fill record's ``(exec_id, timestamp_ns, slot, booked)``, checked for shape
-    (it passed its checksum: a bad shape is a bug or tampering, and the start must stop)."""
-    if len(item) != 6 or item[0] != _BOOKED_FILL or type(item[5]) is not bytes:
+    """A booked fill record's ``(exec_id, timestamp_ns, slot, booked)``."""
+    exec_id, timestamp_ns, slot, currencies, changes = _booked_columns(item)
+    return exec_id, timestamp_ns, slot, tuple(zip(currencies, changes, strict=True))
+
+
+def _booked_columns(item: list[object]) -> tuple[str, int, int, list[str], list[int]]:
+    """A booked fill record's ``(exec_id, timestamp_ns, slot, currencies, changes)``,
+    checked for shape (it passed its checksum: a bad shape is a bug or tampering, and the
+    start must stop). Two columns, not pairs: a restart applies them without a tuple each."""
+    try:
+        tag, exec_id, timestamp_ns, slot, flat, detail = item
+    except ValueError:
+        raise ValueError("a journal record array is not a booked fill") from None
+    if tag != _BOOKED_FILL or type(detail) is not bytes:
         raise ValueError("a journal record array is not a booked fill")
-    _, exec_id, timestamp_ns, slot, flat, _detail = item
-    if not (isinstance(exec_id, str) and type(timestamp_ns) is int and type(slot) is int):
+    if not (type(exec_id) is str and type(timestamp_ns) is int and type(slot) is int):
         raise ValueError("a fill record without its id, time or slot")
-    if not (isinstance(flat, list) and len(flat) % 2 == 0):
+    if type(flat) is not list or len(flat) % 2:
         raise ValueError("a fill record's changes are not [currency, scaled, ...]")
-    pairs = []
-    for index in range(0, len(flat), 2):
-        currency, scaled = flat[index], flat[index + 1]
-        if type(scaled) is not int or not isinstance(currency, str):
-            currency, scaled = _change(currency, scaled)
-        pairs.append((currency, scaled))
-    return exec_id, timestamp_ns, slot, tuple(pairs)
+    currencies: list[str] = flat[::2]
+    changes: list[int] = flat[1::2]
+    for currency in currencies:
+        if type(currency) is not str:
+            raise ValueError("a fill record's change is not [currency, scaled]")
+    for index, scaled in enumerate(changes):
+        if type(scaled) is not int:
+            changes[index] = _scaled(scaled)
+    return exec_id, timestamp_ns, slot, currencies, changes
 
 
 def _change(currency: object, scaled: object) -> tuple[str, int]:
-    if isinstance(currency, str):
-        if type(scaled) is int:
-            return currency, scaled
-        if type(scaled) is bytes and len(scaled) <= _MAX_SCALED_BYTES:
-            return currency, int.from_bytes(scaled, "big", signed=True)
-        if type(scaled) is str and len(scaled) <= _MAX_SCALED_DIGITS and _SCALED.fullmatch(scaled):
-            return currency, int(scaled)
+    if not isinstance(currency, str):
+        raise ValueError("a fill record's change is not [currency, scaled]")
+    return currency, _scaled(scaled)
+
+
+def _scaled(value: object) -> int:
+    """A scaled change as journalled: an int, its two's-complement bytes, or (earlier) digits."""
+    if type(value) is int:
+        return value
+    if type(value) is bytes and len(value) <= _MAX_SCALED_BYTES:
+        return int.from_bytes(value, "big", signed=True)
+    if type(value) is str and len(value) <= _MAX_SCALED_DIGITS and _SCALED.fullmatch(value):
+        return int(value)
     raise ValueError("a fill record's change is not [currency, scaled]")
 
 

@@ -106,17 +106,26 @@ def scan_records(data: bytes, max_record: int = MAX_RECORD_BYTES) -> Scan:
 
     ``max_record`` guards the journal against reading a corrupt length as a huge
     record; a snapshot, one record as large as its file, passes its own size.
+    The loop is :func:`_record_at` inlined (a restart reads every record):
+    that function only names what stopped it.
     """
     records: list[bytes] = []
+    append, unpack, crc32 = records.append, RECORD_HEADER.unpack_from, zlib.crc32
+    size, header = len(data), RECORD_HEADER.size
     pos = 0
-    while pos < len(data):
-        end, problem = _record_at(data, pos, max_record)
-        if end < 0:
-            if data.count(0, pos) != len(data) - pos:
-                return Scan(records, pos, problem)
-            break  # zeros to the end: space allocated ahead, nothing was written there
-        records.append(data[pos + RECORD_HEADER.size : end])
+    while pos <= size - header:
+        length, crc = unpack(data, pos)
+        end = pos + header + length
+        if not 0 < length <= max_record or end > size:
+            break
+        payload = data[pos + header : end]
+        if crc32(payload) != crc:
+            break
+        append(payload)
         pos = end
+    if pos < size and data.count(0, pos) != size - pos:
+        return Scan(records, pos, _record_at(data, pos, max_record)[1])
+    # Zeros to the end are space allocated ahead: nothing was written there.
     return Scan(records, pos, "")
 
 
@@ -236,17 +245,18 @@ class Journal:
                         f"write; nothing was changed (run `gateway journal verify`, then "
                         f"`gateway journal salvage` to keep every sound record)"
                     )
-            for payload in scan.records:
-                if seq >= snapshot_seq:
-                    try:
-                        replay(payload)
-                    except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError) as exc:
-                        raise JournalCorruptError(
-                            f"{segment.name}: event {seq} passed its checksum but cannot be "
-                            f"applied: {exc}"
-                        ) from exc
-                    report.replayed += 1
-                seq += 1
+            after_snapshot = scan.records[max(0, snapshot_seq - first) :]
+            seq = first + len(scan.records) - len(after_snapshot)
+            try:
+                for payload in after_snapshot:
+                    replay(payload)
+                    seq += 1
+            except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError) as exc:
+                raise JournalCorruptError(
+                    f"{segment.name}: event {seq} passed its checksum but cannot be "
+                    f"applied: {exc}"
+                ) from exc
+            report.replayed += len(after_snapshot)
             last_segment, records_end = segment, scan.good_end
             if scan.problem:
                 report.dropped_bytes = len(data) - scan.good_end

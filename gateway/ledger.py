@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import decimal
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -157,9 +157,15 @@ class AppliedFills:
         return 0 < timestamp_ns <= self.watermark_ns
 
     def add(self, exec_id: str, timestamp_ns: int) -> None:
-        if exec_id not in self.ids:
+        ids = self.ids
+        if exec_id not in ids:
             self.order.append(exec_id)
-        self.ids[exec_id] = timestamp_ns
+        ids[exec_id] = timestamp_ns
+        if len(ids) > self.capacity:
+            self.forget_oldest()
+
+    def forget_oldest(self) -> None:
+        """Forget ids past ``capacity``, oldest first, raising the watermark to them."""
         while len(self.order) > self.capacity:
             oldest = self.order.popleft()
             self.watermark_ns = max(self.watermark_ns, self.ids.pop(oldest))
@@ -503,11 +509,37 @@ class Ledger:
         return self._book(exec_id, timestamp_ns, slot, booked)
 
     def replay_booked_fill(
-        self, exec_id: str, timestamp_ns: int, slot: int, booked: tuple[tuple[str, int], ...]
+        self,
+        exec_id: str,
+        timestamp_ns: int,
+        slot: int,
+        currencies: Sequence[str],
+        changes: Sequence[int],
     ) -> None:
-        """:meth:`apply_booked_fill` for a restart, which needs no outcome (a tenth of the cost)."""
-        if self._replayable(exec_id, timestamp_ns, slot):
-            self._move(exec_id, timestamp_ns, slot, booked)
+        """:meth:`apply_booked_fill` for a restart, which needs no outcome.
+
+        :meth:`_replayable`, :meth:`_move` and ``AppliedFills.add`` in one
+        call, without the report of slots gone negative (the writer reads
+        those from the ledger once it is restored): a restart replays up to a
+        snapshot interval of these, and the four calls were a third of it.
+        """
+        applied = self.applied
+        ids = applied.ids
+        if exec_id in ids or 0 < timestamp_ns <= applied.watermark_ns:
+            return
+        if not (FIRST_STRATEGY <= slot < self.strategy_count or slot == AVAILABLE):
+            raise ValueError(f"a journalled fill booked to slot {slot}")
+        balances = self.balances
+        # One length by construction (one list split in two); strict would cost a fifth.
+        for currency, delta in zip(currencies, changes, strict=False):
+            slots = balances.get(currency) or self._slots_for(currency)
+            slots[TOTAL] += delta
+            slots[slot] += delta
+        applied.order.append(exec_id)
+        ids[exec_id] = timestamp_ns
+        if len(ids) > applied.capacity:
+            applied.forget_oldest()
+        self.last_fill_ns = max(self.last_fill_ns, timestamp_ns)
 
     def _replayable(self, exec_id: str, timestamp_ns: int, slot: int) -> bool:
         """Not applied yet; raises ValueError for a slot no fill books to."""

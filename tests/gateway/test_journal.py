@@ -7,6 +7,7 @@ import os
 from decimal import Decimal
 from pathlib import Path
 
+import cbor2
 import pytest
 
 from gateway import journal_repair
@@ -73,6 +74,20 @@ def test_restore_from_snapshot_then_journal(tmp_path: Path) -> None:
     assert report.replayed == 2
     assert ledger.slots("USD")[2] == 5 * UNIT
     journal.close()
+
+
+def test_a_sound_record_that_cannot_be_applied_stops_the_start_naming_its_event(
+    tmp_path: Path,
+) -> None:
+    """Counted from the journal's start, past the events the snapshot holds."""
+    config = _config(tmp_path)
+    _write_events(config, 5, snapshot_at=1)
+    _, journal, _ = restore_state(config)
+    journal.append(cbor2.dumps(["bf", "T1", 1, 99, [], b""]))  # slot 99: no fill books there
+    journal.commit()
+    journal.close()
+    with pytest.raises(JournalCorruptError, match=r"event 6 passed its checksum but cannot be"):
+        restore_state(config)
 
 
 def test_torn_last_record_is_cut_off(tmp_path: Path) -> None:
