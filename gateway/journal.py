@@ -253,8 +253,7 @@ class Journal:
                     seq += 1
             except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError) as exc:
                 raise JournalCorruptError(
-                    f"{segment.name}: event {seq} passed its checksum but cannot be "
-                    f"applied: {exc}"
+                    f"{segment.name}: event {seq} passed its checksum but cannot be applied: {exc}"
                 ) from exc
             report.replayed += len(after_snapshot)
             last_segment, records_end = segment, scan.good_end
