@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.exchanges.kraken.assets import AssetMap, canonical_from_altname
 from gateway.exchanges.kraken.errors import KrakenProtocolError
@@ -14,6 +17,7 @@ from gateway.exchanges.kraken.parsing import (
     WsExecutions,
     WsHeartbeat,
     WsStatus,
+    _any_timestamp_ns,
     format_timestamp,
     parse_rest_trade,
     parse_timestamp_ns,
@@ -211,6 +215,34 @@ def test_control_messages_parse() -> None:
 def test_timestamps_round_trip_at_microseconds() -> None:
     ns = parse_timestamp_ns("2023-09-22T10:33:05.709993Z")
     assert format_timestamp(ns) == "2023-09-22T10:33:05.709993Z"
+
+
+_STAMP_CHARS = st.sampled_from("0123456789-:.TZ +٣x")
+
+
+@given(
+    st.one_of(
+        st.datetimes(timezones=st.just(UTC)).map(
+            lambda moment: moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        ),
+        st.text(_STAMP_CHARS, min_size=27, max_size=27),
+        st.builds(
+            lambda second, tail: second + tail,
+            st.just("2023-09-22T10:33:05"),
+            st.text(_STAMP_CHARS, min_size=8, max_size=8),
+        ),
+    )
+)
+def test_kraken_timestamps_take_the_short_path_to_the_same_answer(text: str) -> None:
+    """Kraken's own form is parsed by its second, once; anything else as RFC 3339 is."""
+    try:
+        expected: int | None = _any_timestamp_ns(text)
+    except KrakenProtocolError:
+        expected = None
+    try:
+        assert parse_timestamp_ns(text) == expected
+    except KrakenProtocolError:
+        assert expected is None
 
 
 def _ledger() -> Ledger:
