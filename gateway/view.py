@@ -192,7 +192,8 @@ def _condition_lines(state: ViewState) -> list[str]:
         lines.append("OVERDRAWN: a slot is below zero")
     out_of_range = status.get("out_of_range")
     if isinstance(out_of_range, list) and out_of_range:
-        lines.append(f"OUT_OF_RANGE (last values shown): {', '.join(map(str, out_of_range))}")
+        names = ", ".join(map(repr, out_of_range))  # an exchange's name, shown as data
+        lines.append(f"OUT_OF_RANGE (last values shown, or none): {names}")
     elif "OUT_OF_RANGE" in state.conditions:
         lines.append("OUT_OF_RANGE: a balance the store cannot hold (its last values shown)")
     return lines

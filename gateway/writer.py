@@ -60,7 +60,7 @@ from gateway.messages import (
     TransferReceived,
     WriterMessage,
 )
-from mmapstore import INT128_MAX, INT128_MIN, Condition
+from mmapstore import INT128_MAX, INT128_MIN, Condition, StoreFullError, StoreValueError
 
 if TYPE_CHECKING:
     from gateway.journal import Journal
@@ -141,7 +141,7 @@ class WriterCore:
         # Why the journal cannot be written, while it cannot: commands are refused.
         self.journal_error: str | None = None
         self.overdrawn: dict[str, tuple[int, ...]] = {}  # currency -> slots below zero
-        self.out_of_range: set[str] = set()  # currencies the store cannot hold now
+        self.out_of_range: set[str] = set()  # currencies the store cannot hold (or name) now
 
     # -- applying ---------------------------------------------------------------
 
@@ -373,22 +373,31 @@ class WriterCore:
                 del self.overdrawn[currency]
                 logger.info("%s: no slot below zero any more", currency)
             if low < INT128_MIN or high > INT128_MAX:
-                if currency not in self.out_of_range:
-                    self.out_of_range.add(currency)
-                    logger.error(
-                        "%s: a slot is beyond what the store can hold; its record keeps its "
-                        "last values until it is back in range (the ledger stays exact)",
-                        currency,
-                    )
+                self._not_held(
+                    currency,
+                    "a slot is beyond what the store can hold; its record keeps its last "
+                    "values until it is back in range",
+                )
                 continue
-            self.out_of_range.discard(currency)
             index = self._store_index.get(currency)
             if index is None:
-                index = self._store_index[currency] = self.store.add_currency(currency)
+                try:
+                    index = self._store_index[currency] = self.store.add_currency(currency)
+                except (StoreValueError, StoreFullError) as exc:
+                    # A name no record can carry, or no record left: the exchange named it,
+                    # so it is booked all the same; readers cannot see it.
+                    self._not_held(currency, f"the store has no record for it ({exc})")
+                    continue
+            self.out_of_range.discard(currency)
             self.store.publish(index, values)
         if flagged != (bool(self.overdrawn), bool(self.out_of_range)):
             self._set_condition(Condition.OVERDRAWN, bool(self.overdrawn))
             self._set_condition(Condition.OUT_OF_RANGE, bool(self.out_of_range))
+
+    def _not_held(self, currency: str, why: str) -> None:
+        if currency not in self.out_of_range:  # said once, not on every change
+            self.out_of_range.add(currency)
+            logger.error("%r: %s (the ledger and the journal stay exact)", currency, why)
 
     def _note_overdrawn(self, currency: str, values: list[int]) -> None:
         negative = tuple(i for i, v in enumerate(values) if v < 0)

@@ -10,6 +10,7 @@ is the prose version of this module; keep the two in step.
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from dataclasses import dataclass
 from decimal import Decimal
@@ -64,7 +65,9 @@ class Condition(IntFlag):
     JOURNAL_DOWN = 2  # the state directory cannot be written: commands are refused
     REST_DOWN = 4  # the exchange's REST API is failing: no reconciliation
     OVERDRAWN = 8  # a slot is below zero (a withdrawal beyond available, a strategy oversold)
-    OUT_OF_RANGE = 16  # a balance the store cannot hold: that record keeps its last values
+    # A balance the store cannot hold (that record keeps its last values), or a currency
+    # it cannot name or has no record left for (not published).
+    OUT_OF_RANGE = 16
     SOURCE_STALE = 32  # a mirror: its gateway or Redis is out of reach, or it is behind
 
 
@@ -236,14 +239,25 @@ def unpack_entry(buf: Readable, offset: int) -> tuple[str, int, int]:
 
 
 def encode_currency_name(name: str) -> bytes:
-    """The canonical (upper-case ASCII) directory name of a currency."""
-    try:
-        raw = name.upper().encode("ascii")
-    except UnicodeEncodeError:
-        raise StoreValueError(f"currency name {name!r} is not ASCII") from None
-    if not raw or len(raw) > CURRENCY_NAME_MAX or b"\0" in raw:
-        raise StoreValueError(f"currency name must be 1..{CURRENCY_NAME_MAX} characters: {name!r}")
-    return raw
+    """A currency's directory name: a ticker as given, upper-case ASCII letters and
+    digits, dots after the first (``BTC``, ``ETH2.S``), at most ``CURRENCY_NAME_MAX``.
+
+    As given, not upper-cased here: two names that differ only in case (``btc`` and
+    ``BTC``, or a non-ASCII letter that upper-cases to ASCII) must not share one record.
+
+    Raises:
+        StoreValueError: anything else (readers print these names; a name from an
+            exchange is not trusted to be one).
+    """
+    if not _TICKER.fullmatch(name):
+        raise StoreValueError(
+            f"currency name {name[:40]!r} is not a ticker (1..{CURRENCY_NAME_MAX} upper-case "
+            "ASCII letters, digits and dots)"
+        )
+    return name.encode("ascii")
+
+
+_TICKER: Final = re.compile(rf"[A-Z0-9][A-Z0-9.]{{0,{CURRENCY_NAME_MAX - 1}}}", re.ASCII)
 
 
 def payload_struct(strategy_count: int) -> struct.Struct:

@@ -16,7 +16,7 @@ from gateway.errors import BootstrapError, JournalWriteError
 from gateway.ledger import UNIT, BalanceCommand, CommandKind, Fill, Side
 from gateway.messages import CommandReceived, ExchangeHealthChanged
 from gateway.service import Running, restore_state, run_gateway
-from mmapstore import Condition, StoreReader
+from mmapstore import DEFAULT_CAPACITY, Condition, StoreReader
 from tests.gateway.conftest import RawClient
 from tests.gateway.fake_exchange import FakeExchange
 
@@ -207,3 +207,25 @@ async def test_a_fill_beyond_the_stores_range_degrades_that_currency_without_a_c
         await exchange.push_fill(back)
         await _until(lambda: Condition.OUT_OF_RANGE not in reader.writer_status().conditions)
         assert reader.record("USD").exact_all()[:2] == before[:2]
+
+
+async def test_more_currencies_than_the_store_has_records_degrade_only_the_extra_ones(
+    gateway: Running, raw: RawClient, exchange: FakeExchange, config: GatewayConfig
+) -> None:
+    """Found in review: the store's directory full (1,024 records) stopped the writer at
+    the next new currency, and every restart after; now the extra ones are booked, flagged
+    and not published, as a currency the store cannot name is."""
+    with StoreReader(config.store_path) as reader:
+        room = DEFAULT_CAPACITY - len(reader.currencies())
+        for n in range(room + 2):
+            fill = Fill(f"T-many-{n}", f"C{n}", "USD", Side.BUY, Decimal(1), Decimal(1),
+                        userref=2, timestamp_ns=time.time_ns())  # fmt: skip
+            await exchange.push_fill(fill)
+        await _until(lambda: Condition.OUT_OF_RANGE in reader.writer_status().conditions, 20)
+        status = (await raw.json({"cmd": "status"}))["status"]
+        assert isinstance(status, dict)
+        assert status["out_of_range"] == [f"C{room}", f"C{room + 1}"]
+        assert len(reader.currencies()) == DEFAULT_CAPACITY
+        assert reader.record("USD").exact_all()[2] == -(room + 2)  # every USD leg booked
+        assert (await raw.json({"cmd": "query", "currency": f"C{room + 1}"}))["ok"] is True
+        assert reader.writer_status().alive

@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import trio
@@ -17,7 +18,7 @@ from trio_websocket import open_websocket_url
 
 from clients import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, kraken_strategy_balance
 from gateway.exchanges.kraken.rest import KrakenRestClient
-from mmapstore import StoreReader
+from mmapstore import Condition, StoreReader
 from tests.kraken.stack import (
     KrakenStack,
     assert_matches_simulator,
@@ -107,6 +108,37 @@ def test_a_malformed_execution_in_every_snapshot_is_skipped_not_a_reconnect_loop
     assert isinstance(skipped, dict) and skipped["malformed"] >= 4  # the update + 3 snapshots
     assert int(str(status["ws_reconnects"])) == 3
     assert "TBAD00-00000-000000 not booked (malformed)" in stack.log("gateway")
+
+
+def test_a_fill_in_currencies_the_store_cannot_name_is_booked_without_stopping_the_gateway(
+    stack: KrakenStack,
+) -> None:
+    """Found in review: a currency no store record can carry (not ASCII, or longer than 20)
+    stopped the writer at its first publish, and every restart after (the journal
+    replays the fill): the gateway bricked on one message from the exchange."""
+    stack.start_gateway(*QUICK)
+    long_fee_asset = "F" * 25
+    odd = {"exec_type": "trade", "exec_id": "TODD00-00000-000000", "symbol": "ÉTH/USD",
+           "side": "buy", "last_qty": "2", "last_price": "100", "cost": "200",
+           "order_userref": 2, "timestamp": "2026-12-03T10:33:05.709950Z",
+           "fees": [{"asset": long_fee_asset, "qty": "0.5"}]}  # fmt: skip
+    before = int(str(stack.status()["fills_applied"]))
+    stack.control("inject-execution", {"item": odd})
+    wait_until(lambda: stack.status()["fills_applied"] == before + 1, 10, "the fill booked")
+    status = stack.status()
+    assert status["out_of_range"] == [long_fee_asset, "ÉTH"]
+    with stack.reader() as reader:  # its USD leg is published to the order's slot
+        assert reader.slot("USD", 2).exact == Decimal(-200)
+        assert "ÉTH" not in reader.currencies()
+    log = stack.log("gateway")
+    assert "'ÉTH': the store has no record for it" in log and "Traceback" not in log
+    # The journal holds the fill: the restart replays it and starts, flagged the same.
+    assert stack.stop_gateway(signal.SIGTERM) == 0
+    stack.start_gateway(*QUICK)
+    assert stack.status()["out_of_range"] == [long_fee_asset, "ÉTH"]
+    with stack.reader() as reader:
+        assert reader.slot("USD", 2).exact == Decimal(-200)
+        assert reader.writer_status().conditions & Condition.OUT_OF_RANGE
 
 
 def test_a_pair_listed_after_start_is_learnt_by_the_catch_up(stack: KrakenStack) -> None:
