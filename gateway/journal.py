@@ -285,7 +285,15 @@ class Journal:
         return bool(self._pending)
 
     def append(self, payload: bytes) -> None:
-        """Queue one event; it is durable once a commit covering it returns."""
+        """Queue one event; it is durable once a commit covering it returns.
+
+        Raises:
+            ValueError: a record longer than a restart reads back (``MAX_RECORD_BYTES``:
+                it would read as damage). Every edge bounds what it lets in far below
+                this, so this is a bug, stopped before it is written.
+        """
+        if len(payload) > MAX_RECORD_BYTES:
+            raise ValueError(f"a journal record of {len(payload):,} bytes is beyond any event")
         self._pending.append(frame(payload))
         self.next_seq += 1
         self.events_since_snapshot += 1

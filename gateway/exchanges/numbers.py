@@ -11,6 +11,10 @@ import msgspec
 # No amount, price or time an exchange sends is near 1e40 or 1e-40; an exponent of 1e9
 # would stall whoever expands it, so anything outside is refused before it is used.
 MAX_EXPONENT: Final = 40
+# Nor does any carry 50 significant digits (Kraken books 10 decimals, Binance 8). A
+# number of a million digits passes the exponent check (1.000…) and is kept as text in
+# the journal and worked on digit by digit in every product: refused the same way.
+MAX_DIGITS: Final = 50
 
 # msgspec hands each non-integer number's own text to Decimal: exact, and about twice as
 # fast as the standard library's decoder with parse_float=Decimal. Integers past 64 bits
@@ -52,6 +56,17 @@ def exact_decimal(
         raise error(f"{name} is missing or not a number: {str(value)[:40]!r}")
     if not number.is_finite():
         raise error(f"{name} is not finite: {str(value)[:40]!r}")
-    if number and not -MAX_EXPONENT <= number.adjusted() <= MAX_EXPONENT:
+    if not in_bounds(number):
         raise error(f"{name} is out of range: {str(value)[:40]!r}")
     return number
+
+
+def in_bounds(number: Decimal) -> bool:
+    """Finite, within ``MAX_EXPONENT`` and ``MAX_DIGITS``: what an exchange can mean."""
+    return number.is_finite() and (
+        not number
+        or (
+            -MAX_EXPONENT <= number.adjusted() <= MAX_EXPONENT
+            and len(number.as_tuple().digits) <= MAX_DIGITS
+        )
+    )

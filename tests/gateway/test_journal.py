@@ -306,3 +306,12 @@ def test_a_disk_too_full_to_allocate_ahead_still_takes_what_fits(
     ledger, journal, report = restore_state(config)
     assert ledger.slots("USD")[2] == 3 * UNIT and report.dropped_bytes == 0
     journal.close()
+
+
+def test_a_record_longer_than_a_restart_reads_back_is_never_written(tmp_path: Path) -> None:
+    """What the edges bound far below: a record over MAX_RECORD_BYTES would read as damage."""
+    journal, _ = Journal.open(tmp_path / "state", lambda snapshot: None, lambda p: None)
+    with pytest.raises(ValueError, match="beyond any event"):
+        journal.append(b"x" * (MAX_RECORD_BYTES + 1))
+    assert not journal.has_pending and journal.next_seq == 0
+    journal.close()

@@ -141,6 +141,32 @@ def test_a_fill_in_currencies_the_store_cannot_name_is_booked_without_stopping_t
         assert reader.writer_status().conditions & Condition.OUT_OF_RANGE
 
 
+def test_an_execution_of_a_million_digits_is_set_aside_and_the_next_start_reads_the_journal(
+    stack: KrakenStack,
+) -> None:
+    """Found in review: a price of 1.2 million digits (within the exponent bound) was booked
+    and journalled as a record over 1 MiB, which a restart reads as damage: after a crash,
+    with any record after it, the gateway never started again."""
+    stack.start_gateway(*QUICK)
+    long = {"exec_type": "trade", "exec_id": "TLONG0-00000-000000", "symbol": "BTC/USD",
+            "side": "buy", "last_qty": "1", "last_price": "1." + "0" * 1_200_000, "cost": "1",
+            "order_userref": 2, "timestamp": "2026-12-03T10:33:05.709950Z"}  # fmt: skip
+    stack.control("inject-execution", {"item": long})
+
+    def handled() -> bool:
+        status = stack.status()
+        skipped = status["executions_skipped"]
+        return status["fills_applied"] != 0 or (isinstance(skipped, dict) and bool(skipped))
+
+    wait_until(handled, 10, "the execution handled")
+    _allocate(stack, 1)  # a record after it in the journal
+    stack.stop_gateway(signal.SIGKILL)  # a crash: no snapshot at the stop covers it
+    stack.start_gateway(*QUICK)  # fails if the journal reads as damaged
+    status = stack.status()
+    assert status["fills_applied"] == 0 and status["journal"] == "ok"
+    assert "TLONG0-00000-000000 not booked (malformed)" in stack.log("gateway")
+
+
 def test_a_pair_listed_after_start_is_learnt_by_the_catch_up(stack: KrakenStack) -> None:
     stack.start_gateway(*QUICK)
     stack.control(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +23,7 @@ from gateway.exchanges.kraken.parsing import (
     parse_rest_trade,
     parse_timestamp_ns,
     parse_ws_message,
+    parse_ws_message_checked,
 )
 from gateway.exchanges.kraken.signing import NONCE_RESERVE, NonceSource, sign
 from gateway.exchanges.kraken.sim.exchange import public_asset_pairs, public_assets
@@ -302,3 +304,62 @@ def test_order_status_events_are_not_fills(exec_type: str) -> None:
     )
     message = parse_ws_message(item)
     assert isinstance(message, WsExecutions) and message.fills == () and message.skipped == ()
+
+
+def _example_with(**changes: object) -> str:
+    message = json.loads(KRAKEN_EXECUTION_EXAMPLE)
+    message["data"][0].update(changes)
+    return json.dumps(message)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"exec_id": "T" * 65},
+        {"exec_id": "TGBB7L\nHT5LX"},
+        {"order_id": "O" * 100_000},
+        {"last_price": "1." + "0" * 60},  # within the exponent bound, not the digits'
+        {"cost": "1.2" + "3" * 55},
+        {"symbol": "B" * 40 + "/USD"},
+        {"fees": [{"asset": "U" * 33, "qty": "0.1"}]},
+        {"fees": [{"asset": "USD", "qty": "0.01"}] * 9},
+    ],
+    ids=[
+        "long-id",
+        "id-with-newline",
+        "long-order",
+        "digits",
+        "digits-cost",
+        "long-symbol",
+        "long-fee-asset",
+        "nine-fees",
+    ],
+)
+def test_an_execution_beyond_krakens_bounds_is_malformed_on_both_paths(
+    changes: dict[str, object],
+) -> None:
+    """Found in review: ids, names and digits were unbounded, and each is kept (the fill-id
+    window, the journal: a record over 1 MiB reads back as damage and stops the start)."""
+    text = _example_with(**changes)
+    for parse in (parse_ws_message, parse_ws_message_checked):
+        message = parse(text)
+        assert isinstance(message, WsExecutions) and message.fills == ()
+        assert [s.kind for s in message.skipped] == ["malformed"]
+        assert all(len(s.exec_id) <= 64 for s in message.skipped)
+
+
+def test_a_client_order_id_beyond_bounds_is_dropped_not_the_fill() -> None:
+    for parse in (parse_ws_message, parse_ws_message_checked):
+        message = parse(_example_with(cl_ord_id="C" * 65))
+        assert isinstance(message, WsExecutions) and len(message.fills) == 1
+        assert message.fills[0].cl_ord_id is None
+
+
+def test_asset_maps_leave_out_what_is_not_a_name() -> None:
+    assets = {**public_assets(), "X" * 40: {"altname": "X" * 40, "decimals": 8}}
+    pairs = {**public_asset_pairs(), "P" * 40: {"base": "XXBT", "quote": "ZUSD"}}
+    mapping = AssetMap.from_rest(assets, pairs)  # type: ignore[arg-type]
+    assert "X" * 40 not in mapping.assets and "P" * 40 not in mapping.pairs
+    assert mapping.asset("XXBT") == "BTC"
+    with pytest.raises(KrakenProtocolError, match="not an asset or pair name"):
+        mapping.asset("Z" * 33)

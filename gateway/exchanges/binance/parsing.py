@@ -260,6 +260,12 @@ def parse_user_event(event: object, symbols: SymbolMap) -> UserEvent:
     return None  # externalLockUpdate, listStatus …: nothing a balance follows
 
 
+def _is_client_id(value: object) -> bool:
+    """A client order id as Binance allows them (36 characters at most), else dropped:
+    informational, and every fill's is journalled."""
+    return isinstance(value, str) and 0 < len(value) <= _MAX_ID and value.isprintable()
+
+
 def _execution_report(event: Mapping[str, object], symbols: SymbolMap) -> UserFill | None:
     if event.get("x") != "TRADE":
         return None  # NEW, CANCELED, EXPIRED, REPLACED …: no fill in them
@@ -279,7 +285,7 @@ def _execution_report(event: Mapping[str, object], symbols: SymbolMap) -> UserFi
         userref=_strategy(event.get("j")),
         timestamp_ns=_time_ns(event, "T"),
         order_id=str(order_id),
-        cl_ord_id=client_id if isinstance(client_id, str) and client_id.isprintable() else None,
+        cl_ord_id=client_id if _is_client_id(client_id) else None,
     )
     return UserFill(fill)
 

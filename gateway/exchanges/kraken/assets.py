@@ -15,18 +15,41 @@ mix into the spot balance a strategy trades with.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from gateway.exchanges.kraken.errors import KrakenProtocolError
+
+logger = logging.getLogger(__name__)
+
 # WS v2 (and every exchange but Kraken's REST) calls these by their common tickers.
 V2_RENAMES: Final = {"XBT": "BTC", "XDG": "DOGE"}
+# Kraken's longest names (pairs' REST keys, ``XXBTZUSD``) are a dozen characters; every
+# name read is kept (the ledger, the journal), so one beyond this is not a name.
+MAX_NAME: Final = 32
 
 
 def canonical_from_altname(altname: str) -> str:
-    """``XBT`` → ``BTC``; ``XBT.F`` → ``BTC.F``; ``USD`` → ``USD``."""
-    base, dot, suffix = altname.upper().partition(".")
+    """``XBT`` → ``BTC``; ``XBT.F`` → ``BTC.F``; ``USD`` → ``USD``.
+
+    Raises:
+        KrakenProtocolError: not a name (empty, longer than ``MAX_NAME``, or not printable).
+    """
+    base, dot, suffix = checked_name(altname).upper().partition(".")
     return V2_RENAMES.get(base, base) + dot + suffix
+
+
+def checked_name(name: str) -> str:
+    """``name`` if it can be an asset's or a pair's: 1 to ``MAX_NAME`` printable characters.
+
+    Raises:
+        KrakenProtocolError: it cannot.
+    """
+    if not (0 < len(name) <= MAX_NAME and name.isprintable()):
+        raise KrakenProtocolError(f"not an asset or pair name: {name[:40]!r}")
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,15 +82,25 @@ class AssetMap:
         mapping = cls()
         for key, info in assets.items():
             altname = str(info.get("altname") or key)
-            canonical = canonical_from_altname(altname)
+            try:
+                checked_name(key)
+                canonical = canonical_from_altname(altname)
+            except KrakenProtocolError as exc:
+                logger.warning("Kraken's Assets: %s; left out", exc)
+                continue
             mapping.assets[key] = canonical
             mapping.assets.setdefault(altname, canonical)
             decimals = info.get("decimals")
             if isinstance(decimals, int):
                 mapping.decimals[canonical] = decimals
         for key, info in pairs.items():
-            base = mapping.asset(str(info["base"]))
-            quote = mapping.asset(str(info["quote"]))
+            try:
+                checked_name(key)
+                base = mapping.asset(str(info["base"]))
+                quote = mapping.asset(str(info["quote"]))
+            except KrakenProtocolError as exc:
+                logger.warning("Kraken's AssetPairs: %s; left out", exc)
+                continue
             pair = Pair(key, base, quote)
             mapping.pairs[key] = pair
             pair_altname = info.get("altname")
@@ -80,11 +113,14 @@ class AssetMap:
 
         An unknown key keeps its own name (upper-cased, v2 renames applied): a
         new asset must show up, not vanish.
+
+        Raises:
+            KrakenProtocolError: ``rest_key`` is not a name (:func:`checked_name`).
         """
         known = self.assets.get(rest_key)
         if known is not None:
             return known
-        base, dot, suffix = rest_key.partition(".")
+        base, dot, suffix = checked_name(rest_key).partition(".")
         if dot:
             return self.asset(base).partition(".")[0] + dot + suffix.upper()
         return canonical_from_altname(rest_key)

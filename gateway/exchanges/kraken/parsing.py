@@ -29,7 +29,7 @@ import msgspec
 
 from gateway.exchanges.kraken.assets import AssetMap
 from gateway.exchanges.kraken.errors import KrakenProtocolError
-from gateway.exchanges.numbers import MAX_EXPONENT, exact_decimal, loads_exact
+from gateway.exchanges.numbers import exact_decimal, in_bounds, loads_exact
 from gateway.ledger import Fee, Fill, Side, Transfer
 
 EARN_SUFFIX: Final = ".F"  # auto-earn balances, spent through their base asset
@@ -148,6 +148,8 @@ def _execution_fill(item: Mapping[str, object], decimals: Mapping[str, int]) -> 
     fees_raw = item.get("fees") or []
     if not isinstance(fees_raw, list):
         raise KrakenProtocolError("fees is not a list")
+    if len(fees_raw) > MAX_FEES:
+        raise KrakenProtocolError(f"{len(fees_raw)} fees, more than a trade is charged")
     fees = []
     for fee in fees_raw:
         if not isinstance(fee, dict):
@@ -157,9 +159,8 @@ def _execution_fill(item: Mapping[str, object], decimals: Mapping[str, int]) -> 
     userref = item.get("order_userref")
     if userref is not None and (not isinstance(userref, int) or isinstance(userref, bool)):
         raise KrakenProtocolError(f"order_userref is not an integer: {userref!r}")
-    cl_ord_id = item.get("cl_ord_id")
     return Fill(
-        exec_id=_str(item, "exec_id"),
+        exec_id=_id_of(item.get("exec_id"), "exec_id"),
         base=base,
         quote=quote,
         side=Side(side),
@@ -168,8 +169,8 @@ def _execution_fill(item: Mapping[str, object], decimals: Mapping[str, int]) -> 
         fees=tuple(fees),
         userref=userref,
         timestamp_ns=parse_timestamp_ns(item.get("timestamp")),
-        order_id=str(item.get("order_id") or ""),
-        cl_ord_id=cl_ord_id if isinstance(cl_ord_id, str) else None,
+        order_id=_id_of(order_id, "order_id") if (order_id := item.get("order_id")) else "",
+        cl_ord_id=_optional_id(item.get("cl_ord_id")),
         cost=booked(_decimal(item, "cost"), quote, decimals),
     )
 
@@ -356,16 +357,17 @@ def parse_fill_channels(
 def _fast_fill(item: _FastExecution, decimals: Mapping[str, int]) -> Fill | None:
     qty, price, cost = item.last_qty, item.last_price, item.cost
     if (
-        qty is None or price is None or cost is None or not item.exec_id
+        qty is None or price is None or cost is None or not is_printable_id(item.exec_id)
+        or (item.order_id and not is_printable_id(item.order_id)) or len(item.fees or ()) > MAX_FEES
         or item.side not in ("buy", "sell") or item.margin or item.margin_borrow
-        or not (_in_range(qty) and _in_range(price) and _in_range(cost))
+        or not (in_bounds(qty) and in_bounds(price) and in_bounds(cost))
     ):  # fmt: skip
         return None
     try:
         base, quote = AssetMap.split_symbol(item.symbol)
         fees = []
         for fee in item.fees or ():
-            if not fee.asset or not _in_range(fee.qty):
+            if not fee.asset or not in_bounds(fee.qty):
                 return None
             asset = AssetMap.split_symbol(f"{fee.asset}/X")[0]
             fees.append(Fee(asset, booked(fee.qty, asset, decimals)))
@@ -383,14 +385,9 @@ def _fast_fill(item: _FastExecution, decimals: Mapping[str, int]) -> Fill | None
         userref=item.order_userref,
         timestamp_ns=timestamp_ns,
         order_id=item.order_id or "",
-        cl_ord_id=item.cl_ord_id,
+        cl_ord_id=_optional_id(item.cl_ord_id),
         cost=booked(cost, quote, decimals),
     )
-
-
-def _in_range(number: Decimal) -> bool:
-    """What :func:`exact_decimal` accepts: finite, and within its exponents."""
-    return number.is_finite() and (not number or -MAX_EXPONENT <= number.adjusted() <= MAX_EXPONENT)
 
 
 # -- ledger entries: transfers --------------------------------------------------------
@@ -400,15 +397,33 @@ TRADE_ENTRY: Final = "trade"
 # Margin positions do not move spot balances the way the ledger's amount says.
 MARGIN_ENTRIES: Final = frozenset({"margin", "rollover", "settled"})
 _MAX_ID: Final = 64
+# Kraken charges a trade one fee (in the quote currency, or the base on request).
+MAX_FEES: Final = 8
 
 
 def _entry_id(entry: Mapping[str, object], name: str, *, required: bool) -> str:
     value = entry.get(name)
     if value is None and not required:
         return ""
-    if not isinstance(value, str) or not (0 < len(value) <= _MAX_ID) or not value.isprintable():
+    return _id_of(value, name)
+
+
+def _id_of(value: object, name: str) -> str:
+    """An id as Kraken writes them (``TXID2-ABCDE-FGHIJK``): bounded, since ids are kept
+    (the fill-id window holds 50,000, and the journal every one)."""
+    if not isinstance(value, str) or not is_printable_id(value):
         raise KrakenProtocolError(f"{name} is not a printable id: {str(value)[:40]!r}")
     return value
+
+
+def is_printable_id(value: str) -> bool:
+    """What Kraken's ids are: 1-64 printable characters."""
+    return 0 < len(value) <= _MAX_ID and value.isprintable()
+
+
+def _optional_id(value: object) -> str | None:
+    """A client's order id, informational: kept when it is an id, else dropped."""
+    return value if isinstance(value, str) and is_printable_id(value) else None
 
 
 def _transfer(
@@ -546,13 +561,16 @@ def parse_rest_trade(
     if side not in ("buy", "sell"):
         raise KrakenProtocolError(f"trade type is not buy or sell: {side!r}")
     if "posstatus" in trade or ("margin" in trade and _decimal(trade, "margin") != 0):
-        return SkippedExecution(txid, "margin", "a margin trade does not move spot balances")
+        return SkippedExecution(
+            txid[:_MAX_ID], "margin", "a margin trade does not move spot balances"
+        )
     seconds = _decimal(trade, "time")
-    order_id = str(trade.get("ordertxid") or "")
+    ordertxid = trade.get("ordertxid")
+    order_id = _id_of(ordertxid, "ordertxid") if ordertxid else ""
     decimals = assets.decimals
     fee = booked(_decimal(trade, "fee"), pair.quote, decimals)
     return Fill(
-        exec_id=txid,
+        exec_id=_id_of(txid, "txid"),
         base=pair.base,
         quote=pair.quote,
         side=Side(side),

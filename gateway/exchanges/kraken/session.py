@@ -43,6 +43,7 @@ from gateway.exchanges.kraken.parsing import (
     WsHeartbeat,
     WsIgnored,
     WsStatus,
+    is_printable_id,
     parse_balance,
     parse_rest_ledger_entry,
     parse_rest_trade,
@@ -92,7 +93,7 @@ def _parse_rest_trade(
     try:
         return parse_rest_trade(txid, trade, assets, userrefs)
     except KrakenProtocolError as exc:
-        return SkippedExecution(txid, "malformed", str(exc))
+        return SkippedExecution(txid[:64], "malformed", str(exc))
 
 
 class StreamStale(Exception):  # noqa: N818 - a condition that ends one connection
@@ -232,7 +233,11 @@ class KrakenSession:
         totals: dict[str, Decimal] = {}
         for key, value in raw.items():
             amount = parse_balance(key, value)
-            currency = assets.asset(key).removesuffix(EARN_SUFFIX)
+            try:
+                currency = assets.asset(key).removesuffix(EARN_SUFFIX)
+            except KrakenProtocolError as exc:
+                logger.warning("a balance left out: %s", exc)
+                continue
             totals[currency] = totals.get(currency, Decimal(0)) + amount
         return totals
 
@@ -541,7 +546,12 @@ class KrakenSession:
         """Every trade after ``since_ns`` from REST, oldest first, with its order's userref."""
         started = trio.current_time()
         trades = await self._history("trades", self.rest.trades_history, since_ns)
-        order_ids = sorted({str(t.get("ordertxid")) for t in trades.values() if t.get("ordertxid")})
+        # Only ids Kraken could have written are looked up (a trade with another is
+        # set aside as malformed when it is parsed).
+        order_ids = sorted({
+            order_id for t in trades.values()
+            if isinstance(order_id := t.get("ordertxid"), str) and is_printable_id(order_id)
+        })  # fmt: skip
         userrefs: dict[str, int | None] = {}
         for first in range(0, len(order_ids), QUERY_ORDERS_CHUNK):
             self.catch_up = f"orders: {first} of {len(order_ids)} looked up"
