@@ -183,7 +183,8 @@ def test_documented_trade_list_entry_books_with_its_orders_strategy() -> None:
 @pytest.mark.parametrize(
     "changes",
     [{"l": "abc"}, {"L": "1e999999999"}, {"S": "SHORT"}, {"s": "NOPE"}, {"t": "70"},
-     {"T": 10**30}, {"j": "3"}, {"n": "0.1", "N": None}, {"n": "-1", "N": "ETH"}, {"l": "0"}],
+     {"T": 10**30}, {"j": "3"}, {"n": "0.1", "N": None}, {"n": "-1", "N": "ETH"}, {"l": "0"},
+     {"L": "0." + "1" * 1_000_000}, {"n": "0.1", "N": "ETH" * 11}],
 )  # fmt: skip
 def test_a_malformed_trade_is_skipped_with_its_reason_not_raised(
     changes: dict[str, object],
