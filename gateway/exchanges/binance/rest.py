@@ -29,6 +29,7 @@ from gateway.exchanges.binance.errors import (
 )
 from gateway.exchanges.binance.parsing import loads
 from gateway.exchanges.binance.signing import sign_ws_params, signed_query
+from gateway.exchanges.http import ResponseTooLargeError, send_bounded
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,10 @@ class BinanceRestClient:
         url = f"{path}?{query}" if query else path
         self.calls += 1
         try:
-            response = await self._http.request(method, url, headers=headers)
+            request = self._http.build_request(method, url, headers=headers)
+            response, content = await send_bounded(self._http, request)
+        except ResponseTooLargeError as exc:
+            raise BinanceProtocolError(f"{path}: {exc}") from None
         except httpx.TimeoutException as exc:
             raise BinanceTransportError(f"{path}: timed out") from exc
         except httpx.HTTPError as exc:
@@ -148,7 +152,7 @@ class BinanceRestClient:
             self.used_weight = int(weight)
         if response.status_code >= 500:
             raise BinanceTransportError(f"{path}: HTTP {response.status_code}")
-        body = loads(response.content)
+        body = loads(content)
         if response.status_code != 200:
             raise _api_error(path, response, body)
         return body

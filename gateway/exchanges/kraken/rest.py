@@ -27,6 +27,7 @@ import httpx
 import trio
 
 from gateway.errors import ConfigError
+from gateway.exchanges.http import ResponseTooLargeError, send_bounded
 from gateway.exchanges.kraken.errors import (
     KrakenError,
     KrakenProtocolError,
@@ -49,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 KRAKEN_REST_URL: Final = "https://api.kraken.com"
 USER_AGENT: Final = "hft-balance-gateway/0.1"
-Request = Callable[[], Awaitable[httpx.Response]]
+Request = Callable[[], Awaitable[tuple[httpx.Response, bytes]]]
 # Refusals by the API counter are waited out, not failed on: up to this many in a row.
 RATE_LIMIT_RETRIES: Final = 20
 THROTTLE_WAIT_MAX_S: Final = 60.0
@@ -146,8 +147,11 @@ class KrakenRestClient:
         """GET ``/0/public/<method>``; returns ``result``."""
         path = f"/0/public/{method}"
         query = urlencode(list(params.items()) if isinstance(params, Mapping) else params)
+        url = path + ("?" + query if query else "")
         return await self._with_retry(
-            method, lambda: self._http.get(path + ("?" + query if query else "")), paced=False
+            method,
+            lambda: send_bounded(self._http, self._http.build_request("GET", url)),
+            paced=False,
         )
 
     async def private(self, method: str, params: Params = ()) -> object:
@@ -163,7 +167,7 @@ class KrakenRestClient:
         pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
         cost = call_cost(method)
 
-        async def request() -> httpx.Response:
+        async def request() -> tuple[httpx.Response, bytes]:
             # Held until the answer is in, so nonces reach Kraken in the order they were taken.
             async with self._sequencer:
                 wait = self.counter.delay(cost, trio.current_time())
@@ -181,7 +185,10 @@ class KrakenRestClient:
                     "API-Sign": sign(path, nonce, body, self._api_secret),
                     "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
                 }
-                return await self._http.post(path, content=body.encode(), headers=headers)
+                post = self._http.build_request(
+                    "POST", path, content=body.encode(), headers=headers
+                )
+                return await send_bounded(self._http, post)
 
         return await self._with_retry(method, request, paced=True)
 
@@ -227,7 +234,9 @@ class KrakenRestClient:
     async def _once(self, method: str, request: Request) -> object:
         self.calls += 1
         try:
-            response = await request()
+            response, content = await request()
+        except ResponseTooLargeError as exc:
+            raise KrakenProtocolError(f"{method}: {exc}") from None
         except httpx.TimeoutException as exc:
             raise KrakenTransportError(f"{method}: timed out") from exc
         except httpx.TransportError as exc:
@@ -239,7 +248,7 @@ class KrakenRestClient:
             raise KrakenTransportError(f"{method}: HTTP {response.status_code}")
         if response.status_code != 200:
             raise KrakenProtocolError(f"{method}: HTTP {response.status_code}")
-        body = loads(response.content)
+        body = loads(content)
         if not isinstance(body, dict):
             raise KrakenProtocolError(f"{method}: the answer is not an object")
         errors = body.get("error") or []
