@@ -224,8 +224,12 @@ async def test_more_currencies_than_the_store_has_records_degrade_only_the_extra
         await _until(lambda: Condition.OUT_OF_RANGE in reader.writer_status().conditions, 20)
         status = (await raw.json({"cmd": "status"}))["status"]
         assert isinstance(status, dict)
-        assert status["out_of_range"] == [f"C{room}", f"C{room + 1}"]
+        # Which two are left over depends on the order a batch publishes in.
+        flagged = status["out_of_range"]
+        assert isinstance(flagged, list) and len(flagged) == 2
+        assert set(flagged) <= {f"C{n}" for n in range(room + 2)}
+        assert set(flagged).isdisjoint(reader.currencies())
         assert len(reader.currencies()) == DEFAULT_CAPACITY
         assert reader.record("USD").exact_all()[2] == -(room + 2)  # every USD leg booked
-        assert (await raw.json({"cmd": "query", "currency": f"C{room + 1}"}))["ok"] is True
+        assert (await raw.json({"cmd": "query", "currency": flagged[0]}))["ok"] is True
         assert reader.writer_status().alive
