@@ -1,4 +1,4 @@
-"""Numbers from an exchange's JSON: exact, and bounded before any arithmetic."""
+"""Numbers and ids from an exchange's JSON: exact, and bounded before any arithmetic or keeping."""
 
 from __future__ import annotations
 
@@ -20,6 +20,16 @@ MAX_DIGITS: Final = 50
 # fast as the standard library's decoder with parse_float=Decimal. Integers past 64 bits
 # are refused (json would parse a million digits in quadratic time).
 _EXACT_JSON: Final = msgspec.json.Decoder(float_hook=Decimal)
+
+
+# Ids (executions, orders, ledger entries) are kept: in the fill-id window (50,000) and
+# in the journal, every one. The exchanges' own are ~20 characters.
+MAX_ID: Final = 64
+
+
+def is_printable_id(value: str) -> bool:
+    """What an exchange's ids are: 1 to ``MAX_ID`` printable characters."""
+    return 0 < len(value) <= MAX_ID and value.isprintable()
 
 
 def loads_exact(text: str | bytes) -> object:

@@ -55,6 +55,7 @@ async def _serve(stream: trio.SocketStream, handle: Handler) -> None:
         while True:
             request: h11.Request | None = None
             body = bytearray()
+            limit = MAX_BODY_BYTES
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
@@ -65,11 +66,11 @@ async def _serve(stream: trio.SocketStream, handle: Handler) -> None:
                     continue
                 if isinstance(event, h11.Request):
                     request = event
+                    control = request.target.startswith(b"/sim/")
+                    limit = MAX_CONTROL_BODY_BYTES if control else MAX_BODY_BYTES
                 elif isinstance(event, h11.Data):
                     body += event.data
-                    assert request is not None
-                    control = request.target.startswith(b"/sim/")
-                    if len(body) > (MAX_CONTROL_BODY_BYTES if control else MAX_BODY_BYTES):
+                    if len(body) > limit:
                         return
                 elif isinstance(event, h11.EndOfMessage):
                     break

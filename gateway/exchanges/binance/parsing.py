@@ -23,11 +23,10 @@ from decimal import Decimal
 from typing import Final
 
 from gateway.exchanges.binance.errors import BinanceProtocolError
-from gateway.exchanges.numbers import exact_decimal, loads_exact
+from gateway.exchanges.numbers import MAX_ID, exact_decimal, is_printable_id, loads_exact
 from gateway.ledger import Fee, Fill, Side, Transfer
 
 _MAX_NAME: Final = 32  # an asset or symbol name
-_MAX_ID: Final = 64
 _SIDES: Final = {"BUY": Side.BUY, "SELL": Side.SELL}
 # Milliseconds since the epoch, before any multiplication: years 2000 to 2200.
 _MIN_MS: Final = 946_684_800_000
@@ -256,14 +255,8 @@ def parse_user_event(event: object, symbols: SymbolMap) -> UserEvent:
         if kind == "eventStreamTerminated":
             return StreamTerminated()
     except BinanceProtocolError as exc:
-        return Skipped(str(kind)[:_MAX_ID], str(exc))
+        return Skipped(str(kind)[:MAX_ID], str(exc))
     return None  # externalLockUpdate, listStatus …: nothing a balance follows
-
-
-def _is_client_id(value: object) -> bool:
-    """A client order id as Binance allows them (36 characters at most), else dropped:
-    informational, and every fill's is journalled."""
-    return isinstance(value, str) and 0 < len(value) <= _MAX_ID and value.isprintable()
 
 
 def _execution_report(event: Mapping[str, object], symbols: SymbolMap) -> UserFill | None:
@@ -285,7 +278,8 @@ def _execution_report(event: Mapping[str, object], symbols: SymbolMap) -> UserFi
         userref=_strategy(event.get("j")),
         timestamp_ns=_time_ns(event, "T"),
         order_id=str(order_id),
-        cl_ord_id=client_id if _is_client_id(client_id) else None,
+        # Informational, and journalled with every fill: dropped when it is not an id.
+        cl_ord_id=client_id if isinstance(client_id, str) and is_printable_id(client_id) else None,
     )
     return UserFill(fill)
 
@@ -297,7 +291,7 @@ def _balance_update(event: Mapping[str, object]) -> Transfer:
     if not delta:
         raise BinanceProtocolError("a balance update of zero")
     return Transfer(
-        ledger_id=f"{asset}-{cleared_ns // 1_000_000}-{delta}"[:_MAX_ID],
+        ledger_id=f"{asset}-{cleared_ns // 1_000_000}-{delta}"[:MAX_ID],
         ref_id="",
         currency=asset,
         amount=delta,

@@ -29,7 +29,13 @@ import msgspec
 
 from gateway.exchanges.kraken.assets import AssetMap
 from gateway.exchanges.kraken.errors import KrakenProtocolError
-from gateway.exchanges.numbers import exact_decimal, in_bounds, loads_exact
+from gateway.exchanges.numbers import (
+    MAX_ID,
+    exact_decimal,
+    in_bounds,
+    is_printable_id,
+    loads_exact,
+)
 from gateway.ledger import Fee, Fill, Side, Transfer
 
 EARN_SUFFIX: Final = ".F"  # auto-earn balances, spent through their base asset
@@ -396,7 +402,6 @@ def _fast_fill(item: _FastExecution, decimals: Mapping[str, int]) -> Fill | None
 TRADE_ENTRY: Final = "trade"
 # Margin positions do not move spot balances the way the ledger's amount says.
 MARGIN_ENTRIES: Final = frozenset({"margin", "rollover", "settled"})
-_MAX_ID: Final = 64
 # Kraken charges a trade one fee (in the quote currency, or the base on request).
 MAX_FEES: Final = 8
 
@@ -416,11 +421,6 @@ def _id_of(value: object, name: str) -> str:
     return value
 
 
-def is_printable_id(value: str) -> bool:
-    """What Kraken's ids are: 1-64 printable characters."""
-    return 0 < len(value) <= _MAX_ID and value.isprintable()
-
-
 def _optional_id(value: object) -> str | None:
     """A client's order id, informational: kept when it is an id, else dropped."""
     return value if isinstance(value, str) and is_printable_id(value) else None
@@ -435,7 +435,7 @@ def _transfer(
 ) -> Transfer | SkippedExecution | None:
     """The common part of a WS and a REST ledger entry; None for a trade."""
     kind = entry.get("type")
-    if not isinstance(kind, str) or not kind or len(kind) > _MAX_ID:
+    if not isinstance(kind, str) or not kind or len(kind) > MAX_ID:
         raise KrakenProtocolError(f"ledger entry type is not a name: {str(kind)[:40]!r}")
     if kind == TRADE_ENTRY:
         return None
@@ -466,7 +466,7 @@ def parse_ws_ledger_entry(
         # Every fill brings one or two; the executions channel books them, so nothing
         # else in them is read (parsing their times was a tenth of a fill's CPU).
         return None
-    ledger_id = str(item.get("ledger_id") or "?")[:_MAX_ID]
+    ledger_id = str(item.get("ledger_id") or "?")[:MAX_ID]
     try:
         ledger_id = _entry_id(item, "ledger_id", required=True)
         currency = AssetMap.split_symbol(f"{_str(item, 'asset')}/X")[0]
@@ -498,7 +498,7 @@ def parse_rest_ledger_entry(
         seconds = _decimal(entry, "time")
         return _transfer(ledger_id, entry, currency, int(seconds * 1_000_000_000), assets.decimals)
     except KrakenProtocolError as exc:
-        return SkippedExecution(ledger_id[:_MAX_ID], "malformed", str(exc))
+        return SkippedExecution(ledger_id[:MAX_ID], "malformed", str(exc))
 
 
 _Parsed = TypeVar("_Parsed")
@@ -562,7 +562,7 @@ def parse_rest_trade(
         raise KrakenProtocolError(f"trade type is not buy or sell: {side!r}")
     if "posstatus" in trade or ("margin" in trade and _decimal(trade, "margin") != 0):
         return SkippedExecution(
-            txid[:_MAX_ID], "margin", "a margin trade does not move spot balances"
+            txid[:MAX_ID], "margin", "a margin trade does not move spot balances"
         )
     seconds = _decimal(trade, "time")
     ordertxid = trade.get("ordertxid")

@@ -43,13 +43,13 @@ from gateway.exchanges.kraken.parsing import (
     WsHeartbeat,
     WsIgnored,
     WsStatus,
-    is_printable_id,
     parse_balance,
     parse_rest_ledger_entry,
     parse_rest_trade,
     parse_ws_message,
 )
 from gateway.exchanges.kraken.rest import KrakenRestClient, RetryPolicy
+from gateway.exchanges.numbers import MAX_ID, is_printable_id
 from gateway.exchanges.websocket import WebSocket, WebSocketError, open_websocket
 from gateway.ledger import Fill, Transfer
 from gateway.messages import ExchangeHealthChanged, FillReceived, TransferReceived, WriterMessage
@@ -93,7 +93,7 @@ def _parse_rest_trade(
     try:
         return parse_rest_trade(txid, trade, assets, userrefs)
     except KrakenProtocolError as exc:
-        return SkippedExecution(txid[:64], "malformed", str(exc))
+        return SkippedExecution(txid[:MAX_ID], "malformed", str(exc))
 
 
 class StreamStale(Exception):  # noqa: N818 - a condition that ends one connection
