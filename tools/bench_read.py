@@ -167,7 +167,10 @@ def measure(args: argparse.Namespace) -> list[Result]:
     manager = hft.StrategyBalanceManager(hft.Exchange.KRAKEN, strategy_count=STRATEGY_COUNT)
     reader = manager._reader
     assert reader is not None
-    float_offset = reader._index.get("USD") or reader._locate("USD")
+    # The directory's entry, not a lookup: the floor must not put the str "USD" in
+    # the reader's cache, where Currency.USD would then match it by comparison
+    # (a measured row below), not by identity.
+    float_offset = reader._by_name["USD"]
     floor_struct = struct.Struct("<d")
     mm = reader._mm
     floor_at = (float_offset[1] + 1) * 8

@@ -178,7 +178,10 @@ def read_path(plan: Plan, report: Report, work: Path) -> None:
     manager = hft.StrategyBalanceManager(hft.Exchange.KRAKEN)
     reader = manager._reader
     assert reader is not None
-    entry = reader._index.get("USD") or reader._locate("USD")
+    # The directory's entry, not a lookup: the floor must not put the str "USD" in
+    # the reader's cache, where Currency.USD would then match it by comparison
+    # (a measured row below), not by identity.
+    entry = reader._by_name["USD"]
     floor_struct = struct.Struct("<d")
     mm, floor_at = reader._mm, (entry[1] + 1) * 8
     shm = shared_memory.SharedMemory(create=True, size=64)
@@ -187,6 +190,8 @@ def read_path(plan: Plan, report: Report, work: Path) -> None:
     floor_struct.pack_into(shm_buffer, 8, 100000.0)
     usd = hft.Currency.USD
     kraken, balance = hft.Exchange.KRAKEN, hft.DataType.BALANCE
+    mixed = hft.StrategyBalanceManager(hft.Exchange.KRAKEN)
+    mixed.get_balance("USD", 1)
     cases: dict[str, tuple[Call, int]] = {
         "floor: struct.unpack_from on the mapping": (
             lambda: floor_struct.unpack_from(mm, floor_at),
@@ -200,6 +205,12 @@ def read_path(plan: Plan, report: Report, work: Path) -> None:
             200,
         ),
         "get_balance('usd', 1)": (lambda: manager.get_balance("usd", 1), 200),
+        # A reader that has also been asked for the str "USD": the enum then finds that
+        # equal key by comparison, not identity.
+        "get_balance(usd, 1), after get_balance('USD', 1) on the same manager": (
+            lambda: mixed.get_balance(usd, 1),
+            200,
+        ),
         "getSingleQuoteCurrency(hft.Exchange.KRAKEN, hft.DataType.BALANCE, hft.Currency.USD)": (
             lambda: hft.getSingleQuoteCurrency(
                 hft.Exchange.KRAKEN, hft.DataType.BALANCE, hft.Currency.USD
@@ -255,6 +266,7 @@ def read_path(plan: Plan, report: Report, work: Path) -> None:
         shm.close()
         shm.unlink()
         manager.close()
+        mixed.close()
         shutil.rmtree(run_dir, ignore_errors=True)
     base, _ = median_p99(samples["get_balance"])
     floor, _ = median_p99(samples["floor: struct.unpack_from on the mapping"])

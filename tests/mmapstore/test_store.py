@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mmapstore import (
+    SlotIndexError,
     StoreBusyError,
     StoreLockedError,
     StoreNotFoundError,
@@ -112,6 +113,29 @@ def test_recreated_store_is_followed_by_mapped_readers(store_file: Path) -> None
         assert reader.slot_float("USD", 2) == 5.0
         assert reader.strategy_count == 8
         assert reader.generation == 2
+    reader.close()
+
+
+def test_reader_whose_successor_vanished_keeps_its_mapping_until_one_appears(
+    store_file: Path,
+) -> None:
+    with StoreWriter.open(store_file, exchange="kraken", strategy_count=4) as writer:
+        writer.publish_decimal("USD", [5, 5, 0, 0])
+    reader = StoreReader(store_file)
+    assert reader.slot_float("USD", 1) == 5.0
+    with StoreWriter.open(store_file, exchange="kraken", strategy_count=8) as writer:
+        writer.publish_decimal("USD", [9, 4, 5] + [0] * 5)
+    store_file.unlink()  # the successor is gone before the reader followed it
+    for _ in range(2):  # and stays a clear error, read after read
+        with pytest.raises(StoreNotFoundError, match="gateway is not running"):
+            reader.slot_float("USD", 1)
+    with StoreWriter.open(store_file, exchange="kraken", strategy_count=2) as writer:
+        writer.publish_decimal("USD", [7, 6])
+        writer.mark_live()
+        assert reader.slot_float("USD", 1) == 6.0
+        assert reader.strategy_count == 2
+        with pytest.raises(SlotIndexError, match=r"slots 0\.\.1"):
+            reader.slot_float("USD", 2)
     reader.close()
 
 
