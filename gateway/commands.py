@@ -8,6 +8,7 @@ while the server and every other connection carry on.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -196,17 +197,13 @@ class CommandServer:
         elif connection.frame_started is None:  # a request arrives in pieces
             connection.frame_started = now
             deadline.deadline = now + self._config.frame_deadline_s
-        # The raw socket, not SocketStream: one request per call, and the stream's
-        # per-call guards cost more than the request's own work (measured).
-        data = await stream.socket.recv(RECEIVE_BYTES)
+        data = await _read(stream.socket.fileno())
         connection.idle_since = None  # a request is arriving: not evictable
         return data
 
     @staticmethod
     async def _write(stream: trio.SocketStream, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[await stream.socket.send(view) :]
+        await _write_all(stream.socket.fileno(), data)
 
     async def _serve_frames(
         self, stream: trio.SocketStream, connection: _Connection, deadline: trio.CancelScope
@@ -243,8 +240,12 @@ class CommandServer:
 
     async def _answer(self, stream: trio.SocketStream, frame: Frame, framing: Framing) -> bool:
         """Answer one frame; False when the connection must end."""
+        # An error is answered here, with a checkpoint of its own: the writes below
+        # yield only when the peer's buffer is full, and a read of junk frames must
+        # not hold the loop for a thousand replies.
         if isinstance(frame, FrameError):
             await self._write(stream, encode_reply(error_reply(frame.code, frame.message), framing))
+            await trio.lowlevel.checkpoint()
             return not frame.fatal
         body: dict[str, object] | None = None
         try:
@@ -255,6 +256,7 @@ class CommandServer:
             await self._write(
                 stream, encode_reply(error_reply(exc.code, exc.message, request_id), framing)
             )
+            await trio.lowlevel.checkpoint()
             return True
         started = time.perf_counter() if self._metrics is not None else 0.0
         message: CommandReceived | QueryReceived
@@ -274,6 +276,34 @@ class CommandServer:
             kind = request.what if isinstance(request, Query) else request.kind.value
             self._metrics.command_latency.labels(kind).observe(time.perf_counter() - started)
         return True
+
+
+# The socket's descriptor, not SocketStream or trio's socket methods: a Trio socket
+# call that succeeds at once still yields to the scheduler after it, a trip through
+# the run loop for every reply; and a receive tried before waiting fails while the
+# client is still thinking. Here a reply leaves in one write, and a receive waits
+# for the descriptor first (the wait is the checkpoint). Measured: docs/performance.md.
+
+
+async def _read(fd: int) -> bytes:
+    """What has arrived on ``fd``, waiting for it; b"" at end of stream."""
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            return os.read(fd, RECEIVE_BYTES)
+        except BlockingIOError:  # woken, but another reader or a spurious wake-up
+            continue
+
+
+async def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` to ``fd``, waiting only while the peer's buffer is full."""
+    view = memoryview(data)
+    while True:
+        with contextlib.suppress(BlockingIOError):
+            view = view[os.write(fd, view) :]
+        if not view:
+            return
+        await trio.lowlevel.wait_writable(fd)
 
 
 def _remove_stale_socket(path: os.PathLike[str]) -> None:

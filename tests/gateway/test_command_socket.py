@@ -266,3 +266,21 @@ async def test_adjusts_past_the_store_range_are_refused_and_the_gateway_lives(
     assert codes.count("ok") == 170 and set(codes[170:]) == {"INVALID_AMOUNT"}
     query = await raw.json({"cmd": "query", "currency": "usd"})
     assert query["ok"] is True
+
+
+async def test_a_client_that_never_reads_its_replies_stalls_only_itself(
+    raw: RawClient, config: GatewayConfig
+) -> None:
+    hog = await RawClient.connect(config.socket_path)
+    count = 3000  # replies of ~1 KB each: far past what the socket buffers hold
+    await hog.send(b'{"cmd": "status"}\n' * count)
+    await trio.sleep(0.2)  # the gateway has filled the hog's socket and waits on it
+    with trio.fail_after(5):
+        reply = await raw.json({**GOOD, "request_id": "meanwhile"})
+    assert reply["ok"] is True
+    with trio.fail_after(30):  # the hog reads at last: every reply, whole and in order
+        replies = [await hog.read_json() for _ in range(count)]
+    assert all(r["ok"] is True and "status" in r for r in replies)
+    after = await hog.json({"cmd": "query", "currency": "btc"})
+    assert after["balances"] == {"BTC": ["10", "10"] + ["0"] * 6}
+    await hog.aclose()
