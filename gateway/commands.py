@@ -25,7 +25,7 @@ import trio
 from gateway.codes import ErrorCode
 from gateway.errors import CommandProtocolError, ConfigError, GatewayError
 from gateway.events import Reply, error_reply
-from gateway.messages import CommandReceived, QueryReceived
+from gateway.messages import CommandReceived, QueryReceived, ReplySlot
 from gateway.protocol import (
     CborFrameDecoder,
     Frame,
@@ -74,6 +74,19 @@ class _Connection:
     # When the first bytes of a request still incomplete arrived, if one is.
     frame_started: float | None = None
     evicted: bool = False
+    # A command's reply is written from the writer's side as it is left (see
+    # CommandServer._deliver); the connection's task settles it before it writes
+    # anything else, or ends.
+    sock: trio.socket.SocketType | None = None
+    reply_due: ReplySlot | None = None
+    flushed: trio.Event | None = None  # set once a flusher has written what was left
+
+    def answering(self) -> bool:
+        """A command's reply is still to be written whole."""
+        due = self.reply_due
+        return due is not None and (
+            not due.is_set() or (self.flushed is not None and not self.flushed.is_set())
+        )
 
 
 class CommandServer:
@@ -90,11 +103,13 @@ class CommandServer:
         self,
         config: GatewayConfig,
         send: trio.MemorySendChannel[CommandReceived | QueryReceived],
-        metrics: Metrics | None = None,
+        metrics: Metrics | None,
+        nursery: trio.Nursery,
     ) -> None:
         self._config = config
         self._send = send
         self._metrics = metrics
+        self._nursery = nursery
         self._open: set[_Connection] = set()
         self._per_pid: dict[int, int] = {}
 
@@ -114,7 +129,7 @@ class CommandServer:
                 logger.warning("refusing a connection from pid %d: %s", peer.pid, refusal)
                 await self._reply_json(stream, error_reply(ErrorCode.TOO_MANY_CONNECTIONS, refusal))
                 return
-            connection = _Connection(peer, trio.CancelScope())
+            connection = _Connection(peer, trio.CancelScope(), sock=stream.socket)
             self._open.add(connection)
             self._per_pid[peer.pid] = self._per_pid.get(peer.pid, 0) + 1
             try:
@@ -188,7 +203,8 @@ class CommandServer:
     ) -> bytes:
         now = trio.current_time()
         if not mid_frame:
-            connection.idle_since = now
+            if not connection.answering():
+                connection.idle_since = now
             # Moving a deadline costs about what parsing a request does: move it only
             # once it is 1% of the timeout stale (a connection closes after 99-100% of it).
             idle_until = now + self._config.idle_timeout_s
@@ -229,17 +245,22 @@ class CommandServer:
                 connection.frame_started = None
                 deadline.deadline = trio.current_time() + self._config.idle_timeout_s
             for frame in frames:
-                if not await self._answer(stream, frame, framing):
+                if not await self._answer(stream, connection, frame, framing):
                     return
             data = await self._receive(stream, connection, deadline, decoder.mid_frame)
             if not data:
                 for frame in decoder.at_eof():
-                    await self._answer(stream, frame, framing)
+                    await self._answer(stream, connection, frame, framing)
+                await self._settle(connection)  # a half-closed peer still gets its reply
                 return
             frames = decoder.feed(data)
 
-    async def _answer(self, stream: trio.SocketStream, frame: Frame, framing: Framing) -> bool:
+    async def _answer(
+        self, stream: trio.SocketStream, connection: _Connection, frame: Frame, framing: Framing
+    ) -> bool:
         """Answer one frame; False when the connection must end."""
+        if connection.reply_due is not None:
+            await self._settle(connection)  # replies leave in the order of their requests
         # An error is answered here, with a checkpoint of its own: the writes below
         # yield only when the peer's buffer is full, and a read of junk frames must
         # not hold the loop for a thousand replies.
@@ -259,11 +280,20 @@ class CommandServer:
             await trio.lowlevel.checkpoint()
             return True
         started = time.perf_counter() if self._metrics is not None else 0.0
-        message: CommandReceived | QueryReceived
-        if isinstance(request, Query):
-            message = QueryReceived(request.what, request.currency)
-        else:
-            message = CommandReceived(request, request_id)
+        if not isinstance(request, Query):
+            kind = request.kind.value
+
+            def deliver(reply: Reply) -> None:
+                self._deliver(connection, reply, request_id, framing, kind, started)
+
+            command = CommandReceived(request, request_id, ReplySlot(deliver))
+            connection.reply_due = command.reply
+            try:
+                self._send.send_nowait(command)
+            except trio.WouldBlock:
+                await self._send.send(command)
+            return True
+        message = QueryReceived(request.what, request.currency)
         try:
             self._send.send_nowait(message)  # the wait for the reply checkpoints anyway
         except trio.WouldBlock:
@@ -273,9 +303,83 @@ class CommandServer:
             reply = {**reply, "request_id": request_id}
         await self._write(stream, encode_reply(reply, framing))
         if self._metrics is not None:
-            kind = request.what if isinstance(request, Query) else request.kind.value
-            self._metrics.command_latency.labels(kind).observe(time.perf_counter() - started)
+            self._metrics.command_latency.labels(request.what).observe(
+                time.perf_counter() - started
+            )
         return True
+
+    def _deliver(
+        self,
+        connection: _Connection,
+        reply: Reply,
+        request_id: str | None,
+        framing: Framing,
+        kind: str,
+        started: float,
+    ) -> None:
+        """Write a command's reply as the writer leaves it (its sync has returned).
+
+        Runs in the writer's task, so it never waits: what the socket does not
+        take at once is written by a flusher task of its own. The connection's
+        task is not woken for the reply, a trip through the run loop saved on
+        every command (docs/performance.md).
+        """
+        assert connection.sock is not None
+        fd = connection.sock.fileno()
+        if fd < 0:
+            return  # closed meanwhile: nobody is left to answer
+        if request_id is not None and "request_id" not in reply:
+            reply = {**reply, "request_id": request_id}
+        data = encode_reply(reply, framing)
+        try:
+            written = os.write(fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            logger.debug("command connection of pid %d gone: %s", connection.peer.pid, exc)
+            connection.scope.cancel()
+            return
+        if written < len(data):
+            connection.flushed = trio.Event()
+            self._nursery.start_soon(self._flush, connection, data[written:])
+        elif connection.frame_started is None:
+            connection.idle_since = trio.current_time()
+        if self._metrics is not None:
+            self._metrics.command_latency.labels(kind).observe(time.perf_counter() - started)
+
+    @staticmethod
+    async def _flush(connection: _Connection, rest: bytes) -> None:
+        """Write what a reply's first write left, once the peer reads."""
+        assert connection.sock is not None and connection.flushed is not None
+        view = memoryview(rest)
+        try:
+            while view:
+                fd = connection.sock.fileno()
+                if fd < 0:
+                    return
+                await trio.lowlevel.wait_writable(fd)
+                if connection.sock.fileno() < 0:  # closed as the wait ended
+                    return
+                with contextlib.suppress(BlockingIOError):
+                    view = view[os.write(fd, view) :]
+        except (trio.ClosedResourceError, OSError) as exc:
+            logger.debug("command connection of pid %d gone: %s", connection.peer.pid, exc)
+            connection.scope.cancel()
+        finally:
+            connection.flushed.set()
+
+    @staticmethod
+    async def _settle(connection: _Connection) -> None:
+        """Wait until the last command's reply is written whole."""
+        due = connection.reply_due
+        if due is None:
+            return
+        if not due.is_set():
+            await due.wait()
+        if connection.flushed is not None:
+            await connection.flushed.wait()
+            connection.flushed = None
+        connection.reply_due = None
 
 
 # The socket's descriptor, not SocketStream or trio's socket methods: a Trio socket
@@ -372,10 +476,10 @@ async def serve_commands(
         try:
             os.chmod(path, config.socket_mode)
             listener_socket.listen(128)
-            server = CommandServer(config, send, metrics)
             logger.info("command socket %s ready", path)
             listener = trio.SocketListener(listener_socket)
             async with trio.open_nursery() as nursery:
+                server = CommandServer(config, send, metrics, nursery)
                 await nursery.start(trio.serve_listeners, server.handle, [listener])
                 task_status.started()
         finally:

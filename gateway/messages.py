@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -12,12 +12,18 @@ from gateway.ledger import BalanceCommand, Fill, Transfer
 
 
 class ReplySlot:
-    """Where the writer leaves one reply and its requester waits for it."""
+    """Where the writer leaves one reply and its requester waits for it.
 
-    __slots__ = ("_event", "_reply", "visible_at")
+    ``on_set``, if given, is called with the reply as it is left, in the
+    writer's task: the command server writes a reply to its socket then,
+    without waking the connection's task for it.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_event", "_on_set", "_reply", "visible_at")
+
+    def __init__(self, on_set: Callable[[Reply], None] | None = None) -> None:
         self._event = trio.Event()
+        self._on_set = on_set
         self._reply: Reply | None = None
         # The journal's length once the command was applied: a mirror shows the
         # command's effect once it has applied this many events.
@@ -26,6 +32,11 @@ class ReplySlot:
     def set(self, reply: Reply) -> None:
         self._reply = reply
         self._event.set()
+        if self._on_set is not None:
+            self._on_set(reply)
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
 
     async def wait(self) -> Reply:
         await self._event.wait()
