@@ -330,13 +330,18 @@ class CommandServer:
             return  # closed meanwhile: nobody is left to answer
         if request_id is not None and "request_id" not in reply:
             reply = {**reply, "request_id": request_id}
-        data = encode_reply(reply, framing)
         try:
+            data = encode_reply(reply, framing)
             written = os.write(fd, data)
         except BlockingIOError:
             written = 0
         except OSError as exc:
             logger.debug("command connection of pid %d gone: %s", connection.peer.pid, exc)
+            connection.scope.cancel()
+            return
+        except Exception:
+            # A bug in answering one connection must not take the writer down.
+            logger.exception("answering pid %d failed; closing its connection", connection.peer.pid)
             connection.scope.cancel()
             return
         if written < len(data):
