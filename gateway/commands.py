@@ -370,6 +370,10 @@ class CommandServer:
         except (trio.ClosedResourceError, OSError) as exc:
             logger.debug("command connection of pid %d gone: %s", connection.peer.pid, exc)
             connection.scope.cancel()
+        except Exception:
+            # Runs in the server's nursery: a bug here must not take the others down.
+            logger.exception("answering pid %d failed; closing its connection", connection.peer.pid)
+            connection.scope.cancel()
         finally:
             connection.flushed.set()
 
