@@ -46,6 +46,7 @@ from gateway.exchanges.binance.sim.exchange import (
 )
 from gateway.exchanges.simcli import SimAddress, serve_rest_and_ws
 from gateway.exchanges.simhttp import HttpAnswer, HttpRequest
+from gateway.exchanges.simws import send_messages, take_queued
 
 logger = logging.getLogger(__name__)
 
@@ -430,11 +431,14 @@ async def _forward(
     receive: trio.MemoryReceiveChannel[str],
     done: trio.CancelScope,
 ) -> None:
+    """Forward queued events; what is queued goes out in one write (simws)."""
     try:
         async for text in receive:
-            if sim.record_sends and TRADE_MARK in text:
-                sim.sent_ns.append(time.time_ns())
-            await ws.send_message(text)
+            batch = take_queued(text, receive)
+            if sim.record_sends:
+                now = time.time_ns()
+                sim.sent_ns.extend(now for queued in batch if TRADE_MARK in queued)
+            await send_messages(ws, batch)
     except ConnectionClosed:
         done.cancel()
 
