@@ -187,6 +187,9 @@ class Journal:
         # The first event a reader of the files (the replication publisher) still needs:
         # a snapshot keeps the segments holding it and later ones. None: nobody reads.
         self.retain_from: Callable[[], int | None] | None = None
+        # The event of a snapshot whose file is still being written (the writer sets
+        # it): a reader publishing snapshots waits there for it.
+        self.snapshot_pending: int | None = None
 
     @classmethod
     def open(
@@ -377,13 +380,56 @@ class Journal:
     def write_snapshot(self, ledger_data: dict[str, object]) -> None:
         """Write a snapshot at the current event number and drop what it covers.
 
-        Call it with nothing pending (right after a commit). Blocking.
+        Call it with nothing pending (right after a commit). Blocking: the writer
+        takes its periodic snapshots with :meth:`rotate`, :meth:`write_snapshot_file`
+        in a worker thread while it goes on, and :meth:`drop_covered`.
+        """
+        seq = self.rotate()
+        self.write_snapshot_file(ledger_data, seq)
+        self.drop_covered(seq)
+
+    def rotate(self) -> int:
+        """Start a new segment at the next event, for a snapshot of the state there.
+
+        Events appended from now on go to the new segment, so that the snapshot
+        can be written while they are (:meth:`write_snapshot_file`). Until it
+        lands, a restart replays the older snapshot through both segments. Call
+        with nothing pending and no write out running. Returns the snapshot's
+        event number.
+
+        Raises:
+            JournalWriteError: the new segment cannot be made; nothing changed.
         """
         assert not self._pending, "commit before snapshotting"
+        seq = self.next_seq
+        segment = self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
+        if segment != self._segment:
+            try:
+                fd = _open_segment(segment)
+            except OSError as exc:
+                raise JournalWriteError(f"journal {segment}: {exc.strerror}") from exc
+            os.close(self._fd)
+            self._segment, self._fd = segment, fd
+            self._good_size = 0
+            self._allocated = os.fstat(fd).st_size
+            try:
+                _fsync_directory(self.directory)
+            except OSError as exc:
+                raise JournalWriteError(f"journal {self.directory}: {exc.strerror}") from exc
+        self.events_since_snapshot = 0
+        return seq
+
+    def write_snapshot_file(self, ledger_data: dict[str, object], seq: int) -> None:
+        """Write ``snapshot-<seq>.cbor`` (blocking). It touches no state of the journal's
+        own, so it may run in a worker thread while the owner goes on appending.
+
+        Raises:
+            JournalWriteError: it could not be written whole; nothing is left of it.
+        """
         # Encoded straight into the file: a snapshot with both caches full is ~17 MB, and
         # holding it whole as bytes was the gateway's peak memory.
-        self._start_from_snapshot(partial(cbor2.dump, ledger_data), self.next_seq)
-        logger.info("journal %s: snapshot at event %d", self.directory, self.next_seq)
+        self._write_snapshot_body(partial(cbor2.dump, ledger_data), seq)
+        logger.info("journal %s: snapshot at event %d", self.directory, seq)
 
     def rebase(self, snapshot_body: bytes, seq: int) -> None:
         """Start over from another journal's snapshot (CBOR ``snapshot_body``) at ``seq``.
@@ -392,12 +438,28 @@ class Journal:
         appended is number ``seq``. Blocking.
         """
         self._pending.clear()
-        self._start_from_snapshot(lambda out: out.write(snapshot_body), seq, keep_later=False)
+        self._write_snapshot_body(lambda out: out.write(snapshot_body), seq)
+        new_segment = self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
+        try:
+            new_segment.unlink(missing_ok=True)
+            new_fd = _open_segment(new_segment)
+            os.close(self._fd)
+            self._segment, self._fd = new_segment, new_fd
+            self._good_size = 0
+            self._allocated = os.fstat(new_fd).st_size
+            _fsync_directory(self.directory)
+        except OSError as exc:
+            raise JournalWriteError(f"journal {new_segment}: {exc.strerror}") from exc
+        self._drop(seq, keep_later=False)
         self.next_seq = self.synced_seq = seq
+        self.events_since_snapshot = 0
 
-    def _start_from_snapshot(
-        self, write_body: Callable[[BinaryIO], object], seq: int, *, keep_later: bool = True
-    ) -> None:
+    def drop_covered(self, seq: int) -> None:
+        """Delete what snapshot ``seq`` covers: older snapshots, and segments whose
+        every event is before ``seq`` and that no reader still needs."""
+        self._drop(seq, keep_later=True)
+
+    def _write_snapshot_body(self, write_body: Callable[[BinaryIO], object], seq: int) -> None:
         path = self.directory / f"snapshot-{seq:0{_SEQ_DIGITS}d}.cbor"
         tmp = path.with_suffix(".tmp")
         try:
@@ -415,23 +477,16 @@ class Journal:
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-            # New events go to a new segment; the old ones are covered by the snapshot.
-            new_segment = self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
-            if not keep_later:
-                new_segment.unlink(missing_ok=True)
-            new_fd = _open_segment(new_segment)
-            os.close(self._fd)
-            self._segment, self._fd = new_segment, new_fd
-            self._good_size = 0
-            self._allocated = os.fstat(new_fd).st_size
             _fsync_directory(self.directory)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise JournalWriteError(f"snapshot {path}: {exc.strerror}") from exc
+
+    def _drop(self, seq: int, *, keep_later: bool) -> None:
         for stale in _named(self.directory, "snapshot", ".cbor"):
             if _seq_of(stale) < seq or (not keep_later and _seq_of(stale) > seq):
-                stale.unlink()
+                stale.unlink(missing_ok=True)
         retain = self.retain_from() if self.retain_from is not None and keep_later else None
         segments = list(segments_of(self.directory))
         for number, stale in enumerate(segments):
@@ -439,10 +494,11 @@ class Journal:
             if start == seq or (keep_later and start > seq):
                 continue
             end = _seq_of(segments[number + 1]) if number + 1 < len(segments) else seq
+            if keep_later and end > seq:
+                continue  # holds events after the snapshot (none, once rotated there)
             if retain is not None and start < seq and end > retain:
                 continue  # still being read (replication); a later snapshot removes it
-            stale.unlink()
-        self.events_since_snapshot = 0
+            stale.unlink(missing_ok=True)
 
     def abandon(self) -> None:
         """Close and delete a journal nothing was ever acknowledged from.

@@ -416,6 +416,15 @@ class Publisher:
         self.status.published = seq
         self.status.snapshots_published += 1
 
+    def _readable_until(self) -> int:
+        """The durable events, but not past a snapshot whose file is still being
+        written: its marker goes in at its own event, as mirrors expect."""
+        durable = self._journal.synced_seq
+        pending = self._journal.snapshot_pending
+        if pending is None or self._last_snapshot >= pending:
+            return durable
+        return min(durable, pending)
+
     def _snapshot_retaken(self) -> bool:
         current = _file_identity(self._directory, self._last_snapshot)
         return None not in (current, self._snapshot_file) and current != self._snapshot_file
@@ -442,7 +451,7 @@ class Publisher:
                     _file_identity(self._directory, self._position) is not None
                 ):
                     await self._publish_snapshot(redis, reset=False, why="the gateway took one")
-                if self._position >= self._journal.synced_seq:
+                if self._position >= self._readable_until():
                     with trio.move_on_after(BEAT_INTERVAL_S):
                         await self._wake.wait()
                     continue
@@ -451,7 +460,7 @@ class Publisher:
                 # stretches while sends come full (many commands a second), and is short
                 # while they carry a few (mirrors then see fills sooner).
                 await trio.sleep_until(next_send)
-                durable = self._journal.synced_seq
+                durable = self._readable_until()
                 try:
                     records = tail.read(self._position, durable, BATCH_EVENTS)
                 except SnapshotNeededError:

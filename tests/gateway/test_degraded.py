@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ import trio
 
 from gateway.config import GatewayConfig
 from gateway.errors import BootstrapError, JournalWriteError
+from gateway.journal import Journal
 from gateway.ledger import UNIT, BalanceCommand, CommandKind, Fill, Side
 from gateway.messages import CommandReceived, ExchangeHealthChanged
 from gateway.service import Running, restore_state, run_gateway
@@ -110,16 +112,63 @@ async def test_periodic_snapshots_after_fill_only_batches(
         fill = Fill(f"T-snap-{n}", "BTC", "USD", Side.BUY, Decimal("0.01"), Decimal(100),
                     userref=2, timestamp_ns=now + n)  # fmt: skip
         await exchange.push_fill(fill)
-    # The last batch's snapshot is written after its fills count as applied: wait for it.
+
+    # The last batch's snapshot is written after its fills count as applied, by a worker
+    # thread; the writer drops the older one once it sees it landed: wait for both.
+    def snapshots() -> int:
+        return len(list(config.state_dir.glob("snapshot-*.cbor")))
+
     with trio.fail_after(5):
-        while running.core.stats.fills_applied < 45 or _newest_snapshot(config) < 40:
+        while (
+            running.core.stats.fills_applied < 45
+            or _newest_snapshot(config) < 40
+            or snapshots() != 1
+        ):
             await trio.sleep(0.01)
-    assert len(list(config.state_dir.glob("snapshot-*.cbor"))) == 1
     running.stop.set()
     await running.stopped.wait()
     ledger, journal, _ = restore_state(config)
     journal.close()
     assert ledger.slots("BTC")[2] == 45 * UNIT // 100
+
+
+async def test_commands_are_answered_while_a_snapshot_is_written(
+    config: GatewayConfig,
+    exchange: FakeExchange,
+    nursery: trio.Nursery,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer goes on while a worker thread writes the snapshot's file."""
+    entered, release = threading.Event(), threading.Event()
+    real = Journal.write_snapshot_file
+
+    def held(journal: Journal, data: dict[str, object], seq: int) -> None:
+        entered.set()
+        assert release.wait(20), "the test never released the snapshot"
+        real(journal, data, seq)
+
+    monkeypatch.setattr(Journal, "write_snapshot_file", held)
+    config = GatewayConfig(**{**config.__dict__, "snapshot_every": 5})
+    running: Running = await nursery.start(run_gateway, config, exchange)
+    async with await RawClient.connect(config.socket_path) as raw:
+        for n in range(6):
+            assert (await raw.json({**ALLOCATE, "request_id": f"s{n}"}))["ok"] is True
+        with trio.fail_after(5):
+            await trio.to_thread.run_sync(entered.wait)
+        before = _newest_snapshot(config)
+        with trio.fail_after(5):  # answered, durably, while the snapshot is held
+            for n in range(6, 12):
+                assert (await raw.json({**ALLOCATE, "request_id": f"s{n}"}))["ok"] is True
+        assert _newest_snapshot(config) == before  # still being written
+        release.set()
+        with trio.fail_after(5):
+            while _newest_snapshot(config) == before:
+                await trio.sleep(0.01)
+    running.stop.set()
+    await running.stopped.wait()
+    ledger, journal, _ = restore_state(config)
+    journal.close()
+    assert ledger.slots("USD")[2] == 12 * 10 * UNIT
 
 
 async def test_a_repeat_in_a_batch_whose_commit_fails_gets_the_same_refusal(

@@ -76,6 +76,39 @@ def test_restore_from_snapshot_then_journal(tmp_path: Path) -> None:
     journal.close()
 
 
+@pytest.mark.parametrize("written", [False, True])
+def test_a_crash_while_a_snapshot_is_written_loses_nothing(tmp_path: Path, written: bool) -> None:
+    # The writer moves to a new segment at the snapshot's event and goes on while a
+    # worker thread writes the file: a crash can come before the file lands, or after
+    # it lands and before what it covers is dropped.
+    config = _config(tmp_path)
+    _write_events(config, 3, snapshot_at=1)
+    ledger, journal, _ = restore_state(config)
+    data, seq = ledger.to_snapshot(), journal.rotate()
+    for n in range(3, 7):  # what the writer applies meanwhile, in the new segment
+        event = _allocate(n)
+        apply_event(ledger, event)
+        journal.append(encode_event(event))
+        journal.commit()
+    if written:
+        journal.write_snapshot_file(data, seq)
+    journal.close()  # the crash: nothing dropped
+    assert len(list(config.state_dir.glob("journal-*.log"))) == 2
+    restored, journal, report = restore_state(config)
+    assert restored.slots("USD")[:3] == (1000 * UNIT, 993 * UNIT, 7 * UNIT)
+    assert report.snapshot_seq == (seq if written else 2)
+    assert journal.next_seq == seq + 4
+    if written:  # the next snapshot drops the older files, the new segment stays
+        journal.drop_covered(seq)
+        assert [p.name for p in sorted(config.state_dir.glob("journal-*.log"))] == [
+            f"journal-{seq:020d}.log"
+        ]
+    journal.close()
+    again, journal, _ = restore_state(config)
+    assert again.slots("USD") == restored.slots("USD")
+    journal.close()
+
+
 def test_a_sound_record_that_cannot_be_applied_stops_the_start_naming_its_event(
     tmp_path: Path,
 ) -> None:
