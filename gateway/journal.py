@@ -12,7 +12,9 @@ syncing it with ``fdatasync`` is cheaper than growing the file each time), so
 it ends in zeros: no record starts with a zero length, and zeros to the end of a
 file are unused space, not damage. A snapshot is ``b"HFTSNAP1"`` and the
 same framing around one CBOR map. On open, the newest valid snapshot is loaded
-and the journal replayed after it.
+and the journal replayed after it. A new segment begins at each snapshot's event
+before the snapshot's file is written, so until it lands the older snapshot and
+both segments hold everything.
 
 A crash can leave the last write incomplete: a damaged record with nothing
 sound after it at the end of the last segment is a *torn tail*, never
@@ -157,9 +159,9 @@ class PendingWrite:
 class Journal:
     """Appends events durably; see the module docstring for the files.
 
-    One owner (the writer task) calls it; only :meth:`write_out` and
-    :meth:`write_snapshot` may run in a worker thread, the first while the owner
-    goes on appending.
+    One owner (the writer task) calls it; only :meth:`write_out`,
+    :meth:`write_snapshot_file` and :meth:`write_snapshot` may run in a worker
+    thread, the first two while the owner goes on appending.
     """
 
     def __init__(
