@@ -332,23 +332,27 @@ class CommandServer:
             reply = {**reply, "request_id": request_id}
         try:
             data = encode_reply(reply, framing)
-            written = os.write(fd, data)
-        except BlockingIOError:
-            written = 0
+            try:
+                written = os.write(fd, data)
+            except BlockingIOError:
+                written = 0
+            if written < len(data):
+                connection.flushed = trio.Event()
+                self._nursery.start_soon(self._flush, connection, data[written:])
+            elif connection.frame_started is None:
+                connection.idle_since = trio.current_time()
         except OSError as exc:
             logger.debug("command connection of pid %d gone: %s", connection.peer.pid, exc)
             connection.scope.cancel()
             return
         except Exception:
-            # A bug in answering one connection must not take the writer down.
+            # A bug in answering one connection (or a server already shut, whose
+            # nursery takes no flusher) must not take the writer down.
             logger.exception("answering pid %d failed; closing its connection", connection.peer.pid)
+            if connection.flushed is not None:
+                connection.flushed.set()
             connection.scope.cancel()
             return
-        if written < len(data):
-            connection.flushed = trio.Event()
-            self._nursery.start_soon(self._flush, connection, data[written:])
-        elif connection.frame_started is None:
-            connection.idle_since = trio.current_time()
         if self._metrics is not None:
             self._metrics.command_latency.labels(kind).observe(time.perf_counter() - started)
 
