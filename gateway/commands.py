@@ -219,7 +219,7 @@ class CommandServer:
 
     @staticmethod
     async def _write(stream: trio.SocketStream, data: bytes) -> None:
-        await _write_all(stream.socket.fileno(), data)
+        await _write_all(stream.socket, data)
 
     async def _serve_frames(
         self, stream: trio.SocketStream, connection: _Connection, deadline: trio.CancelScope
@@ -360,17 +360,8 @@ class CommandServer:
     async def _flush(connection: _Connection, rest: bytes) -> None:
         """Write what a reply's first write left, once the peer reads."""
         assert connection.sock is not None and connection.flushed is not None
-        view = memoryview(rest)
         try:
-            while view:
-                fd = connection.sock.fileno()
-                if fd < 0:
-                    return
-                await trio.lowlevel.wait_writable(fd)
-                if connection.sock.fileno() < 0:  # closed as the wait ended
-                    return
-                with contextlib.suppress(BlockingIOError):
-                    view = view[os.write(fd, view) :]
+            await _write_all(connection.sock, rest)
         except (trio.ClosedResourceError, OSError) as exc:
             logger.debug("command connection of pid %d gone: %s", connection.peer.pid, exc)
             connection.scope.cancel()
@@ -412,10 +403,15 @@ async def _read(fd: int) -> bytes:
             continue
 
 
-async def _write_all(fd: int, data: bytes) -> None:
-    """Write ``data`` to ``fd``, waiting only while the peer's buffer is full."""
+async def _write_all(sock: trio.socket.SocketType, data: bytes) -> None:
+    """Write ``data`` to ``sock``'s descriptor, waiting only while the peer's buffer is
+    full; stop if the socket is closed meanwhile (its number may then name another
+    file: a reply's flusher runs beside the connection's task, which closes it)."""
     view = memoryview(data)
     while True:
+        fd = sock.fileno()
+        if fd < 0:
+            return
         with contextlib.suppress(BlockingIOError):
             view = view[os.write(fd, view) :]
         if not view:

@@ -406,20 +406,27 @@ class Journal:
         seq = self.next_seq
         segment = self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
         if segment != self._segment:
-            try:
-                fd = _open_segment(segment)
-            except OSError as exc:
-                raise JournalWriteError(f"journal {segment}: {exc.strerror}") from exc
+            self._switch_segment(segment)
+        self.events_since_snapshot = 0
+        return seq
+
+    def _switch_segment(self, segment: Path, *, fresh: bool = False) -> None:
+        """Append to ``segment`` from now on (``fresh``: emptied first).
+
+        Raises:
+            JournalWriteError: it cannot be opened, or the directory synced.
+        """
+        try:
+            if fresh:
+                segment.unlink(missing_ok=True)
+            fd = _open_segment(segment)
             os.close(self._fd)
             self._segment, self._fd = segment, fd
             self._good_size = 0
             self._allocated = os.fstat(fd).st_size
-            try:
-                _fsync_directory(self.directory)
-            except OSError as exc:
-                raise JournalWriteError(f"journal {self.directory}: {exc.strerror}") from exc
-        self.events_since_snapshot = 0
-        return seq
+            _fsync_directory(self.directory)
+        except OSError as exc:
+            raise JournalWriteError(f"journal {segment}: {exc.strerror}") from exc
 
     def write_snapshot_file(self, ledger_data: dict[str, object], seq: int) -> None:
         """Write ``snapshot-<seq>.cbor`` (blocking). It touches no state of the journal's
@@ -441,17 +448,7 @@ class Journal:
         """
         self._pending.clear()
         self._write_snapshot_body(lambda out: out.write(snapshot_body), seq)
-        new_segment = self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
-        try:
-            new_segment.unlink(missing_ok=True)
-            new_fd = _open_segment(new_segment)
-            os.close(self._fd)
-            self._segment, self._fd = new_segment, new_fd
-            self._good_size = 0
-            self._allocated = os.fstat(new_fd).st_size
-            _fsync_directory(self.directory)
-        except OSError as exc:
-            raise JournalWriteError(f"journal {new_segment}: {exc.strerror}") from exc
+        self._switch_segment(self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log", fresh=True)
         self._drop(seq, keep_later=False)
         self.next_seq = self.synced_seq = seq
         self.events_since_snapshot = 0

@@ -222,13 +222,20 @@ class StoreReader:
         self._index: dict[str, _Entry] = {}
         self._refresh_directory()
 
-    def _release(self) -> None:
-        for view in (self._words, self._signed, self._floats, self._view):
-            view.release()
-        self._mm.close()
+    def _release(self) -> Callable[[], None]:
+        """What releases the current mapping (its views, then the map), to call once
+        nothing reads it any more."""
+        views, mm = (self._words, self._signed, self._floats, self._view), self._mm
+
+        def release() -> None:
+            for view in views:
+                view.release()
+            mm.close()
+
+        return release
 
     def close(self) -> None:
-        self._release()
+        self._release()()
 
     def __enter__(self) -> StoreReader:
         return self
@@ -243,11 +250,9 @@ class StoreReader:
         holds no readable file, the reader keeps the retired one and the next
         read tries again.
         """
-        old = (self._words, self._signed, self._floats, self._view, self._mm)
+        release_old = self._release()
         self._open()
-        for view in old[:4]:
-            view.release()
-        old[4].close()
+        release_old()
         self._rebind_slot_float()
 
     def _follow_successor(self, currency: str) -> None:
