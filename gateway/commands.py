@@ -8,7 +8,6 @@ while the server and every other connection carry on.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from gateway.codes import ErrorCode
+from gateway.descriptors import read_when_ready, write_all
 from gateway.errors import CommandProtocolError, ConfigError, GatewayError
 from gateway.events import Reply, error_reply
 from gateway.messages import CommandReceived, QueryReceived, ReplySlot
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RECEIVE_BYTES = 65536
 _PEERCRED = struct.Struct("3i")
 
 
@@ -213,13 +212,13 @@ class CommandServer:
         elif connection.frame_started is None:  # a request arrives in pieces
             connection.frame_started = now
             deadline.deadline = now + self._config.frame_deadline_s
-        data = await _read(stream.socket.fileno())
+        data = await read_when_ready(stream.socket.fileno())
         connection.idle_since = None  # a request is arriving: not evictable
         return data
 
     @staticmethod
     async def _write(stream: trio.SocketStream, data: bytes) -> None:
-        await _write_all(stream.socket, data)
+        await write_all(stream.socket, data)
 
     async def _serve_frames(
         self, stream: trio.SocketStream, connection: _Connection, deadline: trio.CancelScope
@@ -361,7 +360,7 @@ class CommandServer:
         """Write what a reply's first write left, once the peer reads."""
         assert connection.sock is not None and connection.flushed is not None
         try:
-            await _write_all(connection.sock, rest)
+            await write_all(connection.sock, rest)
         except (trio.ClosedResourceError, OSError) as exc:
             logger.debug("command connection of pid %d gone: %s", connection.peer.pid, exc)
             connection.scope.cancel()
@@ -384,39 +383,6 @@ class CommandServer:
             await connection.flushed.wait()
             connection.flushed = None
         connection.reply_due = None
-
-
-# The socket's descriptor, not SocketStream or trio's socket methods: a Trio socket
-# call that succeeds at once still yields to the scheduler after it, a trip through
-# the run loop for every reply; and a receive tried before waiting fails while the
-# client is still thinking. Here a reply leaves in one write, and a receive waits
-# for the descriptor first (the wait is the checkpoint). Measured: docs/performance.md.
-
-
-async def _read(fd: int) -> bytes:
-    """What has arrived on ``fd``, waiting for it; b"" at end of stream."""
-    while True:
-        await trio.lowlevel.wait_readable(fd)
-        try:
-            return os.read(fd, RECEIVE_BYTES)
-        except BlockingIOError:  # woken, but another reader or a spurious wake-up
-            continue
-
-
-async def _write_all(sock: trio.socket.SocketType, data: bytes) -> None:
-    """Write ``data`` to ``sock``'s descriptor, waiting only while the peer's buffer is
-    full; stop if the socket is closed meanwhile (its number may then name another
-    file: a reply's flusher runs beside the connection's task, which closes it)."""
-    view = memoryview(data)
-    while True:
-        fd = sock.fileno()
-        if fd < 0:
-            return
-        with contextlib.suppress(BlockingIOError):
-            view = view[os.write(fd, view) :]
-        if not view:
-            return
-        await trio.lowlevel.wait_writable(fd)
 
 
 def _remove_stale_socket(path: os.PathLike[str]) -> None:

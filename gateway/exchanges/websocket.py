@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from gateway.descriptors import RECEIVE_BYTES, read_when_ready
 from gateway.errors import only_leaf
 
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024  # Kraken's 50-trade snapshot is ~50 KB
@@ -43,7 +44,6 @@ READ_AHEAD_BYTES: Final = 64 * 1024 * 1024
 MAX_FRAGMENTS: Final = 1024
 HANDSHAKE_TIMEOUT_S: Final = 10.0
 CLOSE_TIMEOUT_S: Final = 1.0
-RECEIVE_BYTES: Final = 256 * 1024
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _REJECTED_BODY_BYTES: Final = 4096
 
@@ -471,18 +471,47 @@ def _target(url: str) -> _Target:
     return _Target(secure, parts.hostname, port, resource)
 
 
+class _SocketTransport(trio.abc.Stream):
+    """A TCP stream whose receives wait for its descriptor first (gateway/descriptors.py):
+    one wake-up and one read a message, where Trio's try-first receive takes two reads
+    and two trips through the run loop. Sends, rare, are the stream's own."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        fd = self._stream.socket.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the stream is closed")
+        try:
+            return await read_when_ready(fd, max_bytes or RECEIVE_BYTES)
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"the connection failed: {exc}") from exc
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
 async def _connect(target: _Target, ssl_context: ssl.SSLContext | None) -> trio.abc.Stream:
     try:
-        if target.secure:
-            return await trio.open_ssl_over_tcp_stream(
-                target.host,
-                target.port,
-                ssl_context=ssl_context or ssl.create_default_context(),
-                https_compatible=True,
-            )
-        return await trio.open_tcp_stream(target.host, target.port)
+        transport = _SocketTransport(await trio.open_tcp_stream(target.host, target.port))
     except OSError as exc:
         raise HandshakeError(f"cannot connect: {_reason(exc)}") from exc
+    if not target.secure:
+        return transport
+    # As trio.open_ssl_over_tcp_stream does, over our transport.
+    return trio.SSLStream(
+        transport,
+        ssl_context or ssl.create_default_context(),
+        server_hostname=target.host,
+        https_compatible=True,
+    )
 
 
 def _broken(exc: BaseException) -> str:

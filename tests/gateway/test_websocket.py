@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
+import socket
 import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -454,6 +455,44 @@ async def test_a_connection_dropped_without_a_close_frame_is_1006() -> None:
         with trio.fail_after(5), pytest.raises(ConnectionClosedError) as closed:
             await ws.get_message()
         assert closed.value.code == CLOSE_ABNORMAL
+
+
+async def test_a_connection_reset_by_the_server_is_1006_with_its_reason() -> None:
+    """An RST, not a FIN: the read fails, and says so, after the messages before it."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        key = await read_request(stream)
+        await stream.send_all(switching(key) + frame(OP_TEXT, b"before the reset"))
+        await trio.sleep(0.2)  # the client has read it: the reset meets a waiting read
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()
+
+    async with raw_server(handler) as url, open_websocket(url) as ws:
+        assert await ws.get_message() == "before the reset"
+        with trio.fail_after(5), pytest.raises(ConnectionClosedError) as closed:
+            await ws.get_message()
+        assert closed.value.code == CLOSE_ABNORMAL
+        assert "reset" in closed.value.reason
+
+
+async def test_closing_while_a_read_waits_ends_that_read() -> None:
+    """The reader waits on the descriptor, not in a socket call: a close from another
+    task must still wake it (as a dropped connection), never leave it waiting."""
+    async with frames_server(b"") as url, open_websocket(url) as ws:
+        outcome: list[BaseException] = []
+
+        async def reader() -> None:
+            try:
+                await ws.get_message()
+            except ConnectionClosedError as exc:
+                outcome.append(exc)
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader)
+                await trio.sleep(0.1)  # the reader is waiting
+                await ws.aclose()
+        assert len(outcome) == 1 and outcome[0].code == CLOSE_ABNORMAL  # type: ignore[attr-defined]
 
 
 HANDSHAKES = {
