@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Final, assert_never
 
 import cbor2
+import msgspec
 
 from gateway.ledger import (
     BalanceCommand,
@@ -113,9 +114,11 @@ Event = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What applying an event did: currencies to republish, a reply, a fill report."""
+class Outcome(msgspec.Struct, frozen=True):
+    """What applying an event did: currencies to republish, a reply, a fill report.
+
+    A Struct, made in a fraction of a frozen dataclass's time (see ``Fill``).
+    """
 
     changed: tuple[str, ...]
     reply: Reply | None = None

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.exchanges.kraken.assets import AssetMap, canonical_from_altname
+from gateway.exchanges.kraken.assets import SYMBOLS_CACHED, AssetMap, canonical_from_altname
 from gateway.exchanges.kraken.errors import KrakenProtocolError
 from gateway.exchanges.kraken.parsing import (
     WsAck,
@@ -119,6 +119,19 @@ def test_pairs_resolve_by_key_or_altname() -> None:
     assert assets.pair("XDGEUR").symbol == "DOGE/EUR"
     assert AssetMap.split_symbol("XBT/USD") == ("BTC", "USD")
     assert canonical_from_altname("xdg") == "DOGE"
+
+
+def test_symbols_are_remembered_within_a_bound_and_refusals_never() -> None:
+    """Split once per symbol (a fill splits two), but a stream of made-up symbols only
+    evicts: memory stays bounded, and a bad symbol is refused every time it comes."""
+    for number in range(SYMBOLS_CACHED * 3):
+        assert AssetMap.split_symbol(f"COIN{number}/USD") == (f"COIN{number}", "USD")
+    assert AssetMap.split_symbol.cache_info().currsize <= SYMBOLS_CACHED
+    for _ in range(2):
+        with pytest.raises(ValueError, match="not a BASE/QUOTE symbol"):
+            AssetMap.split_symbol("BTCUSD")
+        with pytest.raises(KrakenProtocolError, match="not an asset or pair name"):
+            AssetMap.split_symbol("BTC/" + "X" * 100)
 
 
 def test_simulator_assets_normalise_like_krakens() -> None:

@@ -15,6 +15,7 @@ mix into the spot balance a strategy trades with.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ V2_RENAMES: Final = {"XBT": "BTC", "XDG": "DOGE"}
 # Kraken's longest names (pairs' REST keys, ``XXBTZUSD``) are a dozen characters; every
 # name read is kept (the ledger, the journal), so one beyond this is not a name.
 MAX_NAME: Final = 32
+# Symbols split once each (a fill splits two): an exchange lists a few hundred pairs, and
+# what a hostile stream sends beyond this only evicts, never grows the cache.
+SYMBOLS_CACHED: Final = 1024
 
 
 def canonical_from_altname(altname: str) -> str:
@@ -134,8 +138,9 @@ class AssetMap:
         return self.pairs[name]
 
     @staticmethod
+    @functools.lru_cache(maxsize=SYMBOLS_CACHED)
     def split_symbol(symbol: str) -> tuple[str, str]:
-        """A WS v2 symbol ``BTC/USD`` → (base, quote), canonical.
+        """A WS v2 symbol ``BTC/USD`` → (base, quote), canonical; remembered (a refusal is not).
 
         Raises:
             ValueError: not of the form ``BASE/QUOTE``.
