@@ -117,7 +117,7 @@ Event = (
 class Outcome(msgspec.Struct, frozen=True):
     """What applying an event did: currencies to republish, a reply, a fill report.
 
-    A Struct, made in a fraction of a frozen dataclass's time (see ``Fill``).
+    A Struct, made in a fraction of a frozen dataclass's time (gateway/ledger.py says why).
     """
 
     changed: tuple[str, ...]

@@ -26,6 +26,7 @@ import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Final
 
 import httpx
 import trio
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.exchanges.binance.signing import sign_ws_params  # noqa: E402
 from gateway.exchanges.binance.sim.server import TRADE_MARK  # noqa: E402
+from gateway.exchanges.kraken.parsing import parse_ws_message  # noqa: E402
 from gateway.exchanges.kraken.rest import KrakenRestClient  # noqa: E402
 from gateway.launcher import LocalStack  # noqa: E402
 from mmapstore import StoreReader, store_path  # noqa: E402
@@ -154,6 +156,46 @@ def run_floor(
         "median_us": statistics.median(ordered),
         "p99_us": ordered[int(len(ordered) * 0.99)],
     }
+
+
+def wake_penalty(count: int = 2000) -> tuple[float, float]:
+    """The machine's cost of waking: median CPU µs of one fixed piece of the gateway's
+    work (parsing a Kraken execution message) done back to back, and done each time
+    right after a 1 ms sleep, as at 1,000 fills/s. A CPU left idle comes back slow
+    (caches, frequency, the hypervisor), which no code of ours changes."""
+    message = KRAKEN_PROBE_MESSAGE
+    decimals = {"BTC": 10, "USD": 4}
+
+    def median_cpu_us(pause_s: float) -> float:
+        spent = []
+        for _ in range(count):
+            if pause_s:
+                time.sleep(pause_s)
+            started = time.thread_time_ns()
+            parse_ws_message(message, decimals)
+            spent.append((time.thread_time_ns() - started) / 1000)
+        return statistics.median(spent)
+
+    return median_cpu_us(0.0), median_cpu_us(0.001)
+
+
+# One probe fill as the Kraken simulator streams it: the order's new, its trade, filled.
+KRAKEN_PROBE_MESSAGE: Final = (
+    '{"channel": "executions", "type": "update", "data": ['
+    '{"order_id":"O00000-1D5C2-1B4F5E","exec_id":"L00004-1CC7B-BAE32D","exec_type":"new",'
+    '"symbol":"BTC/USD","side":"buy","order_type":"market","order_qty":1E-8,'
+    '"timestamp":"2026-12-03T08:10:18.726161Z","order_status":"new","order_userref":5},'
+    '{"order_id":"O00000-1D5C2-1B4F5E","exec_id":"T00000-28669-D79E5C","exec_type":"trade",'
+    '"trade_id":1000,"symbol":"BTC/USD","side":"buy","last_qty":1E-8,"last_price":60000.1,'
+    '"liquidity_ind":"t","cost":0.0006,"order_type":"market",'
+    '"timestamp":"2026-12-03T08:10:18.726161Z","order_status":"filled","cum_qty":1E-8,'
+    '"cum_cost":0.0006,"avg_price":60000.0,"fee_usd_equiv":0.0000,'
+    '"fees":[{"asset":"USD","qty":0.0000}],"order_userref":5},'
+    '{"order_id":"O00000-1D5C2-1B4F5E","exec_id":"L00004-27403-9DC695","exec_type":"filled",'
+    '"symbol":"BTC/USD","side":"buy","order_type":"market","order_qty":1E-8,'
+    '"timestamp":"2026-12-03T08:10:18.726161Z","order_status":"filled","cum_qty":1E-8,'
+    '"cum_cost":0.0006,"order_userref":5}], "sequence": 7}'
+)
 
 
 def sustained(result: dict[str, float]) -> bool:
