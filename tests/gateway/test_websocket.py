@@ -479,7 +479,7 @@ async def test_closing_while_a_read_waits_ends_that_read() -> None:
     """The reader waits on the descriptor, not in a socket call: a close from another
     task must still wake it (as a dropped connection), never leave it waiting."""
     async with frames_server(b"") as url, open_websocket(url) as ws:
-        outcome: list[BaseException] = []
+        outcome: list[ConnectionClosedError] = []
 
         async def reader() -> None:
             try:
@@ -492,7 +492,7 @@ async def test_closing_while_a_read_waits_ends_that_read() -> None:
                 nursery.start_soon(reader)
                 await trio.sleep(0.1)  # the reader is waiting
                 await ws.aclose()
-        assert len(outcome) == 1 and outcome[0].code == CLOSE_ABNORMAL  # type: ignore[attr-defined]
+        assert len(outcome) == 1 and outcome[0].code == CLOSE_ABNORMAL
 
 
 HANDSHAKES = {
