@@ -60,6 +60,16 @@ def frame(payload: bytes) -> bytes:
     return RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+def segment_path(directory: Path, seq: int) -> Path:
+    """The segment whose first event is number ``seq``."""
+    return directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
+
+
+def snapshot_path(directory: Path, seq: int) -> Path:
+    """The snapshot of the state before event ``seq``."""
+    return directory / f"snapshot-{seq:0{_SEQ_DIGITS}d}.cbor"
+
+
 def _seq_of(path: Path) -> int:
     return int(path.stem.split("-", 1)[1])
 
@@ -275,7 +285,7 @@ class Journal:
                     os.fsync(f.fileno())
         seq = max(seq, snapshot_seq)
         if last_segment is None or _seq_of(last_segment) < snapshot_seq:
-            last_segment = directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
+            last_segment = segment_path(directory, seq)
             records_end = 0
         journal = cls(directory, last_segment, seq, records_end, sync=sync)
         _fsync_directory(directory)
@@ -404,7 +414,7 @@ class Journal:
         """
         assert not self._pending, "commit before snapshotting"
         seq = self.next_seq
-        segment = self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log"
+        segment = segment_path(self.directory, seq)
         if segment != self._segment:
             self._switch_segment(segment)
         self.events_since_snapshot = 0
@@ -448,7 +458,7 @@ class Journal:
         """
         self._pending.clear()
         self._write_snapshot_body(lambda out: out.write(snapshot_body), seq)
-        self._switch_segment(self.directory / f"journal-{seq:0{_SEQ_DIGITS}d}.log", fresh=True)
+        self._switch_segment(segment_path(self.directory, seq), fresh=True)
         self._drop(seq, keep_later=False)
         self.next_seq = self.synced_seq = seq
         self.events_since_snapshot = 0
@@ -459,7 +469,7 @@ class Journal:
         self._drop(seq, keep_later=True)
 
     def _write_snapshot_body(self, write_body: Callable[[BinaryIO], object], seq: int) -> None:
-        path = self.directory / f"snapshot-{seq:0{_SEQ_DIGITS}d}.cbor"
+        path = snapshot_path(self.directory, seq)
         tmp = path.with_suffix(".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

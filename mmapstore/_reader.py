@@ -222,7 +222,7 @@ class StoreReader:
         self._index: dict[str, _Entry] = {}
         self._refresh_directory()
 
-    def _release(self) -> Callable[[], None]:
+    def _releaser(self) -> Callable[[], None]:
         """What releases the current mapping (its views, then the map), to call once
         nothing reads it any more."""
         views, mm = (self._words, self._signed, self._floats, self._view), self._mm
@@ -235,7 +235,7 @@ class StoreReader:
         return release
 
     def close(self) -> None:
-        self._release()()
+        self._releaser()()
 
     def __enter__(self) -> StoreReader:
         return self
@@ -250,7 +250,7 @@ class StoreReader:
         holds no readable file, the reader keeps the retired one and the next
         read tries again.
         """
-        release_old = self._release()
+        release_old = self._releaser()
         self._open()
         release_old()
         self._rebind_slot_float()

@@ -34,7 +34,9 @@ from gateway.journal import (
     RECORD_HEADER,
     SNAPSHOT_MAGIC,
     Journal,
+    segment_path,
     segments_of,
+    snapshot_path,
 )
 from gateway.ledger import Ledger
 from gateway.messages import CommandReceived
@@ -160,7 +162,7 @@ class JournalTail:
                 raise SnapshotNeededError
 
     def _open_segment_at(self, start: int) -> bool:
-        path = self._directory / f"journal-{start:020d}.log"
+        path = segment_path(self._directory, start)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -210,7 +212,7 @@ class JournalTail:
 def _snapshot_body(directory: Path, seq: int) -> bytes | None:
     """The CBOR body of ``snapshot-<seq>.cbor`` if it is there and sound."""
     try:
-        data = (directory / f"snapshot-{seq:020d}.cbor").read_bytes()
+        data = snapshot_path(directory, seq).read_bytes()
     except FileNotFoundError:
         return None
     header = len(SNAPSHOT_MAGIC) + RECORD_HEADER.size
@@ -234,7 +236,7 @@ def _newest_snapshot(directory: Path, strategy_count: int) -> tuple[int, bytes]:
 def _file_identity(directory: Path, seq: int) -> tuple[int, int] | None:
     """Which file ``snapshot-<seq>.cbor`` is (inode, change time), or None if there is none."""
     try:
-        info = os.stat(directory / f"snapshot-{seq:020d}.cbor")
+        info = os.stat(snapshot_path(directory, seq))
     except FileNotFoundError:
         return None
     return info.st_ino, info.st_ctime_ns
