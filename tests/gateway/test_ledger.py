@@ -387,14 +387,15 @@ def test_replaying_a_journal_by_what_fills_booked_rebuilds_the_same_ledger(
     (``apply_event(decode_event(...))`` and ``replay_event``), and the same as replaying
     the records' earlier forms: a map with its booking as digits, and a map without one,
     which redoes the arithmetic."""
-    live = funded(USD=1000, USDT=1000, BTC=10)
+    live, booked, fast, mapped, earlier = (funded(USD=1000, USDT=1000, BTC=10) for _ in range(5))
+    for ledger in (live, booked, fast, mapped, earlier):
+        ledger.applied.capacity = 3  # every way forgets the oldest ids, and the same ones
     records = []
     for item in events:
         event = FillApplied(item) if isinstance(item, Fill) else CommandApplied(item)
         outcome = apply_event(live, event)
         if outcome.durable:
             records.append(encode_event(event, outcome.fill))
-    booked, fast, mapped, earlier = (funded(USD=1000, USDT=1000, BTC=10) for _ in range(4))
     for record in records:
         replayed = decode_event(record)
         apply_event(booked, replayed)
