@@ -75,6 +75,9 @@ BAD_JSON_REQUESTS: list[tuple[str, bytes | dict[str, object], str]] = [
     ("lone surrogate request_id", b'{"strategy":"a","cmd":"allocate","currency":"usd",'
      b'"amount":1,"index":2,"request_id":"\\udfff"}', "INVALID_REQUEST"),
     ("control character strategy", {**GOOD, "strategy": "a\nb"}, "INVALID_REQUEST"),
+    # The reply names the field: UTF-8 cannot hold it, so the reply escapes it.
+    ("lone surrogate field name", b'{"strategy":"a","cmd":"allocate","currency":"usd",'
+     b'"amount":1,"index":2,"\\ud800":1}', "INVALID_REQUEST"),
     ("duplicate key", b'{"strategy":"a","cmd":"allocate","currency":"usd","amount":1,'
      b'"amount":5,"index":2}', "BAD_FRAME"),
 ]  # fmt: skip
