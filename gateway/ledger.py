@@ -525,8 +525,8 @@ class Ledger:
         call, without the report of slots gone negative (the writer reads
         those from the ledger once it is restored): a restart replays up to a
         snapshot interval of these, and the four calls were a third of it.
-        Past the capacity each fill forgets one id, inline (a fifth of what
-        is left, measured over a million fills).
+        Past the capacity each fill forgets one id, inline, and the two
+        maxima are ifs: a fifth off this method over a million fills.
         """
         applied = self.applied
         ids = applied.ids
