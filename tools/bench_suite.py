@@ -38,8 +38,9 @@ import trio
 
 TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
-# Rows compared with their floor are measured in rounds, each in turn: this machine's
-# speed drifts by a fifth over seconds, and one run of each measured that drift.
+# The commands section measures the bare server and the gateway in rounds, each in turn:
+# this machine's speed drifts by a fifth over seconds, and one run of each measured that
+# drift (bench_replication.py does the same for replication off and on).
 COMMAND_ROUNDS = 3
 sys.path[:0] = [str(ROOT), str(TOOLS)]
 
