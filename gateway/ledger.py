@@ -169,9 +169,11 @@ class AppliedFills:
 
     def forget_oldest(self) -> None:
         """Forget ids past ``capacity``, oldest first, raising the watermark to them."""
-        while len(self.order) > self.capacity:
-            oldest = self.order.popleft()
-            self.watermark_ns = max(self.watermark_ns, self.ids.pop(oldest))
+        ids, order = self.ids, self.order
+        while len(order) > self.capacity:
+            forgotten_ns = ids.pop(order.popleft())
+            if forgotten_ns > self.watermark_ns:  # noqa: PLR1730 (max() costs 6x an if)
+                self.watermark_ns = forgotten_ns
 
     def restore(self, pairs: Iterable[tuple[str, int]], watermark_ns: int) -> None:
         self.ids = dict(pairs)
@@ -525,8 +527,8 @@ class Ledger:
         call, without the report of slots gone negative (the writer reads
         those from the ledger once it is restored): a restart replays up to a
         snapshot interval of these, and the four calls were a third of it.
-        Past the capacity each fill forgets one id, inline, and the two
-        maxima are ifs: a fifth off this method over a million fills.
+        Its maxima (here and in ``forget_oldest``) are ifs: a fifth off this
+        method over a million fills.
         """
         applied = self.applied
         ids = applied.ids
@@ -542,11 +544,9 @@ class Ledger:
             slots[slot] += delta
         applied.order.append(exec_id)
         ids[exec_id] = timestamp_ns
-        while len(ids) > applied.capacity:  # forget_oldest, inlined
-            forgotten_ns = ids.pop(applied.order.popleft())
-            if forgotten_ns > applied.watermark_ns:  # noqa: PLR1730 (max() costs 6x an if)
-                applied.watermark_ns = forgotten_ns
-        if timestamp_ns > self.last_fill_ns:  # noqa: PLR1730
+        if len(ids) > applied.capacity:
+            applied.forget_oldest()
+        if timestamp_ns > self.last_fill_ns:  # noqa: PLR1730 (max() costs 6x an if)
             self.last_fill_ns = timestamp_ns
 
     def _replayable(self, exec_id: str, timestamp_ns: int, slot: int) -> bool:
