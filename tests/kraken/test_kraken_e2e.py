@@ -108,12 +108,12 @@ def test_rest_failures_during_reconcile_change_nothing_and_recover(stack: Kraken
 def test_gateway_restart_while_trades_continue_catches_up_exactly(stack: KrakenStack) -> None:
     quick = ("--reconcile-interval", "1", "--recheck-interval", "0.5")
     stack.start_gateway(*quick)
-    stack.control("trade-generator", {"rate": 150, "count": 1200, "userrefs": [2, 3, 4]})
+    stack.control("trade-generator", {"rate": 60, "count": 480, "userrefs": [2, 3, 4]})
     time.sleep(1.5)
     assert stack.stop_gateway(signal.SIGKILL) == -signal.SIGKILL
-    time.sleep(2.5)  # ~375 trades while down: more than the 50 a snapshot holds
+    time.sleep(2.5)  # ~150 orders while down: more trades than the 50 a snapshot holds
     stack.start_gateway(*quick)
-    wait_until(lambda: stack.control("state")["orders"] == 1200, 60, "the trades")
+    wait_until(lambda: stack.control("state")["orders"] == 480, 60, "the trades")
     # A fill that the bootstrap's REST answer already held, but that arrived after
     # it, shows as a drift of slots 0 and 1 until two reconcile passes mend it.
     wait_until(lambda: settled(stack), 30, "the gateway to agree with the exchange")
