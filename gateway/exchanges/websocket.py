@@ -85,6 +85,11 @@ class HandshakeRejectedError(HandshakeError):
         self.body = body
 
 
+class CertificateRefusedError(HandshakeError):
+    """The server's TLS certificate did not verify: a setting to fix (its CA, the URL's
+    host), not a failure to retry, so a start says so at once."""
+
+
 class ConnectionClosedError(WebSocketError):
     """The connection is over: ``code`` and ``reason`` as the close frame gave them.
 
@@ -614,7 +619,8 @@ async def open_websocket(
     Raises:
         HandshakeError: no connection, no upgrade within ``handshake_timeout_s``,
             or an answer that breaks RFC 6455 (:class:`HandshakeRejectedError` for
-            an HTTP status).
+            an HTTP status, :class:`CertificateRefusedError` for a certificate
+            that does not verify).
     """
     target = _target(url)
     with trio.move_on_after(handshake_timeout_s) as timeout:
@@ -623,7 +629,9 @@ async def open_websocket(
             leftover = await _upgrade(stream, target)
         except (trio.BrokenResourceError, OSError) as exc:
             await trio.aclose_forcefully(stream)
-            raise HandshakeError(f"the handshake failed: {_broken(exc)}") from exc
+            refused = isinstance(exc.__cause__ or exc, ssl.SSLCertVerificationError)
+            error = CertificateRefusedError if refused else HandshakeError
+            raise error(f"the handshake failed: {_broken(exc)}") from exc
         except BaseException:  # the timeout's Cancelled too: the stream is closed either way
             await trio.aclose_forcefully(stream)
             raise

@@ -35,6 +35,7 @@ from gateway.exchanges.websocket import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    CertificateRefusedError,
     ConnectionClosedError,
     FrameParser,
     HandshakeError,
@@ -287,12 +288,16 @@ async def test_wss_verifies_the_server_and_says_why_it_refuses(
         async with open_websocket(url, ssl_context=client_context) as ws:
             await ws.send_message("hello")
             assert await ws.get_message() == "over TLS: hello"
-        with pytest.raises(HandshakeError, match="TLS certificate refused: IP address mismatch"):
+        with pytest.raises(
+            CertificateRefusedError, match="TLS certificate refused: IP address mismatch"
+        ):
             async with open_websocket(
                 f"wss://127.0.0.1:{server.port}/v2", ssl_context=client_context
             ):
                 pass
-        with pytest.raises(HandshakeError, match="TLS certificate refused: unable to get local"):
+        with pytest.raises(
+            CertificateRefusedError, match="TLS certificate refused: unable to get loc"
+        ):
             async with open_websocket(url):  # the system's authorities do not know this one
                 pass
         nursery.cancel_scope.cancel()

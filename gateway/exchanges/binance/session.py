@@ -40,7 +40,12 @@ from gateway.exchanges.binance.parsing import (
 )
 from gateway.exchanges.binance.rest import BinanceRestClient
 from gateway.exchanges.feed import SilenceTimer, deliver, describe_failure
-from gateway.exchanges.websocket import WebSocket, WebSocketError, open_websocket
+from gateway.exchanges.websocket import (
+    CertificateRefusedError,
+    WebSocket,
+    WebSocketError,
+    open_websocket,
+)
 from gateway.ledger import Fill, scale_fill
 from gateway.messages import (
     ExchangeHealthChanged,
@@ -159,7 +164,8 @@ class BinanceSession:
         next pass books them (``transfer_position_ns`` is not used).
 
         Raises:
-            BootstrapError: bad credentials, or no subscription after ``STARTUP_ATTEMPTS``.
+            BootstrapError: bad credentials, a certificate that does not verify, or
+                no subscription after ``STARTUP_ATTEMPTS``.
         """
         del transfer_position_ns
         live_once = False
@@ -171,8 +177,9 @@ class BinanceSession:
                 except (WebSocketError, OSError, BinanceError, StreamEnded,
                         trio.TooSlowError) as exc:  # fmt: skip
                     self.last_error = describe_failure(exc)
-                    auth = isinstance(exc, BinanceAuthError)
-                    if not live_once and (auth or attempt + 1 >= STARTUP_ATTEMPTS):
+                    # Credentials or a certificate refused will be on the next try too.
+                    final = isinstance(exc, BinanceAuthError | CertificateRefusedError)
+                    if not live_once and (final or attempt + 1 >= STARTUP_ATTEMPTS):
                         raise BootstrapError(
                             f"could not subscribe to the Binance user data stream at "
                             f"{self.ws_url}: {self.last_error}"

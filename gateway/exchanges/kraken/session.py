@@ -50,7 +50,12 @@ from gateway.exchanges.kraken.parsing import (
 )
 from gateway.exchanges.kraken.rest import KrakenRestClient, RetryPolicy
 from gateway.exchanges.numbers import MAX_ID, is_printable_id
-from gateway.exchanges.websocket import WebSocket, WebSocketError, open_websocket
+from gateway.exchanges.websocket import (
+    CertificateRefusedError,
+    WebSocket,
+    WebSocketError,
+    open_websocket,
+)
 from gateway.ledger import Fill, Transfer
 from gateway.messages import ExchangeHealthChanged, FillReceived, TransferReceived, WriterMessage
 
@@ -260,8 +265,9 @@ class KrakenSession:
         stream is read (and held) meanwhile.
 
         Raises:
-            BootstrapError: the key lacks a permission, or no subscription after
-                ``STARTUP_ATTEMPTS`` tries at start.
+            BootstrapError: the key lacks a permission, the server's certificate
+                does not verify, or no subscription after ``STARTUP_ATTEMPTS`` tries
+                at start.
         """
         self.position_ns = position_ns
         self.transfer_position_ns = transfer_position_ns
@@ -288,7 +294,9 @@ class KrakenSession:
                     WebSocketError, OSError, StreamStale, KrakenError, trio.TooSlowError
                 ) as exc:  # fmt: skip
                     self.last_error = describe_failure(exc)
-                    if not live_once and attempt + 1 >= STARTUP_ATTEMPTS:
+                    # A certificate that does not verify will not on the next try either.
+                    refused = isinstance(exc, CertificateRefusedError)
+                    if not live_once and (refused or attempt + 1 >= STARTUP_ATTEMPTS):
                         hint = "" if isinstance(exc, KrakenError) else " (check --ws-url)"
                         raise BootstrapError(
                             f"could not subscribe to Kraken executions at {self.ws_url}: "
