@@ -124,13 +124,16 @@ def test_half_a_minute_of_flapping_websocket_failing_rest_and_a_deposit_in_an_ou
     load.start()
     # A rate whose 3 s between drops the 50-trade snapshot mostly covers: at Kraken's Pro
     # counter, a REST catch-up after every drop of a busier account falls behind.
-    # Half a minute of it is as much as a minute: the counter falls behind within the first
-    # drops, REST fails both ways, and the last catch-ups close the gap after.
+    # Half a minute, and on to the third drop (the 502s follow it): the counter falls
+    # behind within the first drops, and the last catch-ups close the gap after.
     stack.control("trade-generator", {"rate": 10, "count": 300, "userrefs": [2, 3, 4]})
     started = time.monotonic()
     drops = 0
     deposited = False
-    while time.monotonic() - started < 30:
+    while time.monotonic() - started < 30 or drops < 3:
+        # A reconnect that must catch up holds its connection through the (paced)
+        # catch-up, so fewer connections are there to drop than drops were tried.
+        assert time.monotonic() - started < 120, f"{drops} connections to drop in 2 minutes"
         time.sleep(3)
         drops += int(str(stack.control("drop-websockets", {})["dropped"]))
         if not deposited and time.monotonic() - started > 10:
@@ -147,9 +150,6 @@ def test_half_a_minute_of_flapping_websocket_failing_rest_and_a_deposit_in_an_ou
     assert_matches_simulator(stack)
     assert_commands_applied_once(stack, acknowledged)
     status = stack.status()
-    # A reconnect that must catch up holds its connection through the (paced) catch-up,
-    # so fewer connections are there to drop than drops were tried.
-    assert drops >= 3
     assert int(str(status["ws_reconnects"])) >= drops
     # The deposit arrives as a transfer (streamed, or from a reconnect's Ledgers
     # catch-up), once; an outage is never mistaken for drift: nothing to correct.
