@@ -36,11 +36,9 @@ REPLIES_KEPT: Final = 100_000
 TRANSFER_REFS_KEPT: Final = 50_000
 UNKNOWN_CURRENCY_LISTED: Final = 12  # currencies named in an UNKNOWN_CURRENCY refusal
 
-# Fill arithmetic (qty * price) needs more digits than Decimal's default 28.
+# Fill arithmetic (qty * price) and its scaling need more digits than Decimal's default
+# 28, and are exact or an error.
 _EXACT = decimal.Context(prec=100, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.Inexact])
-_QUANTUM = Decimal(1).scaleb(-SCALE)
-# Rounding a fill to the ledger's decimals: wide enough for any value the edge admits.
-_ROUNDING = decimal.Context(prec=100, rounding=decimal.ROUND_HALF_EVEN)
 
 
 class Refused(Exception):  # noqa: N818 - a verdict, not a malfunction
@@ -201,13 +199,14 @@ def scale_fact(value: Decimal) -> int:
     (``OUT_OF_RANGE``) instead of stopping the gateway. The edge bounds every
     exponent (see the exchange parsers), so this is never a huge computation.
     A product of quantity and price may carry more decimals than the ledger
-    keeps (the exchange rounds too).
+    keeps (the exchange rounds too): ``round`` rounds half-even. Three of
+    these a fill: one scaling and a round are a third less than a quantize,
+    a scaling and an ``int``.
     """
     try:
-        exact = value.quantize(_QUANTUM, context=_ROUNDING)
-    except decimal.InvalidOperation:  # more than 100 digits: nothing an exchange books
+        return round(value.scaleb(SCALE, context=_EXACT))
+    except decimal.Inexact:  # more than 100 digits: nothing an exchange books
         raise StoreValueError(f"{value} is far beyond any balance") from None
-    return int(exact.scaleb(SCALE, context=_ROUNDING))
 
 
 def scale_fill(value: Decimal) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import decimal
 from decimal import Decimal
 
 import cbor2
@@ -32,9 +33,31 @@ from gateway.ledger import (
     Refused,
     Side,
     format_scaled,
+    scale_fact,
 )
+from mmapstore import StoreValueError
 
 S = 8
+
+
+def _scaled_by_definition(value: Decimal) -> int:
+    """A fact at the ledger's 18 decimals, rounded half-even, as the ledger first wrote it."""
+    wide = decimal.Context(prec=100, rounding=decimal.ROUND_HALF_EVEN)
+    return int(value.quantize(Decimal(1).scaleb(-18), context=wide).scaleb(18, context=wide))
+
+
+@given(st.integers(-(10**50) + 1, 10**50 - 1), st.integers(-40, 20))
+def test_a_fact_is_scaled_and_rounded_half_even_as_defined(coefficient: int, exponent: int) -> None:
+    value = Decimal(coefficient).scaleb(exponent)
+    assert scale_fact(value) == _scaled_by_definition(value)
+
+
+def test_a_fact_of_more_digits_than_any_product_is_refused_not_rounded() -> None:
+    assert scale_fact(Decimal("0.0000000000000000015")) == 2
+    assert scale_fact(Decimal("-0.0000000000000000025")) == -2
+    assert scale_fact(Decimal("0.0000000000000000005")) == 0
+    with pytest.raises(StoreValueError, match="far beyond any balance"):
+        scale_fact(Decimal("1" * 101))
 
 
 def funded(**totals: int) -> Ledger:
