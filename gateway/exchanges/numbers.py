@@ -72,11 +72,16 @@ def exact_decimal(
 
 
 def in_bounds(number: Decimal) -> bool:
-    """Finite, within ``MAX_EXPONENT`` and ``MAX_DIGITS``: what an exchange can mean."""
-    return number.is_finite() and (
-        not number
-        or (
-            -MAX_EXPONENT <= number.adjusted() <= MAX_EXPONENT
-            and len(number.as_tuple().digits) <= MAX_DIGITS
-        )
-    )
+    """Finite, within ``MAX_EXPONENT`` and ``MAX_DIGITS``: what an exchange can mean.
+
+    Four of these a fill. The text of a number holds every digit of its
+    coefficient, so a short text is few digits: ``str`` costs a third of
+    ``as_tuple``, which only a long text needs.
+    """
+    if not number.is_finite():
+        return False
+    if not number:
+        return True
+    if not -MAX_EXPONENT <= number.adjusted() <= MAX_EXPONENT:
+        return False
+    return len(str(number)) <= MAX_DIGITS or len(number.as_tuple().digits) <= MAX_DIGITS
