@@ -24,6 +24,7 @@ from gateway.events import (
     replay_event,
 )
 from gateway.ledger import (
+    SCALE,
     UNIT,
     BalanceCommand,
     CommandKind,
@@ -41,9 +42,9 @@ S = 8
 
 
 def _scaled_by_definition(value: Decimal) -> int:
-    """A fact at the ledger's 18 decimals, rounded half-even, as the ledger first wrote it."""
+    """A fact at the ledger's decimals, rounded half-even, as the ledger first wrote it."""
     wide = decimal.Context(prec=100, rounding=decimal.ROUND_HALF_EVEN)
-    return int(value.quantize(Decimal(1).scaleb(-18), context=wide).scaleb(18, context=wide))
+    return int(value.quantize(Decimal(1).scaleb(-SCALE), context=wide).scaleb(SCALE, context=wide))
 
 
 @given(st.integers(-(10**50) + 1, 10**50 - 1), st.integers(-40, 20))
@@ -52,7 +53,7 @@ def test_a_fact_is_scaled_and_rounded_half_even_as_defined(coefficient: int, exp
     assert scale_fact(value) == _scaled_by_definition(value)
 
 
-def test_a_fact_of_more_digits_than_any_product_is_refused_not_rounded() -> None:
+def test_a_fact_rounds_half_even_and_one_past_100_digits_is_refused_not_rounded() -> None:
     assert scale_fact(Decimal("0.0000000000000000015")) == 2
     assert scale_fact(Decimal("-0.0000000000000000025")) == -2
     assert scale_fact(Decimal("0.0000000000000000005")) == 0
