@@ -5,7 +5,10 @@ currencies that changed, makes the batch durable with one write and sync, and
 only then answers the commands in it (group commit). The commit is pipelined:
 while a worker thread syncs one batch, the writer applies the next ones, whose
 replies wait for the sync that covers them; a batch found alone, with nothing
-queued behind it, is synced inline, which answers a lone client soonest.
+queued behind it and a client waiting on it, is synced inline, which answers a
+lone client soonest. A sync nobody waits on (the heartbeat's, below) always
+runs in the thread, and the writer takes messages while a sync is in flight:
+a fill is never held behind a disk.
 
 Fills never wait for a disk: a batch of fills alone is published and left in
 the journal's buffer, to be written with the next batch that needs an fsync
@@ -498,13 +501,21 @@ class _CommitPipeline:
         self._nursery = nursery
         self.waiting: list[_Batch] = []  # applied after the sync in flight, if any
         self.syncing: _Sync | None = None
+        self._receiving: trio.CancelScope | None = None  # the writer waiting for a message
 
     def add(self, batch: _Batch) -> None:
         self.waiting.append(batch)
 
-    def flush(self, *, inline: bool) -> None:
-        """Nothing in flight: answer what needs no sync; start (or, inline, run) the sync
-        of what does."""
+    def flush(self, *, more_queued: bool) -> None:
+        """Nothing in flight: answer what needs no sync; start the sync of what does.
+
+        The sync runs inline only for a batch found alone that someone waits on
+        (a client's reply, the bootstrap): a thread's wake-ups (~100 µs here)
+        would only delay a lone client. Otherwise it runs in the worker thread
+        while the writer goes on: with work queued, to apply it meanwhile; with
+        nobody waiting (the heartbeat's sync of fills, 1-3 ms twice a second
+        here), so that the fills arriving meanwhile are not held behind it.
+        """
         assert self.syncing is None
         core = self._core
         if not (core.journal.has_pending and any(b.needs_sync for b in self.waiting)):
@@ -514,21 +525,23 @@ class _CommitPipeline:
             return
         write = core.journal.take_pending()
         batches, self.waiting = self.waiting, []
-        if inline:
+        if not more_queued and any(batch.replies or batch.published for batch in batches):
             started = time.perf_counter()
             error = _write_out(core, write)
             _warn_if_slow(time.perf_counter() - started)
             self._finish(write, batches, error)
             return
-        self.syncing = _Sync(write, batches)
-        self._nursery.start_soon(self._sync_in_thread, self.syncing)
+        self._start_sync(_Sync(write, batches))
 
     def sync_pending(self) -> None:
         """Start syncing what the journal holds with no reply waiting on it (fills, for
         replication: only durable events leave the host)."""
         assert self.syncing is None and not self.waiting
-        self.syncing = _Sync(self._core.journal.take_pending(), [])
-        self._nursery.start_soon(self._sync_in_thread, self.syncing)
+        self._start_sync(_Sync(self._core.journal.take_pending(), []))
+
+    def _start_sync(self, sync: _Sync) -> None:
+        self.syncing = sync
+        self._nursery.start_soon(self._sync_in_thread, sync)
 
     async def _sync_in_thread(self, sync: _Sync) -> None:
         # The thread is not abandoned on cancellation: a write half done must end
@@ -537,6 +550,33 @@ class _CommitPipeline:
         sync.error = await trio.to_thread.run_sync(_write_out, self._core, sync.write)
         _warn_if_slow(time.perf_counter() - started)
         sync.done.set()
+        if self._receiving is not None:
+            self._receiving.cancel()  # the writer waits for a message: its sync is back
+
+    async def receive_while_syncing(
+        self, receive: trio.MemoryReceiveChannel[WriterMessage]
+    ) -> WriterMessage | None:
+        """The next message, or None once the sync in flight returns (whichever comes
+        first; a message is never lost to the race, as Trio's receive is atomic).
+        One already queued is taken without a checkpoint, as the writer takes a batch.
+
+        Raises:
+            trio.EndOfChannel: every producer is gone.
+        """
+        assert self.syncing is not None
+        try:
+            return receive.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        # No checkpoint since the writer's last reap, so the sync cannot have returned
+        # unseen: it ends by cancelling this scope.
+        self._receiving = trio.CancelScope()
+        try:
+            with self._receiving:
+                return await receive.receive()
+        finally:
+            self._receiving = None
+        return None
 
     async def wait_sync(self) -> None:
         """Wait for the sync in flight, then answer its batches."""
@@ -618,10 +658,7 @@ async def run_writer(
                 _finish_snapshot(core, snapshot)
                 snapshot = None
             if pipeline.syncing is None and pipeline.waiting:
-                # Synced inline when nothing is queued behind it: a thread's wake-ups
-                # (~100 µs here) would only delay a lone client. With work queued, the
-                # thread syncs while the writer applies it.
-                pipeline.flush(inline=not more_queued)
+                pipeline.flush(more_queued=more_queued)
                 continue
             if not (core.sync_fills and core.journal.has_pending):
                 fills_due = math.inf
@@ -647,10 +684,13 @@ async def run_writer(
                     continue  # the fills' sync is due
             else:
                 try:
-                    messages = [receive.receive_nowait()]
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    await pipeline.wait_sync()  # nothing to apply meanwhile
+                    message = await pipeline.receive_while_syncing(receive)
+                except trio.EndOfChannel:
+                    await pipeline.wait_sync()  # the last batches' sync, then the end
                     continue
+                if message is None:
+                    continue  # the sync returned: answer its batches
+                messages = [message]
             more_queued = True
             while len(messages) < MAX_BATCH:
                 try:

@@ -1,5 +1,6 @@
-"""The writer's pipelined commit: replies wait for the sync that covers them, and a
-failed sync takes back every command applied behind it, never a fill."""
+"""The writer's pipelined commit: replies wait for the sync that covers them, a
+failed sync takes back every command applied behind it, never a fill, and no fill
+waits for a sync."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from gateway.config import GatewayConfig
 from gateway.errors import JournalWriteError
 from gateway.journal import Journal, PendingWrite
 from gateway.ledger import UNIT, BalanceCommand, CommandKind, Fill, Side
-from gateway.messages import CommandReceived, FillReceived, WriterMessage
+from gateway.messages import CommandReceived, FillReceived, HeartbeatTick, WriterMessage
 from gateway.service import restore_state
 from gateway.writer import WriterCore, run_writer
-from mmapstore import StoreWriter
+from mmapstore import StoreReader, StoreWriter
 
 
 @dataclass
@@ -177,3 +178,54 @@ async def test_without_replication_fills_wait_for_the_next_sync(
     mock_clock.jump(1.0)
     await trio.testing.wait_all_tasks_blocked()
     assert core.journal.synced_seq == core.journal.next_seq - 1  # until a command or a tick
+
+
+async def test_a_fill_is_applied_and_published_while_the_heartbeat_sync_is_held(
+    writer: Writer,
+) -> None:
+    """The heartbeat's sync of fills has nobody waiting on it: it runs in the worker
+    thread (inline, it would hold the loop 1-3 ms here, twice a second), and a fill
+    arriving meanwhile is applied and visible at once, not after the disk."""
+    core = writer.core
+    held = HeldSync(core.journal, False, threading.Event(), threading.Event())
+    held.install()
+    await writer.send.send(_fill("before"))
+    await writer.send.send(HeartbeatTick())
+    try:
+        assert await trio.to_thread.run_sync(held.entered.wait, 10)
+        await writer.send.send(_fill("during"))  # the queue is empty: the writer waits
+        allocate = _allocate("a", 2, 10, "during")
+        await writer.send.send(allocate)
+        with StoreReader(writer.config.store_path) as reader, trio.fail_after(5):
+            # Both visible (the command applied, its reply held) while the sync is held.
+            wanted = (12 * UNIT, 10 * UNIT)
+            while (reader.slot("BTC", 0).scaled, reader.slot("USD", 2).scaled) != wanted:
+                await trio.sleep(0.001)
+        with trio.move_on_after(0.1):
+            await allocate.reply.wait()
+            pytest.fail("a reply left before the sync covering it")
+    finally:
+        held.release.set()
+    with trio.fail_after(5):
+        assert (await allocate.reply.wait())["ok"] is True
+    assert core.journal.synced_seq == core.journal.next_seq
+
+
+async def test_the_channel_ends_while_a_sync_is_held_and_the_writer_waits_for_it(
+    writer: Writer,
+) -> None:
+    core = writer.core
+    held = HeldSync(core.journal, False, threading.Event(), threading.Event())
+    held.install()
+    await writer.send.send(_fill("last"))
+    await writer.send.send(HeartbeatTick())
+    try:
+        assert await trio.to_thread.run_sync(held.entered.wait, 10)
+        await writer.send.aclose()
+        await trio.sleep(0.05)
+        assert core.journal.synced_seq < core.journal.next_seq
+    finally:
+        held.release.set()
+    with trio.fail_after(5):
+        while core.journal.synced_seq < core.journal.next_seq:
+            await trio.sleep(0.001)
