@@ -180,6 +180,16 @@ async def test_without_replication_fills_wait_for_the_next_sync(
     assert core.journal.synced_seq == core.journal.next_seq - 1  # until a command or a tick
 
 
+async def _hold_the_heartbeat_sync(writer: Writer, exec_id: str) -> HeldSync:
+    """A fill, then the heartbeat, whose sync (of that fill) is held in its thread."""
+    held = HeldSync(writer.core.journal, False, threading.Event(), threading.Event())
+    held.install()
+    await writer.send.send(_fill(exec_id))
+    await writer.send.send(HeartbeatTick())
+    assert await trio.to_thread.run_sync(held.entered.wait, 10)
+    return held
+
+
 async def test_a_fill_is_applied_and_published_while_the_heartbeat_sync_is_held(
     writer: Writer,
 ) -> None:
@@ -187,12 +197,8 @@ async def test_a_fill_is_applied_and_published_while_the_heartbeat_sync_is_held(
     thread (inline, it would hold the loop 1-3 ms here, twice a second), and a fill
     arriving meanwhile is applied and visible at once, not after the disk."""
     core = writer.core
-    held = HeldSync(core.journal, False, threading.Event(), threading.Event())
-    held.install()
-    await writer.send.send(_fill("before"))
-    await writer.send.send(HeartbeatTick())
+    held = await _hold_the_heartbeat_sync(writer, "before")
     try:
-        assert await trio.to_thread.run_sync(held.entered.wait, 10)
         await writer.send.send(_fill("during"))  # the queue is empty: the writer waits
         allocate = _allocate("a", 2, 10, "during")
         await writer.send.send(allocate)
@@ -215,12 +221,8 @@ async def test_the_channel_ends_while_a_sync_is_held_and_the_writer_waits_for_it
     writer: Writer,
 ) -> None:
     core = writer.core
-    held = HeldSync(core.journal, False, threading.Event(), threading.Event())
-    held.install()
-    await writer.send.send(_fill("last"))
-    await writer.send.send(HeartbeatTick())
+    held = await _hold_the_heartbeat_sync(writer, "last")
     try:
-        assert await trio.to_thread.run_sync(held.entered.wait, 10)
         await writer.send.aclose()
         await trio.sleep(0.05)
         assert core.journal.synced_seq < core.journal.next_seq
