@@ -5,10 +5,10 @@ currencies that changed, makes the batch durable with one write and sync, and
 only then answers the commands in it (group commit). The commit is pipelined:
 while a worker thread syncs one batch, the writer applies the next ones, whose
 replies wait for the sync that covers them; a batch found alone, with nothing
-queued behind it and a client waiting on it, is synced inline, which answers a
-lone client soonest. A sync nobody waits on (the heartbeat's, below) always
-runs in the thread, and the writer takes messages while a sync is in flight:
-a fill is never held behind a disk.
+queued behind it and someone waiting on it (a client, the bootstrap), is synced
+inline, which answers a lone client soonest. A sync nobody waits on (the
+heartbeat's, below) always runs in the thread, and the writer takes messages
+while a sync is in flight: a fill is never held behind a disk.
 
 Fills never wait for a disk: a batch of fills alone is published and left in
 the journal's buffer, to be written with the next batch that needs an fsync
