@@ -648,9 +648,14 @@ def fills(plan: Plan, report: Report, work: Path) -> None:
     )
     for r in results:
         if r["rate"] == 10000:
+            # What the rule judges (every fill, the lag's p99), then the rate a short run's
+            # start-up and tail pull down, which alone would read as a miss.
+            limit_ms = bench_fills.SUSTAINED_P99_US / 1000
             report.goal(
                 "fills sustained ≥ 10,000/s",
-                f"{r['achieved_per_s']:,.0f}/s",
+                f"{r['delivered']:,.0f} of {r['fills']:,.0f} offered at 10,000/s delivered, "
+                f"p99 lag {r['p99_us'] / 1000:,.1f} ms (limit {limit_ms:.0f} ms); "
+                f"{r['achieved_per_s']:,.0f}/s from the first send to the last seen",
                 bench_fills.sustained(r),
             )
 
