@@ -335,14 +335,22 @@ async def _follow(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Read the log after the mirror's position and hand it to the writer; resync when due."""
-    task_status.started()
+    """Read the log after the mirror's position and hand it to the writer; resync when due.
+
+    Supports ``nursery.start``: ``started()`` once the first word on the source (its
+    beat, or Redis out of reach) is in the writer's channel, so that a command sent
+    as soon as the mirror is ready is judged on it, not refused as never seen.
+    """
+    starting = True
     said = ""
     async with send:
         while True:
             try:
                 async with connect(target) as redis, trio.open_nursery() as nursery:
-                    nursery.start_soon(_watch_source, redis, target, send)
+                    await nursery.start(_watch_source, redis, target, send)
+                    if starting:
+                        starting = False
+                        task_status.started()
                     if said:
                         logger.info("mirror: redis %s reachable again", target.shown)
                     said = ""
@@ -352,6 +360,9 @@ async def _follow(
                     logger.warning("mirror: %s (retrying; last values stay, flagged stale)", exc)
                     said = str(exc)
                 await send.send(SourceSeen(reachable=False))
+            if starting:
+                starting = False
+                task_status.started()
             await trio.sleep(RETRY_S)
 
 
@@ -457,9 +468,14 @@ async def _snapshot(redis: coredis.Redis[bytes], target: Target) -> SnapshotArri
 
 
 async def _watch_source(
-    redis: coredis.Redis[bytes], target: Target, send: trio.MemorySendChannel[MirrorMessage]
+    redis: coredis.Redis[bytes],
+    target: Target,
+    send: trio.MemorySendChannel[MirrorMessage],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The source's heartbeat, twice a second."""
+    """The source's heartbeat, twice a second; ``started()`` once the first is sent."""
+    starting = True
     while True:
         values = await redis.hmget(
             target.key("meta"), ["beat_ns", "durable", "conditions", "lineage"]
@@ -476,6 +492,9 @@ async def _watch_source(
         except (ValueError, UnicodeDecodeError):
             seen = SourceSeen(True)
         await send.send(seen)
+        if starting:
+            starting = False
+            task_status.started()
         await trio.sleep(HEARTBEAT_INTERVAL_S)
 
 
@@ -495,8 +514,13 @@ class Forwarder:
         self._pending: dict[bytes, trio.MemorySendChannel[tuple[Reply, int]]] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Read this mirror's reply stream, for as long as the mirror runs."""
-        task_status.started()
+        """Read this mirror's reply stream, for as long as the mirror runs.
+
+        Supports ``nursery.start``: ``started()`` after the first attempt to reach
+        Redis, so that a command sent as soon as the mirror is ready finds the
+        connection there (or Redis found out of reach), not refused as not yet tried.
+        """
+        starting = True
         key = self._target.reply_key(self._mirror.mirror_id)
         last_id = b"0-0"
         while True:
@@ -506,6 +530,9 @@ class Forwarder:
                     if top:
                         last_id = max(last_id, as_bytes(top[0].identifier), key=_id_order)
                     self._redis = redis
+                    if starting:
+                        starting = False
+                        task_status.started()
                     try:
                         while True:
                             found = await redis.xread({key: last_id}, count=100, block=BLOCK_MS)
@@ -516,6 +543,9 @@ class Forwarder:
                         self._redis = None
             except RedisDownError as exc:
                 logger.debug("mirror replies: %s", exc)
+            if starting:
+                starting = False
+                task_status.started()
             await trio.sleep(RETRY_S)
 
     def _deliver(self, fields: Mapping[str | bytes, str | bytes]) -> None:
