@@ -341,16 +341,14 @@ async def _follow(
     beat, or Redis out of reach) is in the writer's channel, so that a command sent
     as soon as the mirror is ready is judged on it, not refused as never seen.
     """
-    starting = True
     said = ""
     async with send:
         while True:
             try:
                 async with connect(target) as redis, trio.open_nursery() as nursery:
                     await nursery.start(_watch_source, redis, target, send)
-                    if starting:
-                        starting = False
-                        task_status.started()
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
                     if said:
                         logger.info("mirror: redis %s reachable again", target.shown)
                     said = ""
@@ -360,9 +358,8 @@ async def _follow(
                     logger.warning("mirror: %s (retrying; last values stay, flagged stale)", exc)
                     said = str(exc)
                 await send.send(SourceSeen(reachable=False))
-            if starting:
-                starting = False
-                task_status.started()
+            task_status.started()  # Redis out of reach at start: say so, then serve
+            task_status = trio.TASK_STATUS_IGNORED
             await trio.sleep(RETRY_S)
 
 
@@ -475,7 +472,6 @@ async def _watch_source(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The source's heartbeat, twice a second; ``started()`` once the first is sent."""
-    starting = True
     while True:
         values = await redis.hmget(
             target.key("meta"), ["beat_ns", "durable", "conditions", "lineage"]
@@ -492,9 +488,8 @@ async def _watch_source(
         except (ValueError, UnicodeDecodeError):
             seen = SourceSeen(True)
         await send.send(seen)
-        if starting:
-            starting = False
-            task_status.started()
+        task_status.started()
+        task_status = trio.TASK_STATUS_IGNORED
         await trio.sleep(HEARTBEAT_INTERVAL_S)
 
 
@@ -520,7 +515,6 @@ class Forwarder:
         Redis, so that a command sent as soon as the mirror is ready finds the
         connection there (or Redis found out of reach), not refused as not yet tried.
         """
-        starting = True
         key = self._target.reply_key(self._mirror.mirror_id)
         last_id = b"0-0"
         while True:
@@ -530,9 +524,8 @@ class Forwarder:
                     if top:
                         last_id = max(last_id, as_bytes(top[0].identifier), key=_id_order)
                     self._redis = redis
-                    if starting:
-                        starting = False
-                        task_status.started()
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
                     try:
                         while True:
                             found = await redis.xread({key: last_id}, count=100, block=BLOCK_MS)
@@ -543,9 +536,8 @@ class Forwarder:
                         self._redis = None
             except RedisDownError as exc:
                 logger.debug("mirror replies: %s", exc)
-            if starting:
-                starting = False
-                task_status.started()
+            task_status.started()  # Redis out of reach at start: say so, then serve
+            task_status = trio.TASK_STATUS_IGNORED
             await trio.sleep(RETRY_S)
 
     def _deliver(self, fields: Mapping[str | bytes, str | bytes]) -> None:
