@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Context, Decimal, Inexact, InvalidOperation
 from typing import Final
 
 import msgspec
@@ -15,6 +15,22 @@ MAX_EXPONENT: Final = 40
 # number of a million digits passes the exponent check (1.000…) and is kept as text in
 # the journal and worked on digit by digit in every product: refused the same way.
 MAX_DIGITS: Final = 50
+
+# Arithmetic on an exchange's numbers is never done in the thread's default context: that
+# keeps 28 digits, so a sum of two bounded numbers could come out rounded, and rounding a
+# fill's amount to its asset's decimals raised InvalidOperation past 28 digits (one such
+# fill stopped the gateway, and every start after it, as Kraken's snapshot repeats it).
+# Bounded numbers lie between 1e-89 and 1e41: a sum of fewer than 1e60 of them, or any
+# of them rounded to at most MAX_EXPONENT places, is exact within 200 digits.
+_WIDE: Final = Context(prec=200, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, Inexact])
+# The same, for the one rounding meant to be inexact (to an asset's decimals).
+_WIDE_ROUNDING: Final = Context(prec=200, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation])
+
+# When an exchange's fills and movements happen, in seconds since 1970: years 2000 to
+# 2200. A time far outside would become the gateway's position, where the catch-up after
+# a restart starts (Kraken was asked for the trades after the year 1e31, and none came).
+MIN_TIME_S: Final = 946_684_800
+MAX_TIME_S: Final = 7_258_118_400
 
 # msgspec hands each non-integer number's own text to Decimal: exact, and about twice as
 # fast as the standard library's decoder with parse_float=Decimal. Integers past 64 bits
@@ -69,6 +85,54 @@ def exact_decimal(
     if not in_bounds(number):
         raise error(f"{name} is out of range: {str(value)[:40]!r}")
     return number
+
+
+def exact_sum(first: Decimal, *rest: Decimal) -> Decimal:
+    """The sum of bounded numbers, exactly (``a + b`` would round past 28 digits)."""
+    total = first
+    for number in rest:
+        total = _WIDE.add(total, number)
+    return total
+
+
+def exact_difference(minuend: Decimal, subtrahend: Decimal) -> Decimal:
+    """``minuend - subtrahend`` of bounded numbers, exactly."""
+    return _WIDE.subtract(minuend, subtrahend)
+
+
+def rounded_to(amount: Decimal, places: int) -> Decimal:
+    """A bounded ``amount`` rounded half-even to ``places`` decimals; the amount as the
+    exchange wrote it when that rounding changes nothing.
+
+    Raises:
+        ValueError: ``places`` is outside 0 to ``MAX_EXPONENT``.
+    """
+    # Rounding in the wide context cannot fail, so rounding every time and comparing
+    # costs less than reading the amount's exponent first (as_tuple: a tuple of digits).
+    step = _STEPS.get(places) or _step(places)
+    rounded = _WIDE_ROUNDING.quantize(amount, step)
+    return amount if rounded == amount else rounded
+
+
+def _step(places: int) -> Decimal:
+    if not 0 <= places <= MAX_EXPONENT:
+        raise ValueError(f"{places} decimal places is not what an asset has")
+    step = _STEPS[places] = Decimal(1).scaleb(-places)
+    return step
+
+
+_STEPS: dict[int, Decimal] = {}
+
+
+def time_ns(seconds: Decimal | int) -> int:
+    """Seconds since 1970 (exact, as Kraken's REST writes them) in whole nanoseconds.
+
+    Raises:
+        ValueError: not within years 2000 to 2200.
+    """
+    if not MIN_TIME_S <= seconds < MAX_TIME_S:
+        raise ValueError(f"time {str(seconds)[:40]} s is not within the years 2000 to 2200")
+    return int(_WIDE.scaleb(Decimal(seconds), 9))
 
 
 def in_bounds(number: Decimal) -> bool:

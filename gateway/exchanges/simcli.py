@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import decimal
 import json
 import signal
 import ssl
@@ -126,5 +127,8 @@ def serve_until_signalled(serve: Serve, simulator: object, args: argparse.Namesp
                     nursery.cancel_scope.cancel()
                     break
 
+    # An exchange books exactly: balances past the default context's 28 digits are not
+    # rounded here either (trio's tasks inherit this context).
+    decimal.setcontext(decimal.Context(prec=200, traps=[decimal.InvalidOperation]))
     trio.run(main)
     return 0

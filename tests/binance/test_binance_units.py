@@ -168,6 +168,10 @@ def test_documented_account_gives_free_plus_locked() -> None:
     assert isinstance(account, dict)
     account["balances"][0]["locked"] = "1.5"
     assert parse_account(account)["BTC"] == Decimal("4723848.39208129")
+    # Past the default context's 28 digits the sum was rounded (found in review).
+    account["balances"][0]["free"] = "123456789012345678901.12345678"
+    account["balances"][0]["locked"] = "0.00000001"
+    assert parse_account(account)["BTC"] == Decimal("123456789012345678901.12345679")
 
 
 def test_documented_trade_list_entry_books_with_its_orders_strategy() -> None:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact, localcontext
 from pathlib import Path
 
 import trio
@@ -23,7 +23,9 @@ from mmapstore import Condition, StoreReader
 from tests.kraken.stack import (
     KrakenStack,
     assert_matches_simulator,
+    gateway_slots,
     settled,
+    sim_balances,
     wait_until,
 )
 
@@ -173,6 +175,37 @@ def test_an_execution_of_a_million_digits_is_set_aside_and_the_next_start_reads_
     status = stack.status()
     assert status["fills_applied"] == 0 and status["journal"] == "ok"
     assert "TLONG0-00000-000000 not booked (malformed)" in stack.log("gateway")
+
+
+def test_amounts_past_28_digits_are_booked_exactly_and_stop_nothing(stack: KrakenStack) -> None:
+    """Found in review: arithmetic on Kraken's numbers ran in Python's default context,
+    which keeps 28 digits. A deposit less its fee came out rounded; a fill's quantity
+    rounded to its asset's decimals past 28 digits raised InvalidOperation out of the
+    stream and stopped the gateway, and every start after it (the snapshot repeats it).
+    Both amounts fit the store (10 decimals, below 1.7e20 coins)."""
+    stack.start_gateway(*QUICK)
+    btc_before = sim_balances(stack)["BTC"]
+    deposit, fee = Decimal("12345678901234567890.1234567891"), Decimal("0.0000000001")
+    stack.control("deposit", {"asset": "BTC", "amount": str(deposit), "fee": str(fee)})
+    with localcontext(Context(prec=100, traps=[Inexact])):
+        btc_after = btc_before + deposit - fee
+    assert sim_balances(stack)["BTC"] == btc_after  # the simulator books exactly too
+    wait_until(lambda: gateway_slots(stack)["BTC"][0] != btc_before, 10, "the deposit")
+    assert gateway_slots(stack)["BTC"][:2] == (btc_after, btc_after)
+
+    wide = {"exec_type": "trade", "exec_id": "TWIDE0-00000-000000", "symbol": "BTC/USD",
+            "side": "buy", "last_qty": "1234567890123456789.12345678905", "last_price": "1",
+            "cost": "1", "order_userref": 2, "timestamp": _kraken_now()}  # fmt: skip
+    stack.control("inject-execution", {"item": wide})
+    booked = Decimal("1234567890123456789.1234567890")  # half-even at BTC's 10 decimals
+    wait_until(lambda: stack.status()["fills_applied"] == 1, 10, "the fill booked")
+    assert gateway_slots(stack)["BTC"][2] == booked
+    stack.stop_gateway(signal.SIGKILL)
+    stack.start_gateway(*QUICK)  # the snapshot holds the fill again: known, not booked twice
+    assert gateway_slots(stack)["BTC"][2] == booked
+    status = stack.status()
+    assert status["journal"] == "ok" and status["executions_skipped"] == {}
+    assert "Traceback" not in stack.log("gateway")
 
 
 def test_a_pair_listed_after_start_is_learnt_by_the_catch_up(stack: KrakenStack) -> None:

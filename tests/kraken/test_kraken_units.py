@@ -112,6 +112,21 @@ def test_asset_codes_normalise_through_the_assets_map(rest_key: str, canonical: 
     assert AssetMap.from_rest(ASSETS, PAIRS).asset(rest_key) == canonical
 
 
+def test_an_assets_decimals_outside_0_to_40_are_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    """Kraken's ``decimals`` round every amount of its asset: a billion places made the
+    rounding fail on the asset's first fill, and -5 would round its amounts to 1e5."""
+    odd = {
+        **ASSETS,
+        "XXBT": {"altname": "XBT", "decimals": 10**9},
+        "ZUSD": {"altname": "USD", "decimals": -5},
+        "USDT": {"altname": "USDT", "decimals": True},
+    }
+    decimals = AssetMap.from_rest(odd, PAIRS).decimals
+    assert not {"BTC", "USD", "USDT"} & set(decimals) and decimals["EUR"] == 4
+    assert AssetMap.from_rest(ASSETS, PAIRS).decimals["BTC"] == 10
+    assert "XXBT has 1000000000 decimals; left out" in caplog.text
+
+
 def test_pairs_resolve_by_key_or_altname() -> None:
     assets = AssetMap.from_rest(ASSETS, PAIRS)
     assert assets.pair("XXBTZUSD").symbol == "BTC/USD"
@@ -302,6 +317,21 @@ def test_rest_trade_parses_with_userref_from_its_order() -> None:
     assert (fill.base, fill.quote, fill.side, fill.userref) == ("BTC", "USD", Side.BUY, 4)
     assert fill.qty == Decimal("0.02") and fill.price == Decimal("30010")
     assert fill.fees == () and fill.timestamp_ns == 1688667796880200000
+
+
+@pytest.mark.parametrize("time", [Decimal("1E+40"), Decimal("946684799.9"), "7258118400"])
+def test_a_trade_dated_outside_the_years_2000_to_2200_is_refused(time: object) -> None:
+    """Found in review: a REST trade dated 1e40 s became the gateway's position, and the
+    catch-up after the next restart asked Kraken for trades after it (none came)."""
+    trade = {"ordertxid": "OQCLML-BW3P3-BUCMWZ", "pair": "XXBTZUSD", "time": time,
+             "type": "buy", "price": "1", "cost": "1", "fee": "0", "vol": "1"}  # fmt: skip
+    with pytest.raises(KrakenProtocolError, match="not within the years 2000 to 2200"):
+        parse_rest_trade("TCWJEG-FL4SZ-3FKGH6", trade, AssetMap.from_rest(ASSETS, PAIRS), {})
+    execution = KRAKEN_EXECUTION_EXAMPLE.replace('"timestamp":"2023-', '"timestamp":"9999-')
+    assert execution != KRAKEN_EXECUTION_EXAMPLE
+    message = parse_ws_message(execution)
+    assert isinstance(message, WsExecutions) and message.fills == ()
+    assert [s.kind for s in message.skipped] == ["malformed"]
 
 
 @pytest.mark.parametrize(

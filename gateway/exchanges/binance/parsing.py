@@ -23,14 +23,22 @@ from decimal import Decimal
 from typing import Final
 
 from gateway.exchanges.binance.errors import BinanceProtocolError
-from gateway.exchanges.numbers import MAX_ID, exact_decimal, is_printable_id, loads_exact
+from gateway.exchanges.numbers import (
+    MAX_ID,
+    MAX_TIME_S,
+    MIN_TIME_S,
+    exact_decimal,
+    exact_sum,
+    is_printable_id,
+    loads_exact,
+)
 from gateway.ledger import Fee, Fill, Side, Transfer
 
 _MAX_NAME: Final = 32  # an asset or symbol name
 _SIDES: Final = {"BUY": Side.BUY, "SELL": Side.SELL}
 # Milliseconds since the epoch, before any multiplication: years 2000 to 2200.
-_MIN_MS: Final = 946_684_800_000
-_MAX_MS: Final = 7_258_118_400_000
+_MIN_MS: Final = MIN_TIME_S * 1000
+_MAX_MS: Final = MAX_TIME_S * 1000
 
 
 def loads(text: str | bytes) -> object:
@@ -117,10 +125,10 @@ def parse_account(result: object) -> dict[str, Decimal]:
         if not isinstance(entry, dict):
             raise BinanceProtocolError("an account balance is not an object")
         asset = _name(entry, "asset")
-        total = _decimal(entry, "free") + _decimal(entry, "locked")
+        total = exact_sum(_decimal(entry, "free"), _decimal(entry, "locked"))
         if total < 0:
             raise BinanceProtocolError(f"negative balance of {asset}: {total}")
-        totals[asset] = totals.get(asset, Decimal(0)) + total
+        totals[asset] = exact_sum(totals.get(asset, Decimal(0)), total)
     return totals
 
 
@@ -308,5 +316,5 @@ def _account_position(event: Mapping[str, object]) -> AccountPosition:
     for entry in balances:
         if not isinstance(entry, dict):
             raise BinanceProtocolError("a position balance is not an object")
-        totals[_name(entry, "a")] = _decimal(entry, "f") + _decimal(entry, "l")
+        totals[_name(entry, "a")] = exact_sum(_decimal(entry, "f"), _decimal(entry, "l"))
     return AccountPosition(totals, _integer(event, "u"))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from gateway.exchanges.kraken.errors import KrakenProtocolError
+from gateway.exchanges.numbers import MAX_EXPONENT
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +96,10 @@ class AssetMap:
             mapping.assets[key] = canonical
             mapping.assets.setdefault(altname, canonical)
             decimals = info.get("decimals")
-            if isinstance(decimals, int):
+            if type(decimals) is int and 0 <= decimals <= MAX_EXPONENT:
                 mapping.decimals[canonical] = decimals
+            elif decimals is not None:  # its amounts are booked as Kraken writes them
+                logger.warning("Kraken's Assets: %s has %.40r decimals; left out", key, decimals)
         for key, info in pairs.items():
             try:
                 checked_name(key)

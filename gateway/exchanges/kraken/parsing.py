@@ -21,7 +21,7 @@ import calendar
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from functools import lru_cache, partial
 from typing import Final, TypeVar
 
@@ -32,9 +32,12 @@ from gateway.exchanges.kraken.errors import KrakenProtocolError
 from gateway.exchanges.numbers import (
     MAX_ID,
     exact_decimal,
+    exact_difference,
     in_bounds,
     is_printable_id,
     loads_exact,
+    rounded_to,
+    time_ns,
 )
 from gateway.ledger import Fee, Fill, Side, Transfer
 
@@ -59,10 +62,7 @@ def parse_balance(key: str, value: object) -> Decimal:
 def booked(amount: Decimal, asset: str, decimals: Mapping[str, int]) -> Decimal:
     """``amount`` at ``asset``'s decimals (half-even), if it carries more; else unchanged."""
     places = decimals.get(asset)
-    exponent = amount.as_tuple().exponent
-    if places is None or not isinstance(exponent, int) or exponent >= -places:
-        return amount
-    return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
+    return amount if places is None else rounded_to(amount, places)
 
 
 def loads(text: str | bytes) -> object:
@@ -101,8 +101,14 @@ def _any_timestamp_ns(text: object) -> int:
         raise KrakenProtocolError(f"bad timestamp {text!r}") from None
     if moment.tzinfo is None:
         raise KrakenProtocolError(f"timestamp without a zone: {text!r}")
-    seconds = calendar.timegm(moment.utctimetuple())
-    return seconds * 1_000_000_000 + moment.microsecond * 1000
+    return _time_ns(calendar.timegm(moment.utctimetuple())) + moment.microsecond * 1000
+
+
+def _time_ns(seconds: Decimal | int) -> int:
+    try:
+        return time_ns(seconds)
+    except ValueError as exc:
+        raise KrakenProtocolError(str(exc)) from None
 
 
 def format_timestamp(ns: int) -> str:
@@ -442,7 +448,9 @@ def _transfer(
     if kind in MARGIN_ENTRIES:
         return SkippedExecution(ledger_id, "margin", f"a {kind} entry does not move spot balances")
     # The entry's amount and fee are both its asset's; the balance moves by their difference.
-    net = _decimal(entry, "amount") - _decimal(entry, "fee")
+    net = exact_difference(_decimal(entry, "amount"), _decimal(entry, "fee"))
+    if not in_bounds(net):
+        raise KrakenProtocolError(f"ledger entry {ledger_id}: amount less fee is out of range")
     return Transfer(
         ledger_id=ledger_id,
         ref_id=_entry_id(entry, "ref_id" if "ref_id" in entry else "refid", required=False),
@@ -495,8 +503,9 @@ def parse_rest_ledger_entry(
             currency = currency.removesuffix(EARN_SUFFIX)
         elif "." in currency:
             return SkippedExecution(ledger_id, "other-wallet", f"{key} is not spot funds")
-        seconds = _decimal(entry, "time")
-        return _transfer(ledger_id, entry, currency, int(seconds * 1_000_000_000), assets.decimals)
+        return _transfer(
+            ledger_id, entry, currency, _time_ns(_decimal(entry, "time")), assets.decimals
+        )
     except KrakenProtocolError as exc:
         return SkippedExecution(ledger_id[:MAX_ID], "malformed", str(exc))
 
@@ -564,7 +573,7 @@ def parse_rest_trade(
         return SkippedExecution(
             txid[:MAX_ID], "margin", "a margin trade does not move spot balances"
         )
-    seconds = _decimal(trade, "time")
+    timestamp_ns = _time_ns(_decimal(trade, "time"))
     ordertxid = trade.get("ordertxid")
     order_id = _id_of(ordertxid, "ordertxid") if ordertxid else ""
     decimals = assets.decimals
@@ -578,7 +587,7 @@ def parse_rest_trade(
         price=_decimal(trade, "price"),
         fees=(Fee(pair.quote, fee),) if fee else (),
         userref=userrefs.get(order_id),
-        timestamp_ns=int(seconds * 1_000_000_000),
+        timestamp_ns=timestamp_ns,
         order_id=order_id,
         cost=booked(_decimal(trade, "cost"), pair.quote, decimals),
     )

@@ -49,7 +49,7 @@ from gateway.exchanges.kraken.parsing import (
     parse_ws_message,
 )
 from gateway.exchanges.kraken.rest import KrakenRestClient, RetryPolicy
-from gateway.exchanges.numbers import MAX_ID, is_printable_id
+from gateway.exchanges.numbers import MAX_ID, exact_sum, is_printable_id
 from gateway.exchanges.websocket import (
     CertificateRefusedError,
     WebSocket,
@@ -243,7 +243,7 @@ class KrakenSession:
             except KrakenProtocolError as exc:
                 logger.warning("a balance left out: %s", exc)
                 continue
-            totals[currency] = totals.get(currency, Decimal(0)) + amount
+            totals[currency] = exact_sum(totals.get(currency, Decimal(0)), amount)
         return totals
 
     # -- fills -------------------------------------------------------------------------
