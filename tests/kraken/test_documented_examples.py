@@ -71,10 +71,12 @@ ANSWERS = {
 }
 
 
-def _session(asked: list[tuple[str, dict[str, list[str]]]]) -> KrakenSession:
+def _session(
+    asked: list[tuple[str, dict[str, list[str]]]], answers: dict[str, str] = ANSWERS
+) -> KrakenSession:
     def answer(request: httpx.Request) -> httpx.Response:
         asked.append((request.url.path, parse_qs(request.content.decode())))
-        return httpx.Response(200, content=ANSWERS[request.url.path].encode())
+        return httpx.Response(200, content=answers[request.url.path].encode())
 
     rest = KrakenRestClient(
         "https://kraken.test",
@@ -111,6 +113,20 @@ async def test_documented_trades_history_is_caught_up_to_its_orders_slot() -> No
     assert history["start"] == ["1688666999"]
     orders = next(params for path, params in asked if path.endswith("QueryOrders"))
     assert orders["txid"] == ["OQCLML-BW3P3-BUCMWZ"]
+
+
+async def test_a_trade_whose_time_is_not_a_number_is_set_aside_not_raised() -> None:
+    """Found in review: the catch-up pages by its newest trade's time, and a time of
+    "NaN" made that ``max`` raise InvalidOperation: the gateway stopped, and every start
+    after it caught up the same trade."""
+    history = TRADES_HISTORY.replace('"time": 1688667796.8802', '"time": "NaN"')
+    assert history != TRADES_HISTORY
+    session = _session([], {**ANSWERS, "/0/private/TradesHistory": history})
+    with trio.fail_after(30):
+        async with session.rest:
+            fills = await session._catch_up(1688667000 * 10**9)
+    assert [f.exec_id for f in fills] == ["TCWJEG-FL4SZ-3FKGH6"]
+    assert session.skipped == {"malformed": 1}
 
 
 def test_documented_examples_are_valid_json() -> None:

@@ -86,10 +86,14 @@ def format_ns(ns: int) -> str:
 
 
 def _trade_time(trade: dict[str, object]) -> Decimal:
+    """An entry's time to page by. One that is not a number sorts first (Decimal's NaN
+    cannot be compared: ``max`` raised out of the catch-up); its entry is refused when
+    parsed."""
     try:
-        return Decimal(str(trade.get("time")))
+        moment = Decimal(str(trade.get("time")))
     except ArithmeticError:
         return Decimal(0)
+    return moment if moment.is_finite() else Decimal(0)
 
 
 def _parse_rest_trade(
