@@ -56,8 +56,20 @@ EXAMPLES = int(os.environ.get("HFT_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 SLOW_S = 0.5  # no single input may take longer (the stall of issue 11 took seconds)
 
+# Numbers at and just past the edge's bounds (50 digits, exponents to ±40): past the
+# default decimal context's 28 digits a fill's rounding raised InvalidOperation out of
+# the stream, which numbers of 8 places under a million never reached.
+edge_numbers = st.builds(
+    lambda sign, coefficient, exponent: Decimal(
+        (sign, tuple(map(int, str(coefficient))), exponent)
+    ),
+    st.integers(0, 1),
+    st.integers(1, 52).flatmap(lambda n: st.integers(10 ** (n - 1), 10**n - 1)),  # n digits
+    st.integers(-46, 46),
+)
 # JSON-ish values: the shapes a hostile client or a broken exchange would send.
 scalars = st.one_of(
+    edge_numbers.map(str),
     st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20),
     st.sampled_from(["1e999999999", "1e-999999999", "NaN", "-0", "١٢", "1_000", "0x10",
                      "\ud800", "1" * 5000, "allocate", "adjust", "USD", "usd", "BTC"]),
@@ -188,6 +200,7 @@ _NUMBERS = st.one_of(
         allow_nan=False, allow_infinity=False, places=8, min_value=-(10**6), max_value=10**6
     ),
     st.integers(-(10**6), 10**6),
+    edge_numbers,
 )
 _ODD_VALUES = st.one_of(
     values,
