@@ -28,7 +28,7 @@ _WIDE_ROUNDING: Final = Context(prec=200, rounding=ROUND_HALF_EVEN, traps=[Inval
 
 # When an exchange's fills and movements happen, in seconds since 1970: years 2000 to
 # 2200. A time far outside would become the gateway's position, where the catch-up after
-# a restart starts (Kraken was asked for the trades after the year 1e31, and none came).
+# a restart starts: a trade dated 1e40 s, and the next catch-up asks for what came after.
 MIN_TIME_S: Final = 946_684_800
 MAX_TIME_S: Final = 7_258_118_400
 
