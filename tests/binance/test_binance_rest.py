@@ -10,8 +10,13 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.exchanges.binance.errors import BinanceAPIError, BinanceAuthError
+from gateway.exchanges.binance.errors import (
+    BinanceAPIError,
+    BinanceAuthError,
+    BinanceProtocolError,
+)
 from gateway.exchanges.binance.rest import BinanceRestClient
+from gateway.exchanges.binance.session import BinanceSession
 from gateway.exchanges.binance.signing import sign_query
 
 SECRET = "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j"
@@ -117,3 +122,28 @@ async def test_the_weight_near_the_limit_waits_for_the_next_minute(
         before = trio.current_time()
         await client.account_info()  # over 90 % of 6,000 used: wait rather than be refused
         assert trio.current_time() - before > 0
+
+
+@pytest.mark.parametrize("valid_first_page", [True, False])
+async def test_a_full_page_of_orders_without_a_usable_id_is_refused_not_paged_forever(
+    valid_first_page: bool,
+) -> None:
+    """Found in review: the catch-up pages ``allOrders`` on from the newest order id it
+    kept, so a full page of orders without a usable id asked for the same page for ever
+    (or, on the first page, ``max()`` of nothing raised ValueError out of the gateway)."""
+    asked: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        from_order = int(dict(parse_qsl(urlsplit(str(request.url)).query))["orderId"])
+        asked.append(from_order)
+        if from_order == 1 and valid_first_page:
+            orders = [{"orderId": n, "strategyId": 2} for n in range(1, 1001)]
+            return httpx.Response(200, json=orders)
+        return httpx.Response(200, json=[{"orderId": "not an id"}] * 1000)
+
+    session = BinanceSession(_client(httpx.MockTransport(answer)))
+    with trio.fail_after(10):
+        async with session.rest:
+            with pytest.raises(BinanceProtocolError, match="a full page, no order from"):
+                await session._strategies("ETHBTC", 1)
+    assert asked == ([1, 1001] if valid_first_page else [1])

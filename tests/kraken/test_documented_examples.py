@@ -115,18 +115,29 @@ async def test_documented_trades_history_is_caught_up_to_its_orders_slot() -> No
     assert orders["txid"] == ["OQCLML-BW3P3-BUCMWZ"]
 
 
-async def test_a_trade_whose_time_is_not_a_number_is_set_aside_not_raised() -> None:
+async def test_entries_not_as_documented_are_set_aside_not_raised() -> None:
     """Found in review: the catch-up pages by its newest trade's time, and a time of
-    "NaN" made that ``max`` raise InvalidOperation: the gateway stopped, and every start
-    after it caught up the same trade."""
-    history = TRADES_HISTORY.replace('"time": 1688667796.8802', '"time": "NaN"')
-    assert history != TRADES_HISTORY
-    session = _session([], {**ANSWERS, "/0/private/TradesHistory": history})
+    "NaN" made that ``max`` raise InvalidOperation; a trade, an order or an asset that
+    is not an object raised AttributeError. Either stopped the gateway, and every start
+    after it caught up the same answer."""
+    history = TRADES_HISTORY.replace('"time": 1688667796.8802', '"time": "NaN"').replace(
+        '"TCWJEG-FL4SZ-3FKGH6": {', '"TNOOBJ-00000-000000": "junk", "TCWJEG-FL4SZ-3FKGH6": {'
+    )
+    orders = QUERY_ORDERS.replace('"result": {', '"result": {"ONOOBJ-00000-000000": [1], ')
+    assets = ASSETS.replace('"result": {', '"result": {"XNOOBJ": 7, ')
+    assert '"NaN"' in history and "TNOOBJ" in history and "ONOOBJ" in orders and "XNOOBJ" in assets
+    answers = {
+        **ANSWERS,
+        "/0/private/TradesHistory": history,
+        "/0/private/QueryOrders": orders,
+        "/0/public/Assets": assets,
+    }
+    session = _session([], answers)
     with trio.fail_after(30):
         async with session.rest:
             fills = await session._catch_up(1688667000 * 10**9)
-    assert [f.exec_id for f in fills] == ["TCWJEG-FL4SZ-3FKGH6"]
-    assert session.skipped == {"malformed": 1}
+    assert [(f.exec_id, f.userref) for f in fills] == [("TCWJEG-FL4SZ-3FKGH6", 3)]
+    assert session.skipped == {"malformed": 2}
 
 
 def test_documented_examples_are_valid_json() -> None:

@@ -150,7 +150,7 @@ def test_symbols_are_remembered_within_a_bound_and_refusals_never() -> None:
 
 
 def test_simulator_assets_normalise_like_krakens() -> None:
-    assets = AssetMap.from_rest(public_assets(), public_asset_pairs())  # type: ignore[arg-type]
+    assets = AssetMap.from_rest(public_assets(), public_asset_pairs())
     assert {assets.asset(k) for k in ("XXBT", "XETH", "ZUSD", "USDT", "USDC")} == {
         "BTC", "ETH", "USD", "USDT", "USDC",
     }  # fmt: skip
@@ -401,7 +401,7 @@ def test_a_client_order_id_beyond_bounds_is_dropped_not_the_fill() -> None:
 def test_asset_maps_leave_out_what_is_not_a_name() -> None:
     assets = {**public_assets(), "X" * 40: {"altname": "X" * 40, "decimals": 8}}
     pairs = {**public_asset_pairs(), "P" * 40: {"base": "XXBT", "quote": "ZUSD"}}
-    mapping = AssetMap.from_rest(assets, pairs)  # type: ignore[arg-type]
+    mapping = AssetMap.from_rest(assets, pairs)
     assert "X" * 40 not in mapping.assets and "P" * 40 not in mapping.pairs
     assert mapping.asset("XXBT") == "BTC"
     with pytest.raises(KrakenProtocolError, match="not an asset or pair name"):

@@ -49,7 +49,7 @@ def _entry(**fields: object) -> str:
 
 
 def _assets() -> AssetMap:
-    return AssetMap.from_rest(public_assets(), public_asset_pairs())  # type: ignore[arg-type]
+    return AssetMap.from_rest(public_assets(), public_asset_pairs())
 
 
 def test_krakens_balances_trade_example_is_left_to_executions() -> None:

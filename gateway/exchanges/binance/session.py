@@ -347,14 +347,19 @@ class BinanceSession:
             orders = await self.rest.all_orders(symbol, from_order)
             if not isinstance(orders, list):
                 raise BinanceProtocolError("allOrders is not a list")
+            newest = from_order - 1
             for order in orders:
-                if isinstance(order, dict) and isinstance(order.get("orderId"), int):
+                order_id = order.get("orderId") if isinstance(order, dict) else None
+                if isinstance(order_id, int) and not isinstance(order_id, bool):
                     strategy = order.get("strategyId")
                     valid = isinstance(strategy, int) and not isinstance(strategy, bool)
-                    strategies[order["orderId"]] = strategy if valid else None
+                    strategies[order_id] = strategy if valid else None
+                    newest = max(newest, order_id)
             if len(orders) < PAGE:
                 return strategies
-            from_order = max(strategies) + 1
+            if newest < from_order:  # paging on from the newest would ask for this page again
+                raise BinanceProtocolError(f"allOrders: a full page, no order from {from_order}")
+            from_order = newest + 1
 
 
 def _check_answer(message: dict[str, object]) -> None:

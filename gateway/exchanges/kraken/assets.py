@@ -80,12 +80,13 @@ class AssetMap:
     decimals: dict[str, int] = field(default_factory=dict)  # canonical → Kraken's decimals
 
     @classmethod
-    def from_rest(
-        cls, assets: Mapping[str, Mapping[str, object]], pairs: Mapping[str, Mapping[str, object]]
-    ) -> AssetMap:
+    def from_rest(cls, assets: Mapping[str, object], pairs: Mapping[str, object]) -> AssetMap:
         """Build the map from the ``result`` objects of ``Assets`` and ``AssetPairs``."""
         mapping = cls()
         for key, info in assets.items():
+            if not isinstance(info, dict):
+                logger.warning("Kraken's Assets: %.40r is not an object; left out", key)
+                continue
             altname = str(info.get("altname") or key)
             try:
                 checked_name(key)
@@ -101,6 +102,9 @@ class AssetMap:
             elif decimals is not None:  # its amounts are booked as Kraken writes them
                 logger.warning("Kraken's Assets: %s has %.40r decimals; left out", key, decimals)
         for key, info in pairs.items():
+            if not isinstance(info, dict):
+                logger.warning("Kraken's AssetPairs: %.40r is not an object; left out", key)
+                continue
             try:
                 checked_name(key)
                 base = mapping.asset(str(info["base"]))

@@ -494,10 +494,12 @@ def parse_ws_ledger_entry(
 
 
 def parse_rest_ledger_entry(
-    ledger_id: str, entry: Mapping[str, object], assets: AssetMap
+    ledger_id: str, entry: object, assets: AssetMap
 ) -> Transfer | SkippedExecution | None:
     """One ``Ledgers`` entry, as :func:`parse_ws_ledger_entry` books its WS twin."""
     try:
+        if not isinstance(entry, dict):
+            raise KrakenProtocolError("a ledger entry is not an object")
         ledger_id = _entry_id({"ledger_id": ledger_id}, "ledger_id", required=True)
         key = _str(entry, "asset")
         currency = assets.asset(key)
@@ -552,7 +554,7 @@ def _parse_balances(message: Mapping[str, object], decimals: Mapping[str, int]) 
 
 
 def parse_rest_trade(
-    txid: str, trade: Mapping[str, object], assets: AssetMap, userrefs: Mapping[str, int | None]
+    txid: str, trade: object, assets: AssetMap, userrefs: Mapping[str, int | None]
 ) -> Fill | SkippedExecution:
     """One ``TradesHistory`` entry → a Fill (or a margin trade, set aside).
 
@@ -564,6 +566,8 @@ def parse_rest_trade(
     Raises:
         KrakenProtocolError: a malformed trade or an unknown pair.
     """
+    if not isinstance(trade, dict):
+        raise KrakenProtocolError("a trade is not an object")
     try:
         pair = assets.pair(_str(trade, "pair"))
     except KeyError:

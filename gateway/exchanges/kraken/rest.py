@@ -282,13 +282,13 @@ class KrakenRestClient:
             raise KrakenProtocolError("GetWebSocketsToken: no token")
         return token
 
-    async def assets(self) -> dict[str, dict[str, object]]:
+    async def assets(self) -> dict[str, object]:
         result = await self.public("Assets")
         if not isinstance(result, dict):
             raise KrakenProtocolError("Assets: result is not an object")
         return result
 
-    async def asset_pairs(self) -> dict[str, dict[str, object]]:
+    async def asset_pairs(self) -> dict[str, object]:
         result = await self.public("AssetPairs")
         if not isinstance(result, dict):
             raise KrakenProtocolError("AssetPairs: result is not an object")
@@ -296,7 +296,7 @@ class KrakenRestClient:
 
     async def trades_history(
         self, *, start: int | None = None, end: str | None = None, ofs: int = 0
-    ) -> tuple[dict[str, dict[str, object]], int | None]:
+    ) -> tuple[dict[str, object], int | None]:
         """One page of trades (newest first, 50 a page): (trades by txid, total count).
 
         ``start`` is a unix time in whole seconds (exclusive), ``end`` a trade id
@@ -311,7 +311,7 @@ class KrakenRestClient:
         end: str | None = None,
         ofs: int = 0,
         kind: str = "all",
-    ) -> tuple[dict[str, dict[str, object]], int | None]:
+    ) -> tuple[dict[str, object], int | None]:
         """One page of ledger entries (newest first, 50 a page): (entries by id, count).
 
         ``start`` and ``end`` as for :meth:`trades_history` (``end`` a ledger id);
@@ -328,7 +328,7 @@ class KrakenRestClient:
         end: str | None,
         ofs: int,
         extra: list[tuple[str, str | int | Decimal]] | None = None,
-    ) -> tuple[dict[str, dict[str, object]], int | None]:
+    ) -> tuple[dict[str, object], int | None]:
         """One page of a history method: its entries, and how many there are in all.
 
         ``count`` is None when the answer leaves it out, as Kraken's own documented
@@ -354,7 +354,7 @@ class KrakenRestClient:
             raise KrakenProtocolError("OpenOrders: result is not an object")
         return result
 
-    async def query_orders(self, txids: Sequence[str]) -> dict[str, dict[str, object]]:
+    async def query_orders(self, txids: Sequence[str]) -> dict[str, object]:
         result = await self.private("QueryOrders", [("txid", ",".join(txids))])
         if not isinstance(result, dict):
             raise KrakenProtocolError("QueryOrders: result is not an object")

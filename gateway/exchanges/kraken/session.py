@@ -85,10 +85,12 @@ def format_ns(ns: int) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(ns / 1e9)) + f".{ns % 10**9 // 10**6:03d}"
 
 
-def _trade_time(trade: dict[str, object]) -> Decimal:
-    """An entry's time to page by. One that is not a number sorts first (Decimal's NaN
-    cannot be compared: ``max`` raised out of the catch-up); its entry is refused when
-    parsed."""
+def _trade_time(trade: object) -> Decimal:
+    """An entry's time to page by. One that is not an object, or whose time is not a
+    number, sorts first (``max`` raised out of the catch-up: ``.get`` on a string, and
+    Decimal's NaN cannot be compared); such an entry is refused when parsed."""
+    if not isinstance(trade, dict):
+        return Decimal(0)
     try:
         moment = Decimal(str(trade.get("time")))
     except ArithmeticError:
@@ -97,7 +99,7 @@ def _trade_time(trade: dict[str, object]) -> Decimal:
 
 
 def _parse_rest_trade(
-    txid: str, trade: dict[str, object], assets: AssetMap, userrefs: dict[str, int | None]
+    txid: str, trade: object, assets: AssetMap, userrefs: dict[str, int | None]
 ) -> Fill | SkippedExecution:
     try:
         return parse_rest_trade(txid, trade, assets, userrefs)
@@ -489,9 +491,9 @@ class KrakenSession:
     async def _history(
         self,
         what: str,
-        fetch: Callable[..., Awaitable[tuple[dict[str, dict[str, object]], int | None]]],
+        fetch: Callable[..., Awaitable[tuple[dict[str, object], int | None]]],
         since_ns: int,
-    ) -> dict[str, dict[str, object]]:
+    ) -> dict[str, object]:
         """Every entry of a history method (``TradesHistory``, ``Ledgers``) after ``since_ns``.
 
         ``start`` is whole seconds, as Kraken documents it, and exclusive, and
@@ -503,7 +505,7 @@ class KrakenSession:
         (``end``, inclusive); later ones come on the stream.
         """
         start = max(0, since_ns // 1_000_000_000 - CATCH_UP_OVERLAP_S)
-        entries: dict[str, dict[str, object]] = {}
+        entries: dict[str, object] = {}
         count: int | None = None
         end: str | None = None
         for page in range(MAX_CATCH_UP_PAGES):
@@ -535,7 +537,7 @@ class KrakenSession:
         Rarer kinds missed in a gap (staking, adjustments) are the reconciler's.
         """
         since = self.transfer_position_ns()
-        entries: dict[str, dict[str, object]] = {}
+        entries: dict[str, object] = {}
         for kind in CATCH_UP_TRANSFER_KINDS:
             fetch = partial(self.rest.ledgers, kind=kind)
             entries.update(await self._history(f"{kind} entries", fetch, since))
@@ -561,8 +563,8 @@ class KrakenSession:
         # Only ids Kraken could have written are looked up (a trade with another is
         # set aside as malformed when it is parsed).
         order_ids = sorted({
-            order_id for t in trades.values()
-            if isinstance(order_id := t.get("ordertxid"), str) and is_printable_id(order_id)
+            order_id for t in trades.values() if isinstance(t, dict)
+            and isinstance(order_id := t.get("ordertxid"), str) and is_printable_id(order_id)
         })  # fmt: skip
         userrefs: dict[str, int | None] = {}
         for first in range(0, len(order_ids), QUERY_ORDERS_CHUNK):
@@ -570,11 +572,11 @@ class KrakenSession:
             chunk = order_ids[first : first + QUERY_ORDERS_CHUNK]
             orders = await self._patiently(partial(self.rest.query_orders, chunk))
             for txid, order in orders.items():
-                userref = order.get("userref")
-                ok = isinstance(userref, int) and not isinstance(userref, bool)
-                userrefs[txid] = userref if ok else None  # type: ignore[assignment]
+                userref = order.get("userref") if isinstance(order, dict) else None
+                bad = isinstance(userref, bool) or not isinstance(userref, int)
+                userrefs[txid] = None if bad else userref
         assets = await self.assets()
-        if any(t.get("pair") not in assets.pairs for t in trades.values()):
+        if any(isinstance(t, dict) and t.get("pair") not in assets.pairs for t in trades.values()):
             # A pair listed since the maps were fetched: fetch them again, once a catch-up.
             assets = await self._patiently(partial(self.assets, refresh=True))
         fills = []
