@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from urllib.parse import parse_qsl, urlsplit
 
@@ -18,6 +19,7 @@ from gateway.exchanges.binance.errors import (
 from gateway.exchanges.binance.rest import BinanceRestClient
 from gateway.exchanges.binance.session import BinanceSession
 from gateway.exchanges.binance.signing import sign_query
+from tests.binance.test_binance_units import MY_TRADES, SYMBOLS
 
 SECRET = "NhqPtmdSJYdKjVHjA7PZj4Mge3R5YNiP1e3UZjInClVN65XAbvqqM6A7H5fATj0j"
 ACCOUNT = {"balances": [{"asset": "BTC", "free": "1.5", "locked": "0.5"}]}
@@ -147,3 +149,23 @@ async def test_a_full_page_of_orders_without_a_usable_id_is_refused_not_paged_fo
             with pytest.raises(BinanceProtocolError, match="a full page, no order from"):
                 await session._strategies("ETHBTC", 1)
     assert asked == ([1, 1001] if valid_first_page else [1])
+
+
+async def test_trades_not_as_documented_are_set_aside_not_a_failed_catch_up() -> None:
+    """Found in review: one ``myTrades`` entry that was not an object, or had no integer
+    id, failed the whole catch-up, and so every reconnect: no fill reached the gateway."""
+    (trade,) = json.loads(MY_TRADES)
+    answers = {
+        "/api/v3/myTrades": [trade, "junk", {**trade, "id": "x", "orderId": None}],
+        "/api/v3/allOrders": [{"orderId": trade["orderId"], "strategyId": 4}],
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answers[request.url.path])
+
+    session = BinanceSession(_client(httpx.MockTransport(answer)), symbols=["BNBBTC"])
+    with trio.fail_after(10):
+        async with session.rest:
+            fills = await session._catch_up((trade["time"] - 1000) * 10**6, SYMBOLS)
+    assert [(f.exec_id, f.userref) for f in fills] == [("BNBBTC-28457", 4)]
+    assert session.skipped == {"myTrades": 2}

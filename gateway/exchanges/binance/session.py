@@ -313,7 +313,8 @@ class BinanceSession:
             entries = await self._trades_since(name, since_ms)
             if not entries:
                 continue
-            strategies = await self._strategies(name, min(_order_id(e) for e in entries))
+            order_ids = _ids(entries, "orderId")
+            strategies = await self._strategies(name, min(order_ids)) if order_ids else {}
             for entry in entries:
                 try:
                     fills.append(parse_my_trade(entry, symbols, strategies))
@@ -324,18 +325,26 @@ class BinanceSession:
             logger.warning("caught up %d Binance trades since the ledger's position", len(fills))
         return sorted(fills, key=lambda f: f.timestamp_ns)
 
-    async def _trades_since(self, symbol: str, since_ms: int) -> list[dict[str, object]]:
-        """``myTrades`` from ``since_ms``: by time window to the first trade, then by id."""
+    async def _trades_since(self, symbol: str, since_ms: int) -> list[object]:
+        """``myTrades`` from ``since_ms``: by time window to the first trade, then by id.
+
+        An entry without a usable id stays in (it is refused when parsed, and counted):
+        one such trade used to fail every catch-up, and so every reconnect.
+        """
         now_ms = int(time.time() * 1000) + self.rest.clock_offset_ms
         start = since_ms
-        page: list[dict[str, object]] = []
+        page: list[object] = []
         while start <= now_ms and not page:
             page = _trade_list(await self.rest.my_trades(symbol, from_id=None, start_ms=start))
             start += DAY_MS
         entries = list(page)
+        from_id = 0
         while len(page) >= PAGE:
-            next_id = max(_trade_id(e) for e in page) + 1
-            page = _trade_list(await self.rest.my_trades(symbol, from_id=next_id, start_ms=None))
+            newest = max(_ids(page, "id"), default=-1)
+            if newest < from_id:  # paging on from the newest would ask for this page again
+                raise BinanceProtocolError(f"myTrades: a full page, no trade from {from_id}")
+            from_id = newest + 1
+            page = _trade_list(await self.rest.my_trades(symbol, from_id=from_id, start_ms=None))
             entries += page
         return entries
 
@@ -378,24 +387,18 @@ def _check_answer(message: dict[str, object]) -> None:
     raise BinanceAPIError(text, code)
 
 
-def _trade_list(answer: object) -> list[dict[str, object]]:
-    if not isinstance(answer, list) or not all(isinstance(e, dict) for e in answer):
-        raise BinanceProtocolError("myTrades is not a list of trades")
+def _trade_list(answer: object) -> list[object]:
+    if not isinstance(answer, list):
+        raise BinanceProtocolError("myTrades is not a list")
     return answer
 
 
-def _trade_id(entry: dict[str, object]) -> int:
-    value = entry.get("id")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BinanceProtocolError(f"a trade id is not an integer: {str(value)[:40]!r}")
-    return value
-
-
-def _order_id(entry: dict[str, object]) -> int:
-    value = entry.get("orderId")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BinanceProtocolError(f"an orderId is not an integer: {str(value)[:40]!r}")
-    return value
+def _ids(entries: list[object], name: str) -> list[int]:
+    """Each entry's integer ``name``, where it has one."""
+    return [
+        value for entry in entries if isinstance(entry, dict)
+        and isinstance(value := entry.get(name), int) and not isinstance(value, bool)
+    ]  # fmt: skip
 
 
 def _scaled_totals(totals: Mapping[str, Decimal]) -> dict[str, int]:
