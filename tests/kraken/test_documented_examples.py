@@ -96,6 +96,21 @@ async def test_documented_balance_ex_gives_each_total_with_held_funds_included()
     assert totals == {"USD": Decimal("25435.21"), "BTC": Decimal("1.2435")}
 
 
+async def test_a_balance_and_its_earn_balance_are_added_exactly() -> None:
+    """Found in review: ``XBT`` and ``XBT.F`` were added in Python's default context,
+    which keeps 28 digits: a total past them came out rounded."""
+    wide = BALANCE_EX.replace(
+        '"XXBT": {"balance": 1.2435, "hold_trade": 0.8423}',
+        '"XXBT": {"balance": 12345678901234567890.1234567891, "hold_trade": 0},'
+        ' "XBT.F": {"balance": 0.0000000001, "hold_trade": 0}',
+    )
+    assert "XBT.F" in wide
+    session = _session([], {**ANSWERS, "/0/private/BalanceEx": wide})
+    async with session.rest:
+        totals = await session.fetch_totals()
+    assert totals["BTC"] == Decimal("12345678901234567890.1234567892")
+
+
 async def test_documented_trades_history_is_caught_up_to_its_orders_slot() -> None:
     asked: list[tuple[str, dict[str, list[str]]]] = []
     session = _session(asked)
