@@ -107,21 +107,15 @@ def rounded_to(amount: Decimal, places: int) -> Decimal:
     Raises:
         ValueError: ``places`` is outside 0 to ``MAX_EXPONENT``.
     """
+    if not 0 <= places <= MAX_EXPONENT:
+        raise ValueError(f"{places} decimal places is not what an asset has")
     # Rounding in the wide context cannot fail, so rounding every time and comparing
     # costs less than reading the amount's exponent first (as_tuple: a tuple of digits).
-    step = _STEPS.get(places) or _step(places)
-    rounded = _WIDE_ROUNDING.quantize(amount, step)
+    rounded = _WIDE_ROUNDING.quantize(amount, _STEPS[places])
     return amount if rounded == amount else rounded
 
 
-def _step(places: int) -> Decimal:
-    if not 0 <= places <= MAX_EXPONENT:
-        raise ValueError(f"{places} decimal places is not what an asset has")
-    step = _STEPS[places] = Decimal(1).scaleb(-places)
-    return step
-
-
-_STEPS: dict[int, Decimal] = {}
+_STEPS: Final = tuple(Decimal(1).scaleb(-places) for places in range(MAX_EXPONENT + 1))
 
 
 def time_ns(seconds: Decimal | int) -> int:
