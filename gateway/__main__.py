@@ -20,11 +20,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import trio
-from rich.console import Console
-from rich.live import Live
 
 from clients import (
     CommandError,
@@ -34,15 +32,17 @@ from clients import (
     WriterHealth,
 )
 from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem, strategy_balance
-from gateway import journal_repair
 from gateway.config import GatewayConfig, default_state_dir
-from gateway.demo import run_demo
 from gateway.errors import GatewayError, only_leaf
 from gateway.exchanges import registry
-from gateway.exchanges.base import ExchangeSession
-from gateway.service import run_gateway
-from gateway.view import gather, render, render_panel
 from mmapstore import Condition, StoreLockedError, StoreReader, store_path, writer_lock
+
+if TYPE_CHECKING:
+    from gateway.exchanges.base import ExchangeSession
+
+# Each command imports what only it uses (the service, the live view, the journal's
+# repair, the demo): `gateway status` and `gateway cmd` answer without loading the
+# gateway, and `gateway run` starts without the view.
 
 logger = logging.getLogger("gateway")
 
@@ -127,6 +127,8 @@ async def serve(
     config: GatewayConfig, exchange: ExchangeSession, ready_file: Path | None = None
 ) -> None:
     """Run the gateway in the foreground until SIGINT or SIGTERM, then stop it cleanly."""
+    from gateway.service import run_gateway  # noqa: PLC0415 - see the note at the top
+
     ready = partial(write_ready_file, ready_file, config) if ready_file is not None else None
     await _serve_until_signalled(partial(run_gateway, config, exchange), ready)
 
@@ -354,6 +356,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_balances(args: argparse.Namespace) -> int:
+    from rich.console import Console  # noqa: PLC0415 - see the note at the top
+    from rich.live import Live  # noqa: PLC0415
+
+    from gateway.view import gather, render, render_panel  # noqa: PLC0415
+
     path = store_path(args.exchange, args.shm_dir)
     system = IPCCommandSystem("gateway-view", run_dir=args.run_dir, timeout_s=0.5)
     system.start()
@@ -384,6 +391,8 @@ def _cmd_balances(args: argparse.Namespace) -> int:
 
 def _cmd_journal(args: argparse.Namespace) -> int:
     """Verify the saved state, or salvage it after damage (an explicit operator decision)."""
+    from gateway import journal_repair  # noqa: PLC0415 - see the note at the top
+
     state_root = args.state_dir or default_state_dir(os.environ)
     directory = state_root / args.exchange
     if not directory.is_dir():
@@ -408,6 +417,8 @@ def _cmd_journal(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo  # noqa: PLC0415 - see the note at the top
+
     exchanges = EXCHANGES if args.exchange == "all" else (args.exchange,)
     return run_demo(args.duration, exchanges=exchanges)
 

@@ -13,11 +13,11 @@ from urllib.parse import urlsplit
 from clients.command import default_run_dir
 from gateway.errors import ConfigError
 from gateway.exchanges import registry
-from gateway.reconciler import RECHECK_S
 from gateway.replication.keys import Target
 from mmapstore import DEFAULT_STRATEGY_COUNT, store_path
 
 RECONCILE_INTERVAL_S: Final = 60.0
+RECHECK_S: Final = 3.0  # a reconcile pass that met a fill in flight or failed looks again
 IDLE_TIMEOUT_S: Final = 300.0
 MAX_CONNECTIONS: Final = 256
 # One process may not hold more than this many of them (a leak or an attack).

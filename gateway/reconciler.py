@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import trio
 
+from gateway.config import RECHECK_S
 from gateway.errors import ExchangeError
 from gateway.ledger import format_scaled, scale_fill
 from gateway.messages import CorrectionProposed, ExchangeHealthChanged, WriterMessage
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     from gateway.exchanges.base import ExchangeSession
 
 logger = logging.getLogger(__name__)
-
-RECHECK_S: Final = 3.0
 
 
 def differences(rest: Mapping[str, int], ledger: Mapping[str, int]) -> dict[str, int]:

@@ -116,6 +116,37 @@ def test_every_flag_explains_itself_and_run_names_its_variables() -> None:
         assert variable in help_text
 
 
+# What only `gateway run` (the service, an exchange's HTTP and websocket stack), `gateway
+# balances` (the live view) or `gateway journal` needs.
+NOT_FOR_STATUS = (
+    "gateway.service", "gateway.writer", "gateway.journal_repair", "gateway.view",
+    "gateway.demo", "gateway.exchanges.kraken.session", "gateway.exchanges.binance.session",
+    "httpx", "trio_websocket", "rich", "coredis",
+)  # fmt: skip
+
+
+def test_status_loads_neither_the_service_nor_an_exchange(tmp_path: Path, short_dir: Path) -> None:
+    """`gateway status` once took 0.7 s, most of it importing what only `run` uses; an
+    operator's (or a health check's) status answers in half that."""
+    report = (
+        "import sys\n"
+        "from gateway.__main__ import main\n"
+        "try:\n"
+        "    main(['status'])\n"
+        "except SystemExit as exc:\n"
+        "    assert 'not healthy' in str(exc), exc\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", report], env=gateway_env(tmp_path, short_dir),
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    loaded = set(done.stdout.split())
+    assert "gateway.__main__" in loaded and "mmapstore" in loaded
+    needless = {m for m in loaded if any(m == h or m.startswith(h + ".") for h in NOT_FOR_STATUS)}
+    assert not needless, f"status loaded what it never uses: {sorted(needless)}"
+
+
 class SilentGateway:
     """A socket where the gateway's would be, which takes a request and never answers
     (or hangs up): what a command sees when the gateway stalls or dies mid-command."""

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Final
 
 from gateway.errors import ConfigError
 from gateway.exchanges.base import Adapter, Credentials
-from gateway.exchanges.binance.rest import BINANCE_REST_URL, BinanceRestClient
-from gateway.exchanges.binance.session import BINANCE_WS_URL, BinanceSession
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.exchanges.base import ExchangeSession
+
+BINANCE_REST_URL: Final = "https://api.binance.com"
+BINANCE_WS_URL: Final = "wss://ws-api.binance.com:443/ws-api/v3"
 
 
 @asynccontextmanager
@@ -22,6 +23,11 @@ async def open_session(
     config: GatewayConfig, credentials: Credentials
 ) -> AsyncIterator[ExchangeSession]:
     """A Binance session for ``config``; owns its REST connection pool and closes it."""
+    # Imported here, as the simulator is: the command line's other commands, and a
+    # gateway of another exchange, start without Binance's HTTP and websocket stack.
+    from gateway.exchanges.binance.rest import BinanceRestClient  # noqa: PLC0415
+    from gateway.exchanges.binance.session import BinanceSession  # noqa: PLC0415
+
     symbols = config.exchange_settings.get("symbols")
     names = [str(s) for s in symbols] if isinstance(symbols, list) and symbols else None
     async with BinanceRestClient(

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from gateway.exchanges.binance.adapter import BINANCE_REST_URL
 from gateway.exchanges.binance.errors import (
     BinanceAPIError,
     BinanceAuthError,
@@ -33,7 +34,6 @@ from gateway.exchanges.http import ResponseTooLargeError, send_bounded
 
 logger = logging.getLogger(__name__)
 
-BINANCE_REST_URL: Final = "https://api.binance.com"
 RECV_WINDOW_MS: Final = 5000
 ATTEMPTS: Final = 4
 BACKOFF_BASE_S: Final = 0.25

@@ -20,6 +20,7 @@ import trio
 
 from gateway.errors import BootstrapError
 from gateway.exchanges.base import ExchangeHealth
+from gateway.exchanges.binance.adapter import BINANCE_WS_URL
 from gateway.exchanges.binance.errors import (
     BinanceAPIError,
     BinanceAuthError,
@@ -58,7 +59,6 @@ from mmapstore import StoreValueError
 
 logger = logging.getLogger(__name__)
 
-BINANCE_WS_URL: Final = "wss://ws-api.binance.com:443/ws-api/v3"
 SUBSCRIBE_TIMEOUT_S: Final = 10.0
 PING_AFTER_S: Final = 20.0  # silence before we ask the connection whether it lives
 STALE_AFTER_S: Final = 45.0

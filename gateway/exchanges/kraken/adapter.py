@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Final
 
 from gateway.exchanges.base import Adapter, Credentials
 from gateway.exchanges.kraken.ratelimit import DEFAULT_TIER, TIERS, SavedCounter, tier_named
-from gateway.exchanges.kraken.rest import KRAKEN_REST_URL, KrakenRestClient
-from gateway.exchanges.kraken.session import KRAKEN_WS_URL, KrakenSession
-from gateway.exchanges.kraken.signing import NonceSource
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.exchanges.base import ExchangeSession
+
+KRAKEN_REST_URL: Final = "https://api.kraken.com"
+KRAKEN_WS_URL: Final = "wss://ws-auth.kraken.com/v2"
 
 
 @asynccontextmanager
@@ -31,6 +31,12 @@ async def open_session(
     Raises:
         ConfigError: the secret is not base64, or the tier is unknown.
     """
+    # Imported here, as the simulator is: the command line's other commands, and a
+    # gateway of another exchange, start without Kraken's HTTP and websocket stack.
+    from gateway.exchanges.kraken.rest import KrakenRestClient  # noqa: PLC0415
+    from gateway.exchanges.kraken.session import KrakenSession  # noqa: PLC0415
+    from gateway.exchanges.kraken.signing import NonceSource  # noqa: PLC0415
+
     async with KrakenRestClient(
         config.rest_url,
         api_key=credentials.api_key,

@@ -28,6 +28,7 @@ import trio
 
 from gateway.errors import ConfigError
 from gateway.exchanges.http import ResponseTooLargeError, send_bounded
+from gateway.exchanges.kraken.adapter import KRAKEN_REST_URL
 from gateway.exchanges.kraken.errors import (
     KrakenError,
     KrakenProtocolError,
@@ -48,7 +49,6 @@ from gateway.exchanges.kraken.signing import NonceSource, sign
 
 logger = logging.getLogger(__name__)
 
-KRAKEN_REST_URL: Final = "https://api.kraken.com"
 USER_AGENT: Final = "hft-balance-gateway/0.1"
 Request = Callable[[], Awaitable[tuple[httpx.Response, bytes]]]
 # Refusals by the API counter are waited out, not failed on: up to this many in a row.

@@ -26,6 +26,7 @@ import trio
 from gateway.errors import BootstrapError, only_leaf
 from gateway.exchanges.base import ExchangeHealth
 from gateway.exchanges.feed import SilenceTimer, deliver, describe_failure
+from gateway.exchanges.kraken.adapter import KRAKEN_WS_URL
 from gateway.exchanges.kraken.assets import AssetMap
 from gateway.exchanges.kraken.errors import (
     PERMISSIONS,
@@ -62,7 +63,6 @@ from gateway.messages import ExchangeHealthChanged, FillReceived, TransferReceiv
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-KRAKEN_WS_URL: Final = "wss://ws-auth.kraken.com/v2"
 SNAPSHOT_TRADES: Final = 50
 HEARTBEAT_TIMEOUT_S: Final = 10.0
 SUBSCRIBE_TIMEOUT_S: Final = 10.0
