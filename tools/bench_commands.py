@@ -35,6 +35,7 @@ from clients.command import (  # noqa: E402
 )
 
 SERVICE = "kraken_gateway"
+RAW_CLIENT = Path(__file__).with_name("raw_client.py")  # standard library only: quick to start
 TOTALS = {"USD": "1000000000"}
 
 
@@ -154,52 +155,6 @@ def concurrent_in_processes(
 
 # -- raw clients and the serving floor -------------------------------------------------
 
-RAW_REQUESTS = [
-    (
-        json.dumps(
-            {
-                "strategy": "raw{index}",
-                "cmd": cmd,
-                "currency": "USD",
-                "index": "{index}",
-                "amount": 1,
-            }
-        ).replace('"{index}"', "{index}")
-        + "\n"
-    )
-    for cmd in ("allocate", "release")
-]
-
-
-def _raw_worker(socket_path: str, per_client: int, number: int) -> None:
-    """One blocking socket, pre-encoded JSON lines: a client that costs next to nothing.
-
-    Says READY once connected and starts on a line from its parent, so that no
-    client's start-up (this module's imports) falls inside the measured run.
-    """
-    index = 2 + number % 6
-    requests = [line.replace("{index}", str(index)).encode() for line in RAW_REQUESTS]
-    sock = socket.socket(socket.AF_UNIX)
-    sock.connect(socket_path)
-    print("READY", flush=True)
-    sys.stdin.readline()
-    latencies = []
-    buffer = b""
-    for n in range(per_client):
-        start = time.perf_counter_ns()
-        sock.sendall(requests[n & 1])
-        while b"\n" not in buffer:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise SystemExit("the server closed the connection")
-            buffer += chunk
-        line, _, buffer = buffer.partition(b"\n")
-        latencies.append((time.perf_counter_ns() - start) / 1000)
-        if not json.loads(line).get("ok"):
-            raise SystemExit(f"refused: {line!r}")
-    sock.close()
-    print(json.dumps(latencies))
-
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of process ``pid`` so far."""
@@ -220,7 +175,7 @@ def raw_clients(socket_path: Path, server_pid: int, processes: int, per_client: 
     are connected (the run and the server's CPU are measured from then)."""
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--raw-worker", str(socket_path), str(per_client), str(n)],
+            [sys.executable, str(RAW_CLIENT), str(socket_path), str(per_client), str(n)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -321,13 +276,8 @@ def main() -> None:
         help="gateway on CPU 0 and clients on CPU 1 (split), both on CPU 0 (same), or unpinned",
     )
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
-    parser.add_argument("--raw-worker", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--echo", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.raw_worker:
-        path, per_client, number = args.raw_worker
-        _raw_worker(path, int(per_client), int(number))
-        return
     if args.echo:
         trio.run(_echo_server, args.echo)
         return

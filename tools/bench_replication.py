@@ -170,7 +170,9 @@ def round_trips(stack: LocalStack, mirror: MirrorHost, samples: int) -> tuple[li
 ROUNDS = 3  # of the throughput measure, each way
 
 
-def throughputs(work: Path, replicate: str, seconds: float) -> tuple[list[float], list[float]]:
+def throughputs(
+    work: Path, replicate: str, seconds: float, rounds: int = ROUNDS
+) -> tuple[list[float], list[float]]:
     """Durable commands/s of 8 raw clients, replication off and on, in alternating rounds.
 
     Two gateways (each with its simulator) run side by side, loaded one at a time:
@@ -194,9 +196,9 @@ def throughputs(work: Path, replicate: str, seconds: float) -> tuple[list[float]
                 raise SystemExit(f"replication never started: {_replication(on)}")
             time.sleep(0.1)
         sends_before = int(str(_replication(on)["sends"]))
-        per_client = max(200, int(seconds / ROUNDS * 600))
+        per_client = max(200, int(seconds / rounds * 600))
         rates: tuple[list[float], list[float]] = ([], [])
-        for _ in range(ROUNDS):
+        for _ in range(rounds):
             for stack, into in zip(stacks, rates, strict=True):
                 assert stack.gateway is not None
                 run = raw_clients(stack.socket, stack.gateway.pid, CLIENTS, per_client)
@@ -220,8 +222,8 @@ def _replication(stack: LocalStack) -> dict[str, object]:
     return replication
 
 
-def run(samples: int, seconds: float) -> dict[str, list[float] | float]:
-    """Every measure of this module, in one run."""
+def run(samples: int, seconds: float, rounds: int = ROUNDS) -> dict[str, list[float] | float]:
+    """Every measure of this module, in one run (``rounds`` of the throughput, each way)."""
     if shutil.which("redis-server") is None:
         raise SystemExit("bench_replication: needs redis-server (apt-get install redis-server)")
     work = Path(tempfile.mkdtemp(prefix="bench-repl-"))
@@ -241,7 +243,8 @@ def run(samples: int, seconds: float) -> dict[str, list[float] | float]:
         mirror.kill()
         stack.kill()
         # A database of its own: the stream of the run before belongs to another gateway.
-        rates_off, rates_on = throughputs(work, redis.url.rsplit("/", 1)[0] + "/1", seconds)
+        database = redis.url.rsplit("/", 1)[0] + "/1"
+        rates_off, rates_on = throughputs(work, database, seconds, rounds)
     finally:
         mirror.kill()
         stack.kill()
@@ -267,8 +270,10 @@ def table_rows(result: dict[str, list[float] | float]) -> list[list[str]]:
         assert isinstance(values, list)
         return ", ".join(f"{value:,.0f}" for value in values)
 
-    rate_on, rate_off = result["rate_on"], result["rate_off"]
+    rate_on, rate_off, rates_on = result["rate_on"], result["rate_off"], result["rates_on"]
     assert isinstance(rate_on, float) and isinstance(rate_off, float)
+    assert isinstance(rates_on, list)
+    rounds = len(rates_on)
     return [
         ["a fill visible, 1,000 fills/s (µs from the simulator's send, p50 / p99)",
          f"mirror: {lat('fill_mirror')}", f"gateway's own store: {lat('fill_gateway')}"],
@@ -276,7 +281,7 @@ def table_rows(result: dict[str, list[float] | float]) -> list[list[str]]:
          f"mirror: {lat('on_mirror')}", f"gateway's own store: {lat('on_gateway')}"],
         ["command round trip (µs, p50 / p99)", f"through the mirror: {lat('remote_rt')}",
          f"gateway's socket: {lat('local_rt')}"],
-        [f"durable commands/s, {CLIENTS} raw clients (median of {ROUNDS} rounds, alternating)",
+        [f"durable commands/s, {CLIENTS} raw clients (median of alternating rounds: {rounds})",
          f"replication on: {rate_on:,.0f} ({rates('rates_on')})",
          f"off: {rate_off:,.0f} ({rates('rates_off')}); on {(rate_on / rate_off - 1) * 100:+.1f}%"],
     ]  # fmt: skip

@@ -708,7 +708,9 @@ def replication(plan: Plan, report: Report, work: Path) -> None:
     import bench_replication  # noqa: PLC0415
 
     result = bench_replication.run(
-        samples=20 if plan.smoke else 300, seconds=0.3 if plan.smoke else 3.0
+        samples=20 if plan.smoke else 300,
+        seconds=0.3 if plan.smoke else 3.0,
+        rounds=1 if plan.smoke else bench_replication.ROUNDS,
     )
     report.table(
         "Replication through Redis",
@@ -718,12 +720,13 @@ def replication(plan: Plan, report: Report, work: Path) -> None:
         "all on loopback; the Kraken simulator trading at 1,000 fills/s during the first "
         "row. `python tools/bench_replication.py`.",
     )
-    rate_on, rate_off = result["rate_on"], result["rate_off"]
+    rate_on, rate_off, rounds = result["rate_on"], result["rate_off"], result["rates_on"]
     assert isinstance(rate_on, float) and isinstance(rate_off, float)
+    assert isinstance(rounds, list)
     report.goal(
         "command throughput with replication on within 10% of off (8 clients)",
         f"{rate_on:,.0f}/s against {rate_off:,.0f}/s ({(rate_on / rate_off - 1) * 100:+.1f}%; "
-        f"medians of {bench_replication.ROUNDS} alternating rounds)",
+        f"medians of alternating rounds: {len(rounds)})",
         rate_on >= 0.9 * rate_off,
     )
 
