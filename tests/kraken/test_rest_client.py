@@ -153,6 +153,26 @@ async def test_private_calls_are_paced_within_the_counter_and_near_its_bound(
     assert bound <= elapsed <= 1.2 * bound
 
 
+async def test_a_long_wait_for_the_counter_is_said_at_info_not_at_every_call(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A start soon after another waited 20 s at Starter with nothing at info: the
+    operator saw a gateway that seemed hung. Long waits are said, once in 10 s."""
+    caplog.set_level(logging.INFO, logger="gateway.exchanges.kraken.rest")
+    server = StrictCounter(TIERS["starter"])
+    async with _client(httpx.MockTransport(server.answer), tier=TIERS["starter"]) as client:
+        for _ in range(7):  # 14 of the ceiling's 14: no wait yet
+            await client.trades_history(start=0)
+        assert not caplog.records
+        for _ in range(4):  # each waits ~6 s: said at the first and the third, 12 s on
+            await client.trades_history(start=0)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(said) == 2, said
+    assert said[0].startswith("Kraken TradesHistory waits ")
+    assert said[0].endswith(" s for the API counter (starter tier: at most 15, down 0.33 a second)")
+    assert server.refused == 0
+
+
 async def test_a_counter_used_by_someone_else_is_believed_and_waited_out(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -54,6 +55,10 @@ Request = Callable[[], Awaitable[tuple[httpx.Response, bytes]]]
 # Refusals by the API counter are waited out, not failed on: up to this many in a row.
 RATE_LIMIT_RETRIES: Final = 20
 THROTTLE_WAIT_MAX_S: Final = 60.0
+# A wait for the API counter this long is said at info (once in WAIT_NOTICE_EVERY_S):
+# a start that waits half a minute for it must not look hung.
+WAIT_NOTICE_S: Final = 1.0
+WAIT_NOTICE_EVERY_S: Final = 10.0
 Params = Sequence[tuple[str, str | int | Decimal]] | Mapping[str, str | int | Decimal]
 
 
@@ -109,6 +114,7 @@ class KrakenRestClient:
         if saved_counter is not None:
             saved_counter.restore(self.counter, trio.current_time())
         self._sequencer = trio.Lock()
+        self._wait_noticed_at = -math.inf
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s),
@@ -173,7 +179,7 @@ class KrakenRestClient:
                 wait = self.counter.delay(cost, trio.current_time())
                 if wait > 0:
                     self.counter.waited_s += wait
-                    logger.debug("Kraken %s waits %.1f s for the API counter", method, wait)
+                    self._say_wait(method, wait)
                     await trio.sleep(wait)
                 self.counter.charge(cost, trio.current_time())
                 nonce = self._nonces.next()  # a fresh nonce for every attempt
@@ -191,6 +197,18 @@ class KrakenRestClient:
                 return await send_bounded(self._http, post)
 
         return await self._with_retry(method, request, paced=True)
+
+    def _say_wait(self, method: str, wait: float) -> None:
+        now = trio.current_time()
+        noticed = wait >= WAIT_NOTICE_S and now - self._wait_noticed_at >= WAIT_NOTICE_EVERY_S
+        if noticed:
+            self._wait_noticed_at = now
+        tier = self.counter.tier
+        logger.log(
+            logging.INFO if noticed else logging.DEBUG,
+            "Kraken %s waits %.1f s for the API counter (%s tier: at most %g, down %g a second)",
+            method, wait, tier.name, tier.max_count, tier.decay_per_s,
+        )  # fmt: skip
 
     def _save_counter(self) -> None:
         if self._saved_counter is not None:
