@@ -61,6 +61,19 @@ def test_restart_after_a_gap_with_no_fill_seen_catches_up_every_trade(stack: Kra
     assert stack.control("state")["rest_refused"] == 0
 
 
+def test_a_start_spends_one_token_and_each_reconnect_a_fresh_one(stack: KrakenStack) -> None:
+    # The permission probe's token serves the first connection: a start spends 8 of
+    # Kraken's API counter, not 9 (a restart right after it at Starter waits 3 s less).
+    stack.start_gateway(*QUICK)
+    assert stack.control("state")["tokens_issued"] == 1
+    assert int(str(stack.control("drop-websockets")["dropped"])) == 1
+    wait_until(
+        lambda: stack.status()["ws_reconnects"] == 1 and stack.status()["websocket"] == "live",
+        30, "the reconnect",
+    )  # fmt: skip
+    assert stack.control("state")["tokens_issued"] == 2  # Kraken: a new token every connection
+
+
 def test_odd_prices_and_partial_fills_need_no_correction(stack: KrakenStack) -> None:
     stack.start_gateway(*QUICK)
     stack.control("trade-generator", {"rate": 400, "count": 1500, "userrefs": [2, 3, 4]})

@@ -67,6 +67,7 @@ SNAPSHOT_TRADES: Final = 50
 HEARTBEAT_TIMEOUT_S: Final = 10.0
 SUBSCRIBE_TIMEOUT_S: Final = 10.0
 STARTUP_ATTEMPTS: Final = 5
+PROBED_TOKEN_MAX_AGE_S: Final = 60.0  # Kraken's limit is 15 minutes; a start takes seconds
 # A bound against a runaway loop, not a limit on gaps: 10,000 pages are 500,000 trades.
 MAX_CATCH_UP_PAGES: Final = 10_000
 CATCH_UP_PAGE: Final = 50  # TradesHistory's page size
@@ -141,6 +142,9 @@ class KrakenSession:
         self.catch_up: str | None = None  # progress of a catch-up while one runs
         self.skipped: dict[str, int] = {}  # executions not booked, by why
         self.last_error: str | None = None
+        # The permission probe's token, for the first connection: one call (one of the
+        # counter's 11 a start spends) saved. Taken at (trio time); any later one is fresh.
+        self._probed_token: tuple[str, float] | None = None
 
     def account(self) -> str:
         return self.rest.account
@@ -197,7 +201,7 @@ class KrakenSession:
         """
         probes: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("BalanceEx", self.rest.balance_ex),
-            ("GetWebSocketsToken", self.rest.websockets_token),
+            ("GetWebSocketsToken", self._probe_token),
             ("TradesHistory", lambda: self.rest.trades_history(start=int(time.time()))),
             ("OpenOrders", self.rest.open_orders),
             ("Ledgers", lambda: self.rest.ledgers(start=int(time.time()))),
@@ -219,6 +223,17 @@ class KrakenSession:
                 + ", ".join(repr(m) for m in missing)
                 + " (docs/kraken.md lists what the gateway needs)"
             )
+
+    async def _probe_token(self) -> None:
+        self._probed_token = (await self.rest.websockets_token(), trio.current_time())
+
+    async def _token(self) -> str:
+        """A token for a new connection: the probe's, if it is unused and recent, else a
+        fresh one (Kraken: a new token for every connection, used within 15 minutes)."""
+        probed, self._probed_token = self._probed_token, None
+        if probed is not None and trio.current_time() - probed[1] < PROBED_TOKEN_MAX_AGE_S:
+            return probed[0]
+        return await self.rest.websockets_token()
 
     # -- balances ------------------------------------------------------------------------
 
@@ -326,7 +341,7 @@ class KrakenSession:
     ) -> None:
         self.ws_state = "connecting"
         decimals = (await self.assets()).decimals
-        token = await self.rest.websockets_token()  # a fresh token for every connection
+        token = await self._token()
         async with open_websocket(self.ws_url) as ws:
             self.connections += 1
             subscribe = {

@@ -389,6 +389,7 @@ async def _control(
             "rest_refused": sim.counter.refused,
             "rest_counter": round(sim.counter.level, 2),
             "ws_connections": sim.ws_connections,
+            "tokens_issued": len(exchange.tokens),
             "subscribers": len(sim.subscribers),
             "balance_subscribers": len(sim.balance_subscribers),
             "ledger_entries": len(exchange.ledger),
