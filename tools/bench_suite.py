@@ -60,6 +60,7 @@ from gateway.events import (  # noqa: E402
     replay_event,
 )
 from gateway.journal import Journal, scan_records, segments_of  # noqa: E402
+from gateway.launcher import LocalStack  # noqa: E402
 from gateway.ledger import (  # noqa: E402
     REPLIES_KEPT,
     UNIT,
@@ -875,6 +876,38 @@ def build_journal(root: Path, events: int, snapshot: bool) -> None:
     journal.close()
 
 
+# What a Kraken run imports before its first line runs: the command line, the service and
+# the exchange's session (its REST and websocket stacks).
+RUN_IMPORTS = "import gateway.__main__, gateway.service, gateway.exchanges.kraken.session"
+
+
+def exec_to_ready(work: Path, runs: int) -> dict[str, list[float]]:
+    """``gateway run`` as an operator or systemd starts it, from exec to its ready file,
+    against the Kraken simulator, each run on a state directory of its own (an empty API
+    counter: no pacing); beside it, each in a process of its own, the interpreter's start
+    and the imports a Kraken run loads. Seconds."""
+    run_dir = Path(tempfile.mkdtemp(prefix="hft-x-"))
+    simulator = LocalStack(work / "sim", run_dir)
+    times: dict[str, list[float]] = {"ready": [], "interpreter": [], "imports": []}
+    try:
+        simulator.start_sim()
+        for n in range(runs):  # interleaved: noise falls on the three alike
+            for name, code in (("interpreter", "pass"), ("imports", RUN_IMPORTS)):
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-c", code], check=True)
+                times[name].append(time.perf_counter() - started)
+            gateway = LocalStack(work / f"run{n}", run_dir)
+            gateway.address = simulator.address
+            started = time.perf_counter()
+            gateway.start_gateway("--reconcile-interval", "0")
+            times["ready"].append(time.perf_counter() - started)
+            gateway.stop()
+    finally:
+        simulator.kill()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return times
+
+
 def replay_rates(report: Report, work: Path, events: int) -> None:
     """Replay on its own, in this process: events/s against reading and decoding alone."""
     state = work / f"replay-{events}"
@@ -973,6 +1006,26 @@ def memory_and_recovery(plan: Plan, report: Report, work: Path) -> None:
                     seconds <= 2,
                 )
     replay_rates(report, work, plan.journal_sizes[-1 if plan.smoke else 1])
+    started = exec_to_ready(work / "exec", 1 if plan.smoke else 7)
+    ready, interpreter, imports = (
+        statistics.median(started[name]) for name in ("ready", "interpreter", "imports")
+    )
+    report.table(
+        "Start from exec",
+        ["measure", "seconds (median)"],
+        [
+            ["`gateway run` from exec to ready (Kraken simulator, a new state directory)",
+             f"{ready:.2f}"],
+            ["the interpreter alone (`python -c pass`)", f"{interpreter:.2f}"],
+            ["the interpreter and a Kraken run's imports", f"{imports:.2f}"],
+        ],
+        "What a restart costs before the table above begins: an operator (or systemd) starts "
+        "a process, which imports the command line, the service and the exchange's session; "
+        "the rest is the start against the simulator on loopback (lock, restore, REST "
+        "bootstrap, subscription). A restart soon after another also waits for Kraken's API "
+        "counter (a start's calls cost 8-10 of it; docs/kraken.md). `gateway status` "
+        "imports neither the service nor an exchange.",
+    )  # fmt: skip
     report.table(
         "Startup and recovery",
         ["journalled events", "snapshot", "seconds to ready"],
