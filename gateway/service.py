@@ -159,11 +159,16 @@ async def run_gateway(
             await outer.start(run_writer, receive, core)
             async with send, trio.open_nursery() as producers:
                 # Subscribe to fills before the REST snapshot, so no fill falls between them.
+                # A catch-up never starts past this host's clock: the writer books what is
+                # dated ahead as of now, but a journal from before it did may hold such a
+                # date (starting earlier only fetches again what the writer knows by id).
                 await producers.start(
                     partial(
                         exchange.run_fills,
-                        position_ns=lambda: ledger.position_ns,
-                        transfer_position_ns=lambda: ledger.transfer_position_ns,
+                        position_ns=lambda: min(ledger.position_ns, time.time_ns()),
+                        transfer_position_ns=lambda: min(
+                            ledger.transfer_position_ns, time.time_ns()
+                        ),
                     ),
                     send.clone(),
                 )

@@ -20,14 +20,17 @@ skips those it already has.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, assert_never
 
+import msgspec
 import trio
 
 from gateway.codes import ErrorCode
@@ -74,6 +77,11 @@ logger = logging.getLogger(__name__)
 MAX_BATCH: Final = 1024
 FILL_SYNC_DELAY_S: Final = 0.002  # replicating: fills wait at most this for their sync
 SLOW_COMMIT_S: Final = 0.05
+# A fill or transfer dated further than this past the host's clock is booked as of now.
+# Its date becomes the ledger's position, where the next catch-up starts: a date ahead
+# (a broken or hostile exchange clock) would move that past every trade made until then.
+# Booked earlier than its date, a catch-up only fetches again what the writer knows by id.
+AHEAD_TOLERANCE_NS: Final = 60 * 10**9
 
 
 @dataclass
@@ -89,6 +97,7 @@ class WriterStats:
     batches: int = 0
     streamed_totals_checked: int = 0
     streamed_totals_differed: int = 0
+    dated_ahead: int = 0  # fills and transfers dated past this host's clock: booked as of now
 
 
 @dataclass
@@ -157,6 +166,15 @@ class WriterCore:
         batch.changed.update(outcome.changed)
         return outcome
 
+    def _dated_ahead(self, what: str, name: str, timestamp_ns: int, now_ns: int) -> None:
+        self.stats.dated_ahead += 1
+        logger.warning(
+            "%s %s is dated %s, %.0f s ahead of this host's clock: booked as of now (a date "
+            "ahead would move the next catch-up past every trade made until then)",
+            what, name, datetime.fromtimestamp(timestamp_ns / 1e9, UTC).isoformat(" ", "seconds"),
+            (timestamp_ns - now_ns) / 1e9,
+        )  # fmt: skip
+
     def apply_batch(self, messages: list[WriterMessage]) -> _Batch:
         batch = _Batch(set(), [], [])
         for message in messages:
@@ -190,6 +208,9 @@ class WriterCore:
                 # Reads change nothing, so they need no fsync and answer at once.
                 slot.set(self.status() if what == "status" else self.query(currency))
             case FillReceived(fill=fill):
+                if fill.timestamp_ns > (now_ns := time.time_ns()) + AHEAD_TOLERANCE_NS:
+                    self._dated_ahead("fill", fill.exec_id, fill.timestamp_ns, now_ns)
+                    fill = msgspec.structs.replace(fill, timestamp_ns=now_ns)
                 outcome = self._apply(FillApplied(fill), batch)
                 if outcome.fill is None:
                     self.stats.fills_duplicate += 1
@@ -202,6 +223,9 @@ class WriterCore:
                         fill.exec_id, currency, slot_index, format_scaled(value),
                     )  # fmt: skip
             case TransferReceived(transfer=transfer):
+                if transfer.timestamp_ns > (now_ns := time.time_ns()) + AHEAD_TOLERANCE_NS:
+                    self._dated_ahead("transfer", transfer.ledger_id, transfer.timestamp_ns, now_ns)
+                    transfer = dataclasses.replace(transfer, timestamp_ns=now_ns)
                 outcome = self._apply(TransferApplied(transfer), batch)
                 if not outcome.changed:
                     return  # seen before (a reconnect's catch-up repeats entries)
@@ -461,6 +485,7 @@ class WriterCore:
             "batches": stats.batches,
             "streamed_totals_checked": stats.streamed_totals_checked,
             "streamed_totals_differed": stats.streamed_totals_differed,
+            "dated_ahead": stats.dated_ahead,
             "commands_unavailable": stats.commands_unavailable,
             "journal": "ok" if self.journal_error is None else f"failing: {self.journal_error}",
             "conditions": [c.name for c in Condition if c in self.conditions],

@@ -221,6 +221,30 @@ def test_amounts_past_28_digits_are_booked_exactly_and_stop_nothing(stack: Krake
     assert "Traceback" not in stack.log("gateway")
 
 
+def test_a_fill_dated_ahead_does_not_move_the_catch_up_past_the_trades_made_meanwhile(
+    stack: KrakenStack,
+) -> None:
+    """A fill dated 2150 (inside the parse window) became the ledger's position: after a
+    restart the catch-up started past every trade made while down, and the snapshot's
+    last 50 were all the gateway saw of them. Now it is booked as of now."""
+    stack.start_gateway(*QUICK)
+    ahead = {"exec_type": "trade", "exec_id": "TAHEAD-00000-000000", "symbol": "BTC/USD",
+             "side": "buy", "last_qty": "0.0001", "last_price": "1", "cost": "0.0001",
+             "order_userref": 5, "timestamp": "2150-01-01T00:00:00.000000Z"}  # fmt: skip
+    stack.control("inject-execution", {"item": ahead})  # in every snapshot from now on
+    wait_until(lambda: stack.status()["fills_applied"] == 1, 10, "the fill dated 2150")
+    assert stack.status()["dated_ahead"] == 1
+    assert stack.stop_gateway(signal.SIGTERM) == 0
+    stack.control("trade-generator", {"rate": 500, "count": 100, "userrefs": [2, 3, 4]})
+    wait_until(lambda: stack.control("state")["orders"] == 100, 30, "the trades while down")
+    stack.start_gateway(*QUICK)
+    # The simulator never booked the injected fill: the reconciler mends slots 0 and 1.
+    wait_until(lambda: settled(stack), 60, "the gateway to agree with the exchange")
+    assert_matches_simulator(stack)  # every trade made while down, in its strategy's slot
+    assert int(str(stack.status()["fills_caught_up"])) > 50
+    assert "fill TAHEAD-00000-000000 is dated 2150-01-01 00:00:00+00:00" in stack.log("gateway")
+
+
 def test_a_pair_listed_after_start_is_learnt_by_the_catch_up(stack: KrakenStack) -> None:
     stack.start_gateway(*QUICK)
     stack.control(
