@@ -142,8 +142,8 @@ class KrakenSession:
         self.catch_up: str | None = None  # progress of a catch-up while one runs
         self.skipped: dict[str, int] = {}  # executions not booked, by why
         self.last_error: str | None = None
-        # The permission probe's token, for the first connection: one call (one of the
-        # counter's 11 a start spends) saved. Taken at (trio time); any later one is fresh.
+        # The permission probe's token, and when (Trio time): it serves the first
+        # connection, so a start spends 8 of the API counter, not 9. Later ones take new.
         self._probed_token: tuple[str, float] | None = None
 
     def account(self) -> str:
