@@ -126,7 +126,8 @@ def write_ready_file(path: Path, config: GatewayConfig, state_dir: Path | None =
 async def serve(
     config: GatewayConfig, exchange: ExchangeSession, ready_file: Path | None = None
 ) -> None:
-    """Run the gateway in the foreground until SIGINT or SIGTERM, then stop it cleanly."""
+    """Run the gateway in the foreground until SIGINT, SIGTERM or SIGHUP, then stop it
+    cleanly."""
     from gateway.service import run_gateway  # noqa: PLC0415 - see the note at the top
 
     ready = partial(write_ready_file, ready_file, config) if ready_file is not None else None
@@ -137,12 +138,13 @@ async def _serve_until_signalled(
     start: Callable[..., Awaitable[object]], ready: Callable[[], None] | None
 ) -> None:
     """Start a service (``started()`` hands over its ``stop`` and ``stopped`` events) and stop
-    it cleanly on SIGINT or SIGTERM.
+    it cleanly on SIGINT or SIGTERM, or SIGHUP: a closed terminal (an ssh session that
+    drops) sends that, whose default action ends the process mid-write.
 
     Signals stay caught until the service has stopped: a second one during the
     shutdown is logged, not allowed to kill the process half-way.
     """
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             running = await nursery.start(start)
             if ready is not None:

@@ -245,6 +245,19 @@ def test_client_reconnects_after_gateway_restart(gateway_process: GatewayProcess
     system.close()
 
 
+def test_a_closed_terminal_stops_the_gateway_cleanly(gateway_process: GatewayProcess) -> None:
+    # SIGHUP (an ssh session that drops, a terminal closed) ended the process mid-write by
+    # its default action: the store stayed "live" with a stale heartbeat, no snapshot.
+    process = gateway_process.start()
+    process.send_signal(signal.SIGHUP)
+    assert process.wait(timeout=15) == 0
+    store = Path(gateway_process.env["HFT_SHM_DIR"]) / "hft.kraken.balance"
+    with StoreReader(store) as reader:
+        assert reader.writer_status().health is hft.WriterHealth.STOPPED
+    assert not gateway_process.socket.exists()
+    assert "received SIGHUP: shutting down" in gateway_process.log.read_text()
+
+
 def test_payload_builder_takes_amount_or_delta() -> None:
     built = kraken_strategy_balance(strategy="a", cmd="adjust", currency="usd", index=0, delta=-1)
     assert built == {"strategy": "a", "cmd": "adjust", "currency": "usd", "amount": -1, "index": 0}
