@@ -355,6 +355,8 @@ async def _generate_trades(
     With ``probe``, every order buys ``qty`` of the first symbol for the first
     strategy in one trade, and each trade's send time is recorded as it is
     handed to the socket (``/sim/generated``), so a benchmark can time it.
+    ``dated_ahead_s`` dates the orders that far past now, as an exchange whose
+    clock runs ahead would.
     """
     ids = body.get("strategy_ids", [2, 3, 4])
     strategies = [None if s is None else int(str(s)) for s in ids] if isinstance(ids, list) else []
@@ -364,6 +366,7 @@ async def _generate_trades(
     probe = bool(body.get("probe", False))
     probe_qty = Decimal(str(body.get("qty", "0.001")))
     rng = random.Random(int(str(body.get("seed", 7))))
+    ahead_ms = int(float(str(body.get("dated_ahead_s", 0))) * 1000)
     batch = max(1, int(rate / 1000))  # at most ~1000 wake-ups a second
     next_at = trio.current_time()
     made = 0
@@ -373,10 +376,11 @@ async def _generate_trades(
                 placed: Placed | None
                 if probe:
                     placed = sim.account.place(
-                        names[0], "BUY", probe_qty, strategy_id=strategies[0]
-                    )
+                        names[0], "BUY", probe_qty, strategy_id=strategies[0],
+                        now_ms=_now_ms() + ahead_ms,
+                    )  # fmt: skip
                 else:
-                    placed = _random_order(sim, rng, names, strategies, made)
+                    placed = _random_order(sim, rng, names, strategies, made, _now_ms() + ahead_ms)
                 if placed is not None:
                     sim.push_order(placed)
                 made += 1
@@ -392,6 +396,7 @@ def _random_order(
     names: list[str],
     strategies: list[int | None],
     made: int,
+    now_ms: int,
 ) -> Placed | None:
     name = rng.choice(names)
     base_qty = Decimal("0.001") if name.startswith("BTC") else Decimal("0.01")
@@ -400,7 +405,7 @@ def _random_order(
     try:
         return sim.account.place(
             name, side, qty, strategy_id=rng.choice(strategies) if strategies else None,
-            parts=rng.choice([1, 1, 2, 3]), fee_in_bnb=rng.random() < 0.2,
+            parts=rng.choice([1, 1, 2, 3]), fee_in_bnb=rng.random() < 0.2, now_ms=now_ms,
         )  # fmt: skip
     except SimError:
         return None
