@@ -19,8 +19,11 @@ import trio
 from clients.command import IPCCommandSystem
 from gateway.config import GatewayConfig
 from gateway.launcher import wait_ready
+from gateway.ledger import UNIT
 from gateway.protocol import LENGTH_PREFIX
-from gateway.service import Running, run_gateway
+from gateway.service import Running, restore_state, run_gateway
+from gateway.writer import WriterCore
+from mmapstore import StoreWriter
 from tests.gateway.fake_exchange import FakeExchange
 
 TOTALS = {"USD": "100000", "USDT": "100000", "BTC": "10", "ETH": "100"}
@@ -40,6 +43,18 @@ def config(tmp_path: Path, short_dir: Path) -> GatewayConfig:
     return GatewayConfig(
         shm_dir=tmp_path / "shm", state_root=tmp_path / "state", run_dir=short_dir / "run"
     )
+
+
+def open_writer_core(config: GatewayConfig) -> WriterCore:
+    """The writer's core on ``config``'s store and journal, holding 1,000 USD and 10 BTC
+    (not journalled); close ``core.journal`` and ``core.store`` after."""
+    config.shm_dir.mkdir()
+    store = StoreWriter.open(
+        config.store_path, exchange=config.exchange, strategy_count=config.strategy_count
+    )
+    ledger, journal, _ = restore_state(config)
+    ledger.set_totals({"USD": 1000 * UNIT, "BTC": 10 * UNIT})
+    return WriterCore(ledger, journal, store)
 
 
 @pytest.fixture

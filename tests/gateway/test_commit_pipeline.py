@@ -18,9 +18,9 @@ from gateway.errors import JournalWriteError
 from gateway.journal import Journal, PendingWrite
 from gateway.ledger import UNIT, BalanceCommand, CommandKind, Fill, Side
 from gateway.messages import CommandReceived, FillReceived, HeartbeatTick, WriterMessage
-from gateway.service import restore_state
 from gateway.writer import WriterCore, run_writer
-from mmapstore import StoreReader, StoreWriter
+from mmapstore import StoreReader
+from tests.gateway.conftest import open_writer_core
 
 
 @dataclass
@@ -60,20 +60,14 @@ async def writer(config: GatewayConfig, monkeypatch: pytest.MonkeyPatch) -> Asyn
     # One message a batch, so that a queue forms behind the first and the first's
     # sync goes to the worker thread while the writer applies the others.
     monkeypatch.setattr(gateway.writer, "MAX_BATCH", 1)
-    config.shm_dir.mkdir()
-    store = StoreWriter.open(
-        config.store_path, exchange=config.exchange, strategy_count=config.strategy_count
-    )
-    ledger, journal, _ = restore_state(config)
-    ledger.set_totals({"USD": 1000 * UNIT, "BTC": 10 * UNIT})
-    core = WriterCore(ledger, journal, store)
+    core = open_writer_core(config)
     send, receive = trio.open_memory_channel[WriterMessage](16)
     async with trio.open_nursery() as nursery:
         await nursery.start(run_writer, receive, core)
         async with send:
             yield Writer(core, send, config)
-    journal.close()
-    store.close()
+    core.journal.close()
+    core.store.close()
 
 
 def _allocate(strategy: str, index: int, amount: int, request_id: str) -> CommandReceived:

@@ -17,8 +17,8 @@ from gateway.config import GatewayConfig
 from gateway.ledger import UNIT, Fill, Side, Transfer
 from gateway.messages import FillReceived, TransferReceived
 from gateway.service import restore_state
-from gateway.writer import AHEAD_TOLERANCE_NS, WriterCore
-from mmapstore import StoreWriter
+from gateway.writer import AHEAD_TOLERANCE_NS
+from tests.gateway.conftest import open_writer_core
 
 YEAR_2150_NS = 5_680_281_600 * 10**9
 
@@ -37,13 +37,8 @@ def _deposit(ledger_id: str, timestamp_ns: int) -> TransferReceived:
 def test_dates_ahead_are_booked_as_of_now_and_replay_so(
     config: GatewayConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config.shm_dir.mkdir()
-    store = StoreWriter.open(
-        config.store_path, exchange=config.exchange, strategy_count=config.strategy_count
-    )
-    ledger, journal, _ = restore_state(config)
-    ledger.set_totals({"USD": 1000 * UNIT, "BTC": 10 * UNIT})
-    core = WriterCore(ledger, journal, store)
+    core = open_writer_core(config)
+    ledger = core.ledger
     before = time.time_ns()
     near = before + AHEAD_TOLERANCE_NS // 2  # an exchange clock a little ahead: kept
     with caplog.at_level(logging.WARNING, logger="gateway.writer"):
@@ -63,8 +58,8 @@ def test_dates_ahead_are_booked_as_of_now_and_replay_so(
     core.apply_batch([_fill("T-NOW", after + AHEAD_TOLERANCE_NS)])
     assert ledger.position_ns == after + AHEAD_TOLERANCE_NS
     core.journal.commit()
-    journal.close()
-    store.close()
+    core.journal.close()
+    core.store.close()
     # The journal holds the date booked, not the exchange's: a restart replays the same.
     replayed, again, _ = restore_state(config)
     assert replayed.position_ns == after + AHEAD_TOLERANCE_NS
