@@ -171,8 +171,7 @@ class WriterCore:
         logger.warning(
             "%s %s is dated %s, %.0f s ahead of this host's clock: booked as of now (a date "
             "ahead would move the next catch-up past every trade made until then)",
-            what, name, datetime.fromtimestamp(timestamp_ns / 1e9, UTC).isoformat(" ", "seconds"),
-            (timestamp_ns - now_ns) / 1e9,
+            what, name, _utc_text(timestamp_ns), (timestamp_ns - now_ns) / 1e9,
         )  # fmt: skip
 
     def apply_batch(self, messages: list[WriterMessage]) -> _Batch:
@@ -496,6 +495,15 @@ class WriterCore:
         if self.status_extra is not None:
             status.update(self.status_extra())
         return {"ok": True, "status": status}
+
+
+def _utc_text(timestamp_ns: int) -> str:
+    """A moment as people read it; one past what a date can say (the adapters' bounds
+    keep them to 2000-2200, but a log line must not stop the writer) as nanoseconds."""
+    try:
+        return datetime.fromtimestamp(timestamp_ns / 1e9, UTC).isoformat(" ", "seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{timestamp_ns} ns after the epoch"
 
 
 def _request_id(reply: Reply) -> str | None:

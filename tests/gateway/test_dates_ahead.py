@@ -54,6 +54,9 @@ def test_dates_ahead_are_booked_as_of_now_and_replay_so(
     said = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("fill T-2150 is dated 2150-01-01 00:00:00+00:00, ") for m in said)
     assert any(m.startswith("transfer L-2150 is dated 2150-01-01") for m in said)
+    with caplog.at_level(logging.WARNING, logger="gateway.writer"):  # past any date: said too
+        core.apply_batch([_fill("T-FAR", 10**30)])
+    assert f"fill T-FAR is dated {10**30} ns after the epoch, " in caplog.text
     # A later fill dated now moves the position on as before.
     core.apply_batch([_fill("T-NOW", after + AHEAD_TOLERANCE_NS)])
     assert ledger.position_ns == after + AHEAD_TOLERANCE_NS
@@ -64,5 +67,5 @@ def test_dates_ahead_are_booked_as_of_now_and_replay_so(
     replayed, again, _ = restore_state(config)
     assert replayed.position_ns == after + AHEAD_TOLERANCE_NS
     assert replayed.transfer_position_ns == near
-    assert replayed.balances["BTC"][2] == ledger.balances["BTC"][2] == 3 * UNIT
+    assert replayed.balances["BTC"][2] == ledger.balances["BTC"][2] == 4 * UNIT
     again.close()
