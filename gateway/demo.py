@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
@@ -97,17 +99,48 @@ class _Running:
     invariant_held: bool = True
 
 
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal) stop the demo as Ctrl-C does. Its
+    simulators and gateways run in sessions of their own (a terminal's Ctrl-C reaches
+    only this process, which stops them in order), so a signal that ended this process
+    by its default action left them running, orphaned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; Ctrl-C reaches it anyway
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def run_demo(
     duration_s: float | None,
     console: Console | None = None,
     exchanges: Sequence[str] = (DEFAULT_EXCHANGE,),
 ) -> int:
-    """Run the demo; with ``duration_s`` headless, printing a summary, else live until Ctrl-C.
+    """Run the demo; with ``duration_s`` headless, printing a summary, else live until Ctrl-C
+    (or SIGTERM, or SIGHUP).
 
     Several exchanges run side by side: a simulator and a gateway each, their
     stores and sockets in one directory, one view.
     """
-    console = console or Console()
+    with _stopped_by_signals():
+        try:
+            return _run_demo(duration_s, console or Console(), exchanges)
+        except KeyboardInterrupt:  # while starting: the view's loop takes it once running
+            raise SystemExit(
+                "gateway demo: interrupted while starting; what it had started is stopped"
+            ) from None
+
+
+def _run_demo(duration_s: float | None, console: Console, exchanges: Sequence[str]) -> int:
     root = Path(tempfile.mkdtemp(prefix="hft-demo-"))
     stacks: list[LocalStack] = []
     running: list[_Running] = []

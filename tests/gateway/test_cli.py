@@ -28,6 +28,7 @@ from gateway.__main__ import build_parser
 from gateway.demo import STRATEGIES
 from gateway.view import Record, ViewState, render, render_panel
 from tests.gateway.conftest import GatewayProcess
+from tests.kraken.stack import wait_until
 
 GATEWAY = Path(sys.executable).parent / "gateway"  # the console script pip installed
 SECRET = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA=="
@@ -314,6 +315,54 @@ def test_the_demo_says_how_to_reach_it_and_leaves_slot_2_free() -> None:
     finally:
         demo.kill()
         demo.communicate()  # waits and closes the pipe
+
+
+def _fills_applied(env: Mapping[str, str]) -> int:
+    report = json.loads(cli("status", "--json", env=env).stdout)
+    return int(report["gateway"]["fills_applied"])
+
+
+def _processes_naming(text: str) -> list[int]:
+    """The live processes whose command line names ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue  # gone meanwhile
+            if text.encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_the_demo_stopped_by_a_signal_stops_what_it_started(signum: signal.Signals) -> None:
+    # Its simulator and gateway run in sessions of their own: SIGTERM, or SIGHUP from a
+    # closed terminal, ended the demo alone and left both running, orphaned.
+    demo = subprocess.Popen(
+        [str(GATEWAY), "demo", "--duration", "120"], stdout=subprocess.PIPE, text=True
+    )
+    root = "/nowhere/"
+    try:
+        assert demo.stdout is not None
+        first = demo.stdout.readline()  # "demo: stores, sockets and state in <root>; ..."
+        root = first.split(" in ", 1)[1].split(";", 1)[0]
+        exports = demo.stdout.readline().split()[1:]
+        env = {**os.environ, **dict(item.split("=", 1) for item in exports)}
+        wait_until(lambda: _fills_applied(env) > 0, 30, "the demo's first fills")  # running
+        assert len(_processes_naming(root)) == 2, first  # the simulator and the gateway
+        demo.send_signal(signum)
+        rest = demo.stdout.read()  # the line of advice, then the summary
+        summary = json.loads(rest[rest.index("{") :])
+        assert demo.wait(timeout=60) == 0
+        assert summary["gateway_exit"] == 0 and summary["invariant_held"] is True
+        assert _processes_naming(root) == []
+    finally:
+        demo.kill()
+        demo.communicate()
+        for orphan in _processes_naming(root):  # what a failing run left
+            os.kill(orphan, signal.SIGKILL)
 
 
 def test_the_demo_runs_for_binance_too() -> None:
