@@ -13,6 +13,7 @@ one process, side by side; numbers are medians (and p99) of repeated samples.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -356,19 +357,14 @@ def scaling(plan: Plan, report: Report, work: Path) -> None:
     # Every size in each repetition, in turn: measured one after the other, the first
     # size measured read slowest (0.54 µs against 0.30 for the rest, one run), whichever
     # it was.
-    readers: dict[int, StoreReader] = {}
-    try:
+    with contextlib.ExitStack() as opened:
+        cases = {}
         for count in plan.currencies:
             directory = work / f"cur{count}"
             directory.mkdir()
-            readers[count] = StoreReader(store_with(directory, count))
-        samples = measure(
-            {f"{count}": (_read_usd_of(reader), 200) for count, reader in readers.items()},
-            plan,
-        )
-    finally:
-        for reader in readers.values():
-            reader.close()
+            reader = opened.enter_context(StoreReader(store_with(directory, count)))
+            cases[f"{count}"] = (_read_usd_of(reader), 200)
+        samples = measure(cases, plan)
     for count in plan.currencies:
         median, p99 = median_p99(samples[f"{count}"])
         by_currencies.append(median)
@@ -736,13 +732,13 @@ def replication(plan: Plan, report: Report, work: Path) -> None:
         "all on loopback; the Kraken simulator trading at 1,000 fills/s during the first "
         "row. `python tools/bench_replication.py`.",
     )
-    rate_on, rate_off, rounds = result["rate_on"], result["rate_off"], result["rates_on"]
+    rate_on, rate_off, rates_on = result["rate_on"], result["rate_off"], result["rates_on"]
     assert isinstance(rate_on, float) and isinstance(rate_off, float)
-    assert isinstance(rounds, list)
+    assert isinstance(rates_on, list)
     report.goal(
         "command throughput with replication on within 10% of off (8 clients)",
         f"{rate_on:,.0f}/s against {rate_off:,.0f}/s ({(rate_on / rate_off - 1) * 100:+.1f}%; "
-        f"medians of alternating rounds: {len(rounds)})",
+        f"medians of alternating rounds: {len(rates_on)})",
         rate_on >= 0.9 * rate_off,
     )
 
