@@ -51,6 +51,7 @@ from mmapstore.errors import (
     StoreFormatError,
     StoreFullError,
     StoreLockedError,
+    StoreSpaceError,
     StoreUnsafeError,
     StoreValueError,
 )
@@ -88,6 +89,32 @@ def _check_owned(fd: int, path: Path, what: str) -> None:
         )
 
 
+def _allocate(fd: int, size: int) -> None:
+    """Give every page of the file its memory now, while a full file system is an error.
+
+    A store file is created sparse. On tmpfs, a page first written through the
+    mapping when the file system is full raises SIGBUS, which ends the writer
+    with no word; and ``/dev/shm`` is shared by every local user, any of whom
+    can fill it. Allocated pages are never taken back, so once this returns,
+    no write through the mapping can fail.
+    """
+    os.posix_fallocate(fd, 0, size)
+
+
+@contextlib.contextmanager
+def _room_needed(path: Path) -> Iterator[None]:
+    """Turn a full file system while opening the store into :class:`StoreSpaceError`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StoreSpaceError(
+            f"no room for the store {path} in {path.parent} ({exc.strerror}): free some "
+            f"space there (`df -h {path.parent}`, `du -a {path.parent}`), or set HFT_SHM_DIR"
+        ) from None
+
+
 def _open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
     """``os.open`` that refuses a symlink in the last component.
 
@@ -118,6 +145,7 @@ def _open_existing(path: Path) -> tuple[_Mapping, Geometry, str] | None:
         if size < HEADER_SIZE:
             logger.warning("store %s is only %d bytes: replacing it", path, size)
             return None
+        _allocate(fd, size)  # one an older version left sparse, reused or retired below
         mapping = _Mapping(fd, size)
     finally:
         os.close(fd)
@@ -234,16 +262,21 @@ class StoreWriter:
 
         The header says ``STARTING`` until :meth:`mark_live`.
 
+        Every page of the file is allocated here (see :func:`_allocate`).
+
         Raises:
             StoreLockedError: another writer holds the store.
+            StoreSpaceError: the file system holding it is full.
             StoreValueError: an impossible geometry or exchange name.
         """
         path = Path(path)
         geometry = Geometry(strategy_count, capacity)
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock_fd = _acquire_lock(path)
+        with _room_needed(path):
+            lock_fd = _acquire_lock(path)
         try:
-            existing = _open_existing(path)
+            with _room_needed(path):
+                existing = _open_existing(path)
             previous_generation = 0
             if existing is not None:
                 old, old_geometry, old_exchange = existing
@@ -262,10 +295,16 @@ class StoreWriter:
                         path, old_exchange, old_geometry.strategy_count, old_geometry.capacity,
                         exchange, strategy_count, capacity,
                     )  # fmt: skip
-                    mapping = _create(path, geometry, exchange, mode, clock_ns())
+                    try:
+                        with _room_needed(path):
+                            mapping = _create(path, geometry, exchange, mode, clock_ns())
+                    except BaseException:
+                        old.close()
+                        raise
                     _retire(old, old_geometry)
             else:
-                mapping = _create(path, geometry, exchange, mode, clock_ns())
+                with _room_needed(path):
+                    mapping = _create(path, geometry, exchange, mode, clock_ns())
         except BaseException:
             os.close(lock_fd)
             raise
@@ -449,8 +488,12 @@ def _create(path: Path, geometry: Geometry, exchange: str, mode: int, now_ns: in
     try:
         os.fchmod(fd, mode)  # the umask must not narrow who may read balances
         os.ftruncate(fd, geometry.file_size)
+        _allocate(fd, geometry.file_size)
         os.pwrite(fd, header, 0)
         mapping = _Mapping(fd, geometry.file_size)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-made file left taking the room
+        raise
     finally:
         os.close(fd)
     os.rename(tmp, path)

@@ -7,6 +7,7 @@ StoreError
 │   └── StoreVersionError     a layout version this code does not know
 ├── StoreLockedError          another writer holds the store
 ├── StoreFullError            the currency directory has no free entry
+├── StoreSpaceError           no room for the store where it lives (a full /dev/shm)
 ├── StoreValueError           a value that cannot be stored exactly
 ├── StoreUnsafeError          a store or lock file another user owns or may write
 ├── StoreBusyError            a record stays mid-write (its writer died)
@@ -48,6 +49,15 @@ class StoreLockedError(StoreError):
 
 class StoreFullError(StoreError):
     """No free entry is left in the currency directory."""
+
+
+class StoreSpaceError(StoreError):
+    """The file system holding the store has no room for it (a full ``/dev/shm``).
+
+    Raised at open, never later: every page of the file is allocated then, because
+    a page first written through the mapping on a full tmpfs kills the writer with
+    SIGBUS, and any local user can fill ``/dev/shm``.
+    """
 
 
 class StoreUnsafeError(StoreError):

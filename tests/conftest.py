@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,39 @@ settings.register_profile("fuzz", derandomize=False)
 settings.load_profile("fuzz" if "HFT_FUZZ_EXAMPLES" in os.environ else "make-test")
 
 STORE_WORKER = Path(__file__).parent / "mmapstore" / "store_worker.py"
+NOBODY = 65534  # the other local user of the security cases (setpriv, as root)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory another user can reach (pytest's own are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="hft-open-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def small_shm(open_dir: Path) -> Iterator[Path]:
+    """A tmpfs of 1 MiB that every user may write, as /dev/shm is (mounting takes root)."""
+    mount = open_dir / "shm"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=1777", "tmpfs", str(mount)], check=True
+    )
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def fill_as_another_user(directory: Path) -> None:
+    """Another local user takes every byte left there, as anyone may in /dev/shm."""
+    subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         "dd", "if=/dev/zero", f"of={directory / 'filler'}", "bs=4k"],
+        capture_output=True, check=False,  # dd stops at "No space left on device"
+    )  # fmt: skip
+    assert (directory / "filler").stat().st_uid == NOBODY
+    assert os.statvfs(directory).f_bavail == 0, "the file system still has room"
 
 
 @pytest.fixture
@@ -36,6 +71,7 @@ class Workers:
     def start(self, role: str, *args: str | Path) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             [sys.executable, str(STORE_WORKER), role, *map(str, args)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

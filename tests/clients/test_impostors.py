@@ -7,12 +7,9 @@ must neither break the gateway with a traceback nor receive a strategy's command
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +18,8 @@ from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, check
 from clients.errors import GatewayUntrustedError
 from gateway.commands import _make_run_dir
 from gateway.errors import ConfigError
+from tests.conftest import NOBODY
 
-NOBODY = 65534
 IMPOSTOR = """
 import socket, sys
 s = socket.socket(socket.AF_UNIX)
@@ -30,15 +27,6 @@ s.bind(sys.argv[1]); s.listen(1); print("ready", flush=True)
 c, _ = s.accept(); data = c.recv(4096)
 c.sendall(b'{"ok": true}\\n'); print("got", len(data), flush=True)
 """
-
-
-@pytest.fixture
-def open_tmp() -> Iterator[Path]:
-    """A directory the other user can reach (pytest's own are private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="hft-impostor-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _impostor(sock: Path) -> subprocess.Popen[str]:
@@ -72,8 +60,8 @@ def test_gateway_refuses_a_symlinked_run_directory(tmp_path: Path) -> None:
         _make_run_dir(tmp_path / "link", 0o700)
 
 
-def test_client_sends_nothing_to_a_socket_in_another_users_directory(open_tmp: Path) -> None:
-    run_dir = _planted_run_dir(open_tmp)
+def test_client_sends_nothing_to_a_socket_in_another_users_directory(open_dir: Path) -> None:
+    run_dir = _planted_run_dir(open_dir)
     impostor = _impostor(run_dir / "kraken_gateway.sock")  # really another user's process
     try:
         system = IPCCommandSystem("victim", run_dir=run_dir)
@@ -89,14 +77,14 @@ def test_client_sends_nothing_to_a_socket_in_another_users_directory(open_tmp: P
     assert "got" not in out  # not one byte reached it
 
 
-def test_client_refuses_a_server_running_as_another_user(open_tmp: Path) -> None:
+def test_client_refuses_a_server_running_as_another_user(open_dir: Path) -> None:
     # A directory the client trusts (the impostor got its socket in some other way, e.g.
     # a gateway user of HFT_GATEWAY_UID gone rogue): SO_PEERCRED still tells.
-    os.chmod(open_tmp, 0o777)
-    impostor = _impostor(open_tmp / "kraken_gateway.sock")
+    os.chmod(open_dir, 0o777)
+    impostor = _impostor(open_dir / "kraken_gateway.sock")
     try:
         with socket.socket(socket.AF_UNIX) as sock:
-            sock.connect(str(open_tmp / "kraken_gateway.sock"))
+            sock.connect(str(open_dir / "kraken_gateway.sock"))
             with pytest.raises(GatewayUntrustedError, match="runs as uid 65534"):
                 check_peer(sock, os.geteuid())
     finally:

@@ -5,6 +5,8 @@ python store_worker.py try-open PATH         writer: try to open; exit 3 with th
 python store_worker.py crash-mid-write PATH  writer: leave a record odd, then kill -9 itself
 python store_worker.py torn-writer PATH SECS writer: publish as fast as possible for SECS
 python store_worker.py torn-reader PATH N    reader: N checked reads, print a JSON report
+python store_worker.py grow PATH N           writer: print READY, then on a line from stdin
+                                             publish N currencies more and print DONE
 """
 
 from __future__ import annotations
@@ -122,6 +124,18 @@ def torn_reader(path: str, reads: int) -> None:
     print(json.dumps(report), flush=True)
 
 
+def grow(path: str, count: int) -> None:
+    """New currencies after a pause in which the test may fill the file system."""
+    writer = StoreWriter.open(path, exchange="kraken", strategy_count=STRATEGY_COUNT)
+    writer.mark_live()
+    print("READY", flush=True)
+    sys.stdin.readline()
+    for n in range(count):
+        writer.publish_decimal(f"C{n}", [Decimal(n), Decimal(n)] + [0] * 6)
+    writer.close()
+    print("DONE", flush=True)
+
+
 def main() -> None:
     role, path, *rest = sys.argv[1:]
     if role == "hold":
@@ -134,6 +148,8 @@ def main() -> None:
         torn_writer(path, float(rest[0]))
     elif role == "torn-reader":
         torn_reader(path, int(rest[0]))
+    elif role == "grow":
+        grow(path, int(rest[0]))
     else:
         raise SystemExit(f"unknown role {role}")
 
