@@ -568,7 +568,10 @@ class KrakenSession:
         self._count_skipped(tuple(skipped))
         self.transfers_caught_up += len(transfers)
         if transfers:
-            logger.warning("caught up %d transfers since the ledger's position", len(transfers))
+            # At info: the window opens a second early and the stream runs meanwhile, so
+            # some are known; the writer logs each one it books and skips the rest.
+            logger.info("Ledgers: %d deposits, withdrawals and transfers since the ledger's "
+                        "position (the writer books those it has not)", len(transfers))  # fmt: skip
         return sorted(transfers, key=lambda t: t.timestamp_ns)
 
     async def _catch_up(self, since_ns: int) -> list[Fill]:
