@@ -9,6 +9,7 @@ import logging
 import mmap
 import os
 import stat
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
@@ -481,10 +482,12 @@ def _create(path: Path, geometry: Geometry, exchange: str, mode: int, now_ns: in
     """
     header = bytearray(HEADER_SIZE)
     pack_header(header, geometry, exchange=exchange, created_ns=now_ns)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # A new file of our own, never one planted at the name (or a symlink to elsewhere).
-    tmp.unlink(missing_ok=True)
-    fd = _open_nofollow(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+    # A new file of our own at a name no one can guess (O_EXCL | O_NOFOLLOW, mode 0600
+    # until the fchmod below): never one planted there, nor a symlink to elsewhere. A
+    # name made of the pid could be planted ahead, and in a sticky directory such as
+    # /dev/shm another user's file cannot be removed: the writer could not start.
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
         os.fchmod(fd, mode)  # the umask must not narrow who may read balances
         os.ftruncate(fd, geometry.file_size)

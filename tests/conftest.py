@@ -45,11 +45,17 @@ def small_shm(open_dir: Path) -> Iterator[Path]:
     subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
 
+def as_user(uid: int | None) -> list[str]:
+    """The command prefix that runs a program as ``uid`` (nothing for None)."""
+    if uid is None:
+        return []
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+
+
 def fill_as_another_user(directory: Path) -> None:
     """Another local user takes every byte left there, as anyone may in /dev/shm."""
     subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         "dd", "if=/dev/zero", f"of={directory / 'filler'}", "bs=4k"],
+        [*as_user(NOBODY), "dd", "if=/dev/zero", f"of={directory / 'filler'}", "bs=4k"],
         capture_output=True, check=False,  # dd stops at "No space left on device"
     )  # fmt: skip
     assert (directory / "filler").stat().st_uid == NOBODY
@@ -68,9 +74,10 @@ class Workers:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen[str]] = []
 
-    def start(self, role: str, *args: str | Path) -> subprocess.Popen[str]:
+    def start(self, role: str, *args: str | Path, uid: int | None = None) -> subprocess.Popen[str]:
+        """Start a worker, as ``uid`` when given (setpriv execs it: same pid)."""
         process = subprocess.Popen(
-            [sys.executable, str(STORE_WORKER), role, *map(str, args)],
+            [*as_user(uid), sys.executable, str(STORE_WORKER), role, *map(str, args)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -79,9 +86,11 @@ class Workers:
         self.started.append(process)
         return process
 
-    def start_ready(self, role: str, *args: str | Path) -> subprocess.Popen[str]:
+    def start_ready(
+        self, role: str, *args: str | Path, uid: int | None = None
+    ) -> subprocess.Popen[str]:
         """Start a worker and wait for its READY line."""
-        process = self.start(role, *args)
+        process = self.start(role, *args, uid=uid)
         assert process.stdout is not None
         line = process.stdout.readline()
         if not line.startswith("READY"):

@@ -2,6 +2,7 @@
 
 python store_worker.py hold PATH             writer: publish, go live, print READY, wait
 python store_worker.py try-open PATH         writer: try to open; exit 3 with the error if refused
+python store_worker.py open-on-cue PATH      writer: print READY, then try-open on a line from stdin
 python store_worker.py crash-mid-write PATH  writer: leave a record odd, then kill -9 itself
 python store_worker.py torn-writer PATH SECS writer: publish as fast as possible for SECS
 python store_worker.py torn-reader PATH N    reader: N checked reads, print a JSON report
@@ -141,6 +142,10 @@ def main() -> None:
     if role == "hold":
         hold(path)
     elif role == "try-open":
+        try_open(path)
+    elif role == "open-on-cue":
+        print("READY", flush=True)
+        sys.stdin.readline()
         try_open(path)
     elif role == "crash-mid-write":
         crash_mid_write(path)

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from mmapstore import StoreReader, StoreUnsafeError, StoreWriter
 from mmapstore._paths import lock_path
+from tests.conftest import NOBODY, Workers, as_user
 
-NOBODY = 65534
+# The gateway's user in the cases where it must not be root, who may remove anyone's file.
+GATEWAY_USER = 1234
 
 
 def _planted_store(path: Path) -> None:
@@ -73,3 +76,25 @@ def test_a_lock_file_planted_by_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(lock, NOBODY, NOBODY)
     with pytest.raises(StoreUnsafeError, match="lock file"):
         StoreWriter.open(store, exchange="kraken")
+
+
+def test_a_file_planted_at_the_writers_temporary_name_does_not_keep_it_from_starting(
+    open_dir: Path, workers: Workers
+) -> None:
+    """The new file was made at ``.<name>.<pid>.tmp``: another user who planted that
+    name in the sticky directory (as /dev/shm is) kept the writer from starting, with
+    a traceback (it may not remove another user's file there). Pids are predictable."""
+    shared = open_dir / "shm"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    store = shared / "hft.kraken.balance"
+    writer = workers.start_ready("open-on-cue", store, uid=GATEWAY_USER)
+    planted = shared / f".{store.name}.{writer.pid}.tmp"
+    subprocess.run([*as_user(NOBODY), "touch", str(planted)], check=True)
+    assert writer.stdin is not None
+    writer.stdin.write("go\n")
+    writer.stdin.flush()
+    out, err = writer.communicate(timeout=30)
+    assert (writer.returncode, out.strip()) == (0, "OPENED"), err
+    assert store.stat().st_uid == GATEWAY_USER
+    assert planted.stat().st_uid == NOBODY  # left alone
