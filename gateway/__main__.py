@@ -35,6 +35,7 @@ from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem, strategy_bal
 from gateway.config import GatewayConfig, default_state_dir
 from gateway.errors import GatewayError, only_leaf
 from gateway.exchanges import registry
+from gateway.files import write_atomically
 from mmapstore import Condition, StoreLockedError, StoreReader, store_path, writer_lock
 
 if TYPE_CHECKING:
@@ -118,9 +119,7 @@ def write_ready_file(path: Path, config: GatewayConfig, state_dir: Path | None =
         "store": str(config.store_path),
         "state_dir": str(state_dir or config.state_dir),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(facts) + "\n")
-    tmp.replace(path)
+    write_atomically(path, json.dumps(facts) + "\n", 0o644)
 
 
 async def serve(

@@ -17,6 +17,7 @@ import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
 from gateway.exchanges.simhttp import Handler, serve_http_connection
+from gateway.files import write_atomically
 
 # A simulator's run function: serves until cancelled; ``started(address)`` once listening.
 Serve = Callable[..., Awaitable[None]]
@@ -105,10 +106,10 @@ async def serve_rest_and_ws(
 
 
 def write_ready_file(path: Path, address: object) -> None:
-    """The simulator's address (a dataclass) as JSON, written atomically."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(address)))  # type: ignore[call-overload]
-    tmp.replace(path)
+    """The simulator's address (a dataclass) as JSON, written atomically; private to its
+    user, as it holds the simulator's API secret."""
+    facts = dataclasses.asdict(address)  # type: ignore[call-overload]
+    write_atomically(path, json.dumps(facts), 0o600)
 
 
 def serve_until_signalled(serve: Serve, simulator: object, args: argparse.Namespace) -> int:
