@@ -7,6 +7,8 @@ Reading balances raises the store's errors (``mmapstore.errors``):
     │   └── StoreStartingError                         the gateway is starting: not published yet
     ├── StoreFormatError → StoreCorruptError, StoreVersionError
     ├── StoreBusyError                                 a record stuck mid-write by a dead writer
+    ├── StoreUnsafeError                               a store file another user could have made
+    │                                                  (HFT_GATEWAY_UID: a gateway's own user)
     ├── UnknownCurrencyError                           no balance of that currency
     ├── SlotIndexError                                 index out of range
     └── StrategyCountError                             more slots asked for than the store has
@@ -32,6 +34,7 @@ from mmapstore.errors import (
     StoreFormatError,
     StoreNotFoundError,
     StoreStartingError,
+    StoreUnsafeError,
     StoreVersionError,
     StrategyCountError,
     UnknownCurrencyError,
@@ -86,6 +89,7 @@ __all__ = [
     "StoreFormatError",
     "StoreNotFoundError",
     "StoreStartingError",
+    "StoreUnsafeError",
     "StoreVersionError",
     "StrategyCountError",
     "UnknownCurrencyError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -36,12 +37,14 @@ from mmapstore._layout import (
     unpack_entry,
     unpack_header,
 )
+from mmapstore._paths import untrusted_because
 from mmapstore.errors import (
     SlotIndexError,
     StoreBusyError,
     StoreCorruptError,
     StoreNotFoundError,
     StoreStartingError,
+    StoreUnsafeError,
     UnknownCurrencyError,
 )
 
@@ -174,6 +177,8 @@ class StoreReader:
     Raises (from the constructor):
         StoreNotFoundError: no file: the gateway is not running.
         StoreCorruptError, StoreVersionError: not a file this code can read.
+        StoreUnsafeError: a symlink, or a file another user could have made: owned by
+            neither this user, root nor ``$HFT_GATEWAY_UID``, or writable by others.
     """
 
     def __init__(self, path: Path | str, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> None:
@@ -185,14 +190,21 @@ class StoreReader:
 
     def _open(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise StoreNotFoundError(
                 f"no balance store at {self.path}: the gateway is not running "
                 "(or writes to another HFT_SHM_DIR)"
             ) from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                message = f"{self.path} is a symlink; a reader does not follow it"
+                raise StoreUnsafeError(message) from None
+            raise
         try:
             stat = os.fstat(fd)
+            if (why := untrusted_because(stat)) is not None:
+                raise StoreUnsafeError(f"{self.path} {why}")
             if stat.st_size == 0:
                 raise StoreCorruptError(f"{self.path}: empty file")
             mm = mmap.mmap(fd, stat.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)

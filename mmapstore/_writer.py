@@ -81,7 +81,10 @@ def _check_owned(fd: int, path: Path, what: str) -> None:
     Raises:
         StoreUnsafeError: naming the file, its owner and its mode.
     """
-    info = os.fstat(fd)
+    _check_owner(os.fstat(fd), path, what)
+
+
+def _check_owner(info: os.stat_result, path: Path, what: str) -> None:
     if info.st_uid != os.geteuid() or info.st_mode & 0o022:
         raise StoreUnsafeError(
             f"{what} {path} is owned by uid {info.st_uid} with mode "
@@ -116,18 +119,29 @@ def _room_needed(path: Path) -> Iterator[None]:
         ) from None
 
 
-def _open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+def _open_nofollow(path: Path, flags: int, what: str, mode: int = 0o600) -> int:
     """``os.open`` that refuses a symlink in the last component.
 
     Raises:
-        StoreUnsafeError: the path is a symlink.
+        StoreUnsafeError: the path is a symlink, or another user's file this user may
+            not open (a gateway that is not root: another user's file is not writable,
+            and ``fs.protected_regular`` refuses to create over one in /dev/shm).
     """
     try:
         return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise StoreUnsafeError(f"{path} is a symlink; the gateway does not follow it") from None
+        if exc.errno in (errno.EACCES, errno.EPERM) and (info := _lstat(path)) is not None:
+            _check_owner(info, path, what)  # another user's: said in one line
         raise
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
 
 
 def _open_existing(path: Path) -> tuple[_Mapping, Geometry, str] | None:
@@ -137,7 +151,7 @@ def _open_existing(path: Path) -> tuple[_Mapping, Geometry, str] | None:
         StoreUnsafeError: the file is another user's, writable by others, or a symlink.
     """
     try:
-        fd = _open_nofollow(path, os.O_RDWR)
+        fd = _open_nofollow(path, os.O_RDWR, "store file")
     except FileNotFoundError:
         return None
     try:
@@ -169,7 +183,7 @@ def _acquire_lock(store: Path) -> int:
     lock_file = lock_path(store)
     # Private to its user: anyone who can open the lock file can take the flock and
     # keep every gateway from starting.
-    fd = _open_nofollow(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _open_nofollow(lock_file, os.O_RDWR | os.O_CREAT, "lock file")
     try:
         _check_owned(fd, lock_file, "lock file")
         os.fchmod(fd, 0o600)  # one left readable by an older version

@@ -20,7 +20,7 @@ import sys
 import time
 from decimal import Decimal
 
-from mmapstore import StoreLockedError, StoreReader, StoreWriter
+from mmapstore import StoreError, StoreReader, StoreWriter
 from mmapstore._layout import R_SEQ
 
 STRATEGY_COUNT = 8
@@ -41,8 +41,8 @@ def hold(path: str) -> None:
 def try_open(path: str) -> None:
     try:
         StoreWriter.open(path, exchange="kraken", strategy_count=STRATEGY_COUNT)
-    except StoreLockedError as exc:
-        print(exc, flush=True)
+    except StoreError as exc:  # refused: said in one line
+        print(f"{type(exc).__name__}: {exc}", flush=True)
         sys.exit(3)
     print("OPENED", flush=True)
 

@@ -98,3 +98,60 @@ def test_a_file_planted_at_the_writers_temporary_name_does_not_keep_it_from_star
     assert (writer.returncode, out.strip()) == (0, "OPENED"), err
     assert store.stat().st_uid == GATEWAY_USER
     assert planted.stat().st_uid == NOBODY  # left alone
+
+
+def _shared_dir(open_dir: Path) -> Path:
+    """A sticky directory every user may write, as /dev/shm is."""
+    shared = open_dir / "shm"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    return shared
+
+
+def _made_by_nobody(path: Path, mode: int = 0o644) -> None:
+    subprocess.run([*as_user(NOBODY), "sh", "-c", f"echo planted > {path}; chmod {mode:o} {path}"],
+                   check=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("planted", ["hft.kraken.balance", "hft.kraken.balance.lock"])
+def test_a_gateway_that_is_not_root_refuses_another_users_file_in_one_line(
+    open_dir: Path, workers: Workers, planted: str
+) -> None:
+    """Root opens any file and then refuses it; the gateway's own user may not open another
+    user's (mode 0644) at all, and that was a PermissionError with a traceback."""
+    shared = _shared_dir(open_dir)
+    _made_by_nobody(shared / planted)
+    opener = workers.start("try-open", shared / "hft.kraken.balance", uid=GATEWAY_USER)
+    out, err = opener.communicate(timeout=30)
+    assert opener.returncode == 3, err
+    assert out.startswith("StoreUnsafeError: ") and "owned by uid 65534 with mode 0644" in out
+
+
+def test_a_reader_refuses_a_store_another_user_made(
+    open_dir: Path, workers: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user who makes the store file first (after a reboot, say) could feed every
+    strategy the balances they like, heartbeat and all: a reader trusts its own user's
+    files, root's and ``$HFT_GATEWAY_UID``'s only."""
+    shared = _shared_dir(open_dir)
+    store = shared / "hft.kraken.balance"
+    workers.start_ready("hold", store, uid=NOBODY)  # a live writer, run by another user
+    monkeypatch.delenv("HFT_GATEWAY_UID", raising=False)
+    with pytest.raises(StoreUnsafeError, match="uid 65534 with mode 0644: not the gateway"):
+        StoreReader(store)
+    monkeypatch.setenv("HFT_GATEWAY_UID", str(NOBODY))  # that user runs the gateway here
+    with StoreReader(store) as reader:
+        assert reader.slot_float("USD", 0) == 300.5
+
+
+def test_a_reader_refuses_a_store_others_may_write_or_a_symlink(tmp_path: Path) -> None:
+    store = tmp_path / "hft.kraken.balance"
+    StoreWriter.open(store, exchange="kraken").close()
+    os.chmod(store, 0o666)
+    with pytest.raises(StoreUnsafeError, match="mode 0666"):
+        StoreReader(store)
+    os.chmod(store, 0o644)
+    link = tmp_path / "hft.link.balance"
+    link.symlink_to(store)
+    with pytest.raises(StoreUnsafeError, match="symlink"):
+        StoreReader(link)
