@@ -35,7 +35,7 @@ from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem, strategy_bal
 from gateway.config import GatewayConfig, default_state_dir
 from gateway.errors import GatewayError, only_leaf
 from gateway.exchanges import registry
-from gateway.files import write_atomically
+from gateway.files import make_own_dir, write_atomically
 from mmapstore import Condition, StoreLockedError, StoreReader, store_path, writer_lock
 
 if TYPE_CHECKING:
@@ -192,6 +192,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     adapter = registry.adapter(args.exchange or registry.DEFAULT_EXCHANGE)
     credentials = adapter.credentials(os.environ)  # first: nothing runs without them
     config = _run_config(args)
+    # Before the session reads its nonce mark there, and the service its journal.
+    make_own_dir(config.state_dir, 0o700, "state directory", "HFT_STATE_DIR")
 
     async def main() -> None:
         async with adapter.open_session(config, credentials) as session:
@@ -213,6 +215,7 @@ def _cmd_mirror(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         state_root=args.state_dir,
     )
+    make_own_dir(mirror_state_dir(config), 0o700, "state directory", "HFT_STATE_DIR")
     ready = partial(write_ready_file, args.ready_file, config, mirror_state_dir(config))
 
     async def main() -> None:

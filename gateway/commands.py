@@ -12,19 +12,18 @@ import errno
 import logging
 import os
 import socket
-import stat
 import struct
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
 from gateway.codes import ErrorCode
 from gateway.descriptors import read_when_ready, write_all
-from gateway.errors import CommandProtocolError, ConfigError, GatewayError
+from gateway.errors import CommandProtocolError, GatewayError
 from gateway.events import Reply, error_reply
+from gateway.files import make_own_dir
 from gateway.messages import CommandReceived, QueryReceived, ReplySlot
 from gateway.protocol import (
     CborFrameDecoder,
@@ -405,27 +404,6 @@ def _remove_stale_socket(path: os.PathLike[str]) -> None:
     raise GatewayError(f"another gateway is answering on {path}")
 
 
-def _make_run_dir(directory: Path, mode: int) -> None:
-    """Create the socket's directory, or take an existing one only if it is ours.
-
-    Another user who made ``/tmp/hft-<uid>`` first (or a symlink there) could
-    otherwise listen in the gateway's place.
-
-    Raises:
-        ConfigError: the directory is another user's or a symlink.
-    """
-    directory.mkdir(mode=mode, parents=True, exist_ok=True)
-    info = os.lstat(directory)
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"run directory {directory} is a symlink or not a directory: refusing")
-    if info.st_uid != os.geteuid():
-        raise ConfigError(
-            f"run directory {directory} belongs to uid {info.st_uid}, not to this user: "
-            "refusing (remove it, or set HFT_RUN_DIR)"
-        )
-    os.chmod(directory, mode)
-
-
 async def serve_commands(
     config: GatewayConfig,
     send: trio.MemorySendChannel[CommandReceived | QueryReceived],
@@ -443,7 +421,7 @@ async def serve_commands(
     """
     path = config.socket_path
     async with send:
-        _make_run_dir(config.run_dir, config.run_dir_mode)
+        make_own_dir(config.run_dir, config.run_dir_mode, "run directory", "HFT_RUN_DIR")
         _remove_stale_socket(path)
         listener_socket = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         await listener_socket.bind(str(path))

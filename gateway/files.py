@@ -1,11 +1,36 @@
-"""Small files written whole, safe in a directory other users may write (``/tmp``)."""
+"""Files and directories made safely where other users may write (``/tmp``, ``/dev/shm``)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from gateway.errors import ConfigError
+
+
+def make_own_dir(directory: Path, mode: int, what: str, variable: str) -> None:
+    """Create ``directory`` with ``mode``, or take an existing one only if it is ours.
+
+    Another user who made it first (``/tmp/hft-<uid>``, a state directory under a
+    shared one), or a symlink there, could otherwise listen in the gateway's place
+    or hand it a journal of their making. ``variable`` names the setting to change.
+
+    Raises:
+        ConfigError: the directory is another user's, others may write it, or a symlink.
+    """
+    directory.mkdir(mode=mode, parents=True, exist_ok=True)
+    info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{what} {directory} is a symlink or not a directory: refusing")
+    if info.st_uid != os.geteuid():
+        raise ConfigError(
+            f"{what} {directory} belongs to uid {info.st_uid}, not to this user: "
+            f"refusing (remove it, or set {variable})"
+        )
+    os.chmod(directory, mode)
 
 
 def write_atomically(path: Path, text: str, mode: int) -> None:

@@ -16,8 +16,8 @@ import pytest
 
 from clients.command import KRAKEN_STRATEGY_BALANCE_CMD, IPCCommandSystem, check_peer
 from clients.errors import GatewayUntrustedError
-from gateway.commands import _make_run_dir
 from gateway.errors import ConfigError
+from gateway.files import make_own_dir
 from tests.conftest import NOBODY
 
 IMPOSTOR = """
@@ -50,14 +50,14 @@ def _planted_run_dir(tmp_path: Path) -> Path:
 
 def test_gateway_refuses_a_run_directory_another_user_made(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="belongs to uid 65534"):
-        _make_run_dir(_planted_run_dir(tmp_path), 0o700)
+        make_own_dir(_planted_run_dir(tmp_path), 0o700, "run directory", "HFT_RUN_DIR")
 
 
 def test_gateway_refuses_a_symlinked_run_directory(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     with pytest.raises(ConfigError, match="symlink"):
-        _make_run_dir(tmp_path / "link", 0o700)
+        make_own_dir(tmp_path / "link", 0o700, "run directory", "HFT_RUN_DIR")
 
 
 def test_client_sends_nothing_to_a_socket_in_another_users_directory(open_dir: Path) -> None:

@@ -7,6 +7,7 @@ Each failure ends in one line that names the cause and the next step; with
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.conftest import NOBODY
 from tests.kraken.stack import KrakenStack
 
 GATEWAY = Path(sys.executable).parent / "gateway"
@@ -105,3 +107,21 @@ def test_json_logs_are_one_object_a_line(stack: KrakenStack) -> None:
     for entry in entries:
         assert set(entry) >= {"time", "level", "logger", "message"} and entry["time"].endswith("Z")
     assert any("shutting down" in entry["message"] for entry in entries)
+
+
+def test_a_state_directory_another_user_made_is_refused_in_one_line(stack: KrakenStack) -> None:
+    """Another user who made the state directory first (under a shared HFT_STATE_DIR)
+    could hand the gateway a journal and snapshot of their making: strategy slots,
+    owners, applied fills. It was taken as it was."""
+    planted = stack.state_dir / "kraken"
+    planted.mkdir(parents=True)
+    os.chown(planted, NOBODY, NOBODY)
+    os.chmod(planted, 0o777)
+    urls = ("--rest-url", stack.address["rest_url"], "--ws-url", stack.address["ws_url"])
+    line, _ = run_to_failure(stack, *urls)
+    assert f"state directory {planted} belongs to uid {NOBODY}, not to this user" in line, line
+    assert "set HFT_STATE_DIR" in line and not any(planted.iterdir())
+    planted.rmdir()
+    planted.symlink_to(stack.root)  # a symlink, even to a directory of ours
+    line, _ = run_to_failure(stack, *urls)
+    assert f"state directory {planted} is a symlink" in line, line
