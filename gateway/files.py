@@ -19,7 +19,8 @@ def make_own_dir(directory: Path, mode: int, what: str, variable: str) -> None:
     or hand it a journal of their making. ``variable`` names the setting to change.
 
     Raises:
-        ConfigError: the directory is another user's, others may write it, or a symlink.
+        ConfigError: the directory is another user's or a symlink (one of ours is set
+            to ``mode``, whatever an older version or a hand left it).
     """
     directory.mkdir(mode=mode, parents=True, exist_ok=True)
     info = os.lstat(directory)
