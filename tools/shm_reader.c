@@ -61,18 +61,32 @@ static void format_scaled(i128 value, uint32_t scale, char *out, size_t size) {
     out[pos] = '\0';
 }
 
+/* Another local user could have made the file first: trust our own user's, root's
+   or $HFT_GATEWAY_UID's, and only if group and others may not write it. */
+static int trusted(const struct stat *st) {
+    const char *gateway_uid = getenv("HFT_GATEWAY_UID");
+    int owner_ok = st->st_uid == geteuid() || st->st_uid == 0
+        || (gateway_uid != NULL && *gateway_uid != '\0'
+            && strtoul(gateway_uid, NULL, 10) == (unsigned long)st->st_uid);
+    return owner_ok && (st->st_mode & 022) == 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: %s STORE_FILE\n", argv[0]);
         return 2;
     }
-    int fd = open(argv[1], O_RDONLY);
+    int fd = open(argv[1], O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
         perror(argv[1]);
         return 1;
     }
     struct stat st;
-    if (fstat(fd, &st) != 0 || st.st_size < 256) {
+    if (fstat(fd, &st) != 0 || !trusted(&st)) {
+        fprintf(stderr, "%s: not the gateway's file (owner or mode): not read\n", argv[1]);
+        return 1;
+    }
+    if (st.st_size < 256) {
         fprintf(stderr, "%s: too short for a balance store\n", argv[1]);
         return 1;
     }

@@ -31,6 +31,11 @@ def test_c_reader_reads_what_python_reads(tmp_path: Path, store_file: Path) -> N
         writer.mark_live()
 
     out = subprocess.run([binary, store_file], check=True, capture_output=True, text=True).stdout
+    store_file.chmod(0o666)  # anyone could have written it: not read, as in Python
+    refused = subprocess.run([binary, store_file], capture_output=True, text=True, check=False)
+    assert (refused.returncode, refused.stdout) == (1, ""), refused
+    assert "not the gateway's file (owner or mode)" in refused.stderr
+    store_file.chmod(0o644)
     lines = out.splitlines()
     with StoreReader(store_file) as reader:
         assert len(lines) == len(reader.currencies()) == 3
