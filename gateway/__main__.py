@@ -396,6 +396,7 @@ def _cmd_balances(args: argparse.Namespace) -> int:
 def _cmd_journal(args: argparse.Namespace) -> int:
     """Verify the saved state, or salvage it after damage (an explicit operator decision)."""
     from gateway import journal_repair  # noqa: PLC0415 - see the note at the top
+    from gateway.journal import lock_state_dir  # noqa: PLC0415
 
     state_root = args.state_dir or default_state_dir(os.environ)
     directory = state_root / args.exchange
@@ -411,8 +412,14 @@ def _cmd_journal(args: argparse.Namespace) -> int:
             )
         print("sound: the gateway can start on it")
         return 0
-    with writer_lock(store_path(args.exchange, args.shm_dir)):  # refused while it runs
-        report = journal_repair.salvage(directory)
+    # Refused while a gateway runs: its store's lock, and its state directory's (a
+    # gateway whose store is elsewhere, or whose lock file vanished from /dev/shm).
+    with writer_lock(store_path(args.exchange, args.shm_dir)):
+        state_lock = lock_state_dir(directory)
+        try:
+            report = journal_repair.salvage(directory)
+        finally:
+            os.close(state_lock)
     print(
         f"kept {report.kept} sound records, lost {report.lost_bytes} bytes; originals set "
         f"aside as {', '.join(p.name for p in report.set_aside)}; account in {report.record}"

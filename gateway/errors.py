@@ -31,6 +31,10 @@ class JournalCorruptError(JournalError):
     """The saved state is damaged beyond a torn tail; nothing was changed."""
 
 
+class JournalLockedError(JournalError):
+    """Another process writes this state directory's journal."""
+
+
 class JournalWriteError(JournalError):
     """Appending to the journal or syncing it failed."""
 

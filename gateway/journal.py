@@ -29,6 +29,8 @@ thread.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import io
 import logging
 import os
@@ -42,7 +44,7 @@ from typing import TYPE_CHECKING, BinaryIO, Final
 
 import cbor2
 
-from gateway.errors import JournalCorruptError, JournalWriteError
+from gateway.errors import JournalCorruptError, JournalLockedError, JournalWriteError
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -156,6 +158,39 @@ def next_sound_record(data: bytes, start: int) -> int | None:
         if _record_at(data, pos, MAX_RECORD_BYTES)[0] > 0:
             return pos
     return None
+
+
+WRITER_LOCK: Final = "writer.lock"
+
+
+def lock_state_dir(directory: Path) -> int:
+    """Take ``directory``'s writer lock and return its descriptor: held until it is closed.
+
+    One process writes a journal. The store's lock in /dev/shm refuses a second
+    gateway first, but files there can vanish under a running one (systemd-logind's
+    ``RemoveIPC`` removes a user's files in /dev/shm at their last logout; so does a
+    cleaner), and a second writer of one journal would book everything twice.
+
+    Raises:
+        JournalLockedError: another process holds it, named by its pid.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / WRITER_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        raise JournalLockedError(
+            f"state directory {directory} already has a writer (pid {holder}, lock {path}): "
+            "one gateway or mirror writes a state directory; stop that one first"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ the producers and leaves the writer free to drain what they sent.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -21,7 +22,7 @@ from gateway.config import HEARTBEAT_INTERVAL_S, GatewayConfig
 from gateway.errors import BootstrapError, ConfigError, ExchangeError
 from gateway.events import replay_event
 from gateway.exchanges.base import ExchangeSession
-from gateway.journal import Journal, RestoreReport
+from gateway.journal import Journal, RestoreReport, lock_state_dir
 from gateway.ledger import Ledger, scale_fill
 from gateway.memory import return_large_buffers
 from gateway.messages import BalancesFetched, HeartbeatTick, WriterMessage
@@ -96,18 +97,28 @@ async def run_gateway(
     the store is marked stopped.
 
     Raises:
+        JournalLockedError: another gateway writes this state directory.
         StoreLockedError: another gateway for this exchange is running.
         BootstrapError: the exchange's balances could not be fetched.
         JournalCorruptError: the saved state cannot be trusted.
     """
     return_large_buffers()  # snapshots' encodings must not stay resident (gateway/memory.py)
-    # The store lock first: a second gateway must be refused before it touches the journal.
-    store = StoreWriter.open(
-        config.store_path, exchange=config.exchange, strategy_count=config.strategy_count
-    )
+    # The state directory's lock first, then the store's: a second gateway is refused
+    # before it touches the journal, or the store (its file may have vanished under the
+    # first, and a new one at the path would hide the first's from new readers).
+    state_lock = lock_state_dir(config.state_dir)
+    try:
+        store = StoreWriter.open(
+            config.store_path, exchange=config.exchange, strategy_count=config.strategy_count
+        )
+    except BaseException:
+        os.close(state_lock)
+        raise
     try:
         if config.fresh_state:
-            _set_state_aside(config.state_dir)
+            _set_state_aside(config.state_dir)  # the lock goes aside with it: take the new one's
+            os.close(state_lock)
+            state_lock = lock_state_dir(config.state_dir)
         ledger, journal, report = restore_state(config)
         try:
             _check_account(ledger, exchange.account(), config)
@@ -116,6 +127,7 @@ async def run_gateway(
             raise
     except BaseException:
         store.close()
+        os.close(state_lock)
         raise
     reconcile_status = ReconcileStatus()
     replication: ReplicationStatus | None = None
@@ -242,6 +254,7 @@ async def run_gateway(
                 )  # fmt: skip
                 core.journal.abandon()
                 core.store.close()
+        os.close(state_lock)  # once the journal is closed
         stopped.set()
 
 

@@ -262,6 +262,7 @@ class WriterCore:
                 self._cross_check(totals)
             case HeartbeatTick():
                 self.store.heartbeat()
+                self.store.restore_path()  # a cleaner or RemoveIPC may have taken the file
                 batch.needs_sync = True  # bounds how long fills stay unsynced
                 batch.recover = self.journal_error is not None
             case _:

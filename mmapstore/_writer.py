@@ -49,6 +49,7 @@ from mmapstore._layout import (
 )
 from mmapstore._paths import lock_path
 from mmapstore.errors import (
+    StoreError,
     StoreFormatError,
     StoreFullError,
     StoreLockedError,
@@ -141,6 +142,13 @@ def _lstat(path: Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except OSError:
+        return None
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.lstat(path).st_ino
+    except FileNotFoundError:
         return None
 
 
@@ -239,10 +247,14 @@ class StoreWriter:
         geometry: Geometry,
         generation: int,
         clock_ns: Callable[[], int],
+        mode: int = 0o644,
     ) -> None:
         self._path = path
         self._lock_fd = lock_fd
+        self._lock_inode = os.fstat(lock_fd).st_ino
+        self._mode = mode
         self._map = mapping
+        self._path_trouble: str | None = None  # what restore_path last said, said once
         self._geometry = geometry
         self._generation = generation
         self._clock_ns = clock_ns
@@ -334,7 +346,7 @@ class StoreWriter:
         words[H_WRITER_PID] = os.getpid()
         words[H_HEARTBEAT_NS] = clock_ns() & _MASK64
         logger.info("store %s: writer pid %d, generation %d", path, os.getpid(), generation)
-        return cls(path, lock_fd, mapping, geometry, generation, clock_ns)
+        return cls(path, lock_fd, mapping, geometry, generation, clock_ns, mode)
 
     # -- properties ---------------------------------------------------------------
 
@@ -448,6 +460,54 @@ class StoreWriter:
         """Tell readers the writer is alive; call it at least once a second."""
         self._map.words[H_HEARTBEAT_NS] = (self._clock_ns() if now_ns is None else now_ns) & _MASK64
 
+    def restore_path(self) -> bool:
+        """Put the store and its lock file back at their paths if they are gone; True if so.
+
+        Files in /dev/shm can vanish under a running writer: systemd-logind's
+        ``RemoveIPC`` removes a user's files there at their last logout, and a
+        cleaner may too. Readers that map the file keep reading it, but a new
+        one finds nothing (the gateway "not running"), and without the lock file
+        a second writer could start. A copy of the mapping goes back at the
+        path and the old file is retired, so its readers re-open the path. Call
+        it now and then (the gateway does at every heartbeat): two ``stat`` calls
+        when all is well. Another file at the path is left alone, and said once.
+        """
+        lock_file = lock_path(self._path)
+        if _inode(lock_file) != self._lock_inode:
+            try:
+                lock_fd = _acquire_lock(self._path)
+            except (StoreError, OSError) as exc:
+                self._say_path_trouble(f"its lock file was removed and cannot be made again: {exc}")
+                return False
+            os.close(self._lock_fd)
+            self._lock_fd, self._lock_inode = lock_fd, os.fstat(lock_fd).st_ino
+            logger.warning("store %s: its lock file was removed; made again", self._path)
+        inode = _inode(self._path)
+        if inode == self._map.inode:
+            self._path_trouble = None
+            return False
+        if inode is not None:
+            self._say_path_trouble("another file is at its path; this writer's is not there")
+            return False
+        old = self._map
+        try:
+            with _room_needed(self._path):
+                self._map = _new_file(self._path, self._geometry.file_size, self._mode, old.mm[:])
+        except (StoreError, OSError) as exc:
+            self._say_path_trouble(f"it was removed and cannot be made again: {exc}")
+            return False
+        _retire(old, self._geometry)
+        logger.warning(
+            "store %s was removed while its writer ran (systemd-logind's RemoveIPC at a "
+            "logout, or a cleaner): put back; readers re-open it", self._path,
+        )  # fmt: skip
+        return True
+
+    def _say_path_trouble(self, trouble: str) -> None:
+        if trouble != self._path_trouble:
+            self._path_trouble = trouble
+            logger.error("store %s: %s", self._path, trouble)
+
     def set_conditions(self, conditions: Condition) -> None:
         """Publish what is wrong right now (readers see it in ``writer_status()``)."""
         self._map.words[H_FLAGS] = int(conditions)
@@ -496,6 +556,12 @@ def _create(path: Path, geometry: Geometry, exchange: str, mode: int, now_ns: in
     """
     header = bytearray(HEADER_SIZE)
     pack_header(header, geometry, exchange=exchange, created_ns=now_ns)
+    return _new_file(path, geometry.file_size, mode, header)
+
+
+def _new_file(path: Path, size: int, mode: int, content: bytes | bytearray) -> _Mapping:
+    """A file of ``size`` bytes (every page allocated) starting with ``content``, mapped,
+    then renamed to ``path``."""
     # A new file of our own at a name no one can guess (O_EXCL | O_NOFOLLOW, mode 0600
     # until the fchmod below): never one planted there, nor a symlink to elsewhere. A
     # name made of the pid could be planted ahead, and in a sticky directory such as
@@ -504,10 +570,10 @@ def _create(path: Path, geometry: Geometry, exchange: str, mode: int, now_ns: in
     tmp = Path(name)
     try:
         os.fchmod(fd, mode)  # the umask must not narrow who may read balances
-        os.ftruncate(fd, geometry.file_size)
-        _allocate(fd, geometry.file_size)
-        os.pwrite(fd, header, 0)
-        mapping = _Mapping(fd, geometry.file_size)
+        os.ftruncate(fd, size)
+        _allocate(fd, size)
+        os.pwrite(fd, content, 0)
+        mapping = _Mapping(fd, size)
     except BaseException:
         tmp.unlink(missing_ok=True)  # no half-made file left taking the room
         raise

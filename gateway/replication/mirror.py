@@ -38,7 +38,7 @@ from gateway.commands import serve_commands
 from gateway.config import HEARTBEAT_INTERVAL_S, GatewayConfig
 from gateway.errors import GatewayError, JournalCorruptError
 from gateway.events import Reply, apply_event, decode_event, error_reply, replay_event
-from gateway.journal import Journal
+from gateway.journal import Journal, lock_state_dir
 from gateway.ledger import Ledger
 from gateway.messages import CommandReceived, HeartbeatTick, QueryReceived
 from gateway.protocol import MAX_FRAME_BYTES, request_body
@@ -320,6 +320,7 @@ async def _run_mirror_writer(
                     nursery.start_soon(forwarder.forward, message)
                 case HeartbeatTick():
                     mirror.core.store.heartbeat()
+                    mirror.core.store.restore_path()
                     mirror.refresh_header()
                 case _:
                     assert_never(message)
@@ -719,12 +720,26 @@ async def run_mirror(
     """Run a mirror until its ``stop`` event is set.
 
     Raises:
+        JournalLockedError: another mirror writes its state directory.
         StoreLockedError: a gateway or another mirror writes this host's store.
         MirrorError: the source changed under it in a way it cannot follow.
     """
     target = Target.parse(source, config.exchange)
     state_dir = mirror_state_dir(config)
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    state_lock = lock_state_dir(state_dir)
+    try:
+        await _run_mirror(config, target, state_dir, command_timeout_s, task_status)
+    finally:
+        os.close(state_lock)
+
+
+async def _run_mirror(
+    config: GatewayConfig,
+    target: Target,
+    state_dir: Path,
+    command_timeout_s: float,
+    task_status: trio.TaskStatus[MirrorRunning],
+) -> None:
     local = _restore_local(state_dir)
     first: SnapshotArrived | None = None
     if local is None:

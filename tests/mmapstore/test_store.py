@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from decimal import Decimal
@@ -18,6 +19,7 @@ from mmapstore import (
     StoreWriter,
     WriterHealth,
 )
+from mmapstore._paths import lock_path
 from tests.conftest import Workers
 
 
@@ -179,3 +181,31 @@ def test_writer_reuses_file_and_keeps_directory(store_file: Path) -> None:
     with StoreWriter.open(store_file, exchange="kraken") as writer:
         assert writer.currencies == {"BTC": 0, "USD": 1}
         assert writer.generation == 2
+
+
+def test_a_store_removed_under_its_writer_is_put_back(
+    store_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with StoreWriter.open(store_file, exchange="kraken", strategy_count=4) as writer:
+        writer.publish_decimal("USD", ["10", "10", "0", "0"])
+        writer.mark_live()
+        assert writer.restore_path() is False  # all in place: nothing done
+        with StoreReader(store_file) as early:
+            assert early.slot_float("USD", 0) == 10.0
+            store_file.unlink()
+            lock_path(store_file).unlink()
+            assert writer.restore_path() is True
+            assert lock_path(store_file).exists()
+            writer.publish_decimal("USD", ["11", "11", "0", "0"])
+            assert early.slot_float("USD", 0) == 11.0  # the reader follows to the new file
+        with StoreReader(store_file) as late:
+            assert late.slot_float("USD", 1) == 11.0
+        # Another file at the path is not this writer's to replace: said once.
+        store_file.rename(store_file.with_name("moved"))
+        store_file.write_bytes(b"someone else's")
+        assert writer.restore_path() is False
+        assert writer.restore_path() is False
+        assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+            f"store {store_file}: another file is at its path; this writer's is not there"
+        ]
+        assert store_file.read_bytes() == b"someone else's"
