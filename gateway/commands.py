@@ -14,8 +14,10 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _PEERCRED = struct.Struct("3i")
+# How often the server looks for its socket file (and binds it again if it was removed).
+SOCKET_CHECK_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,24 +425,86 @@ async def serve_commands(
     """
     path = config.socket_path
     async with send:
-        make_own_dir(config.run_dir, config.run_dir_mode, "run directory", "HFT_RUN_DIR")
-        _remove_stale_socket(path)
-        listener_socket = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        await listener_socket.bind(str(path))
-        inode = os.stat(path).st_ino
+        listener = _listen(config)
+        bound = [os.stat(path).st_ino]  # the socket files this process made, latest last
         try:
-            os.chmod(path, config.socket_mode)
-            listener_socket.listen(128)
-            logger.info("command socket %s ready", path)
-            listener = trio.SocketListener(listener_socket)
             async with trio.open_nursery() as nursery:
                 server = CommandServer(config, send, metrics, nursery)
                 await nursery.start(trio.serve_listeners, server.handle, [listener])
                 task_status.started()
+                await _keep_the_path(config, bound, partial(_serve_also, nursery, server))
         finally:
             # Only our own socket: a successor may already have bound the path.
             try:
-                if os.stat(path).st_ino == inode:
+                if os.stat(path).st_ino in bound:
                     os.unlink(path)
             except FileNotFoundError:
                 pass
+
+
+def _listen(config: GatewayConfig) -> trio.SocketListener:
+    """The run directory made or checked, a stale socket file cleared, and the socket bound
+    with its mode and listening.
+
+    Raises:
+        ConfigError: the run directory is another user's or a symlink.
+        GatewayError: another gateway answers on the socket path.
+    """
+    path = config.socket_path
+    make_own_dir(config.run_dir, config.run_dir_mode, "run directory", "HFT_RUN_DIR")
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, config.socket_mode)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    logger.info("command socket %s ready", path)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+
+
+def _serve_also(
+    nursery: trio.Nursery, server: CommandServer, listener: trio.SocketListener
+) -> None:
+    nursery.start_soon(trio.serve_listeners, server.handle, [listener])
+
+
+async def _keep_the_path(
+    config: GatewayConfig, bound: list[int], serve: Callable[[trio.SocketListener], None]
+) -> None:
+    """Bind the socket again whenever its file is removed while the gateway runs.
+
+    systemd-logind removes ``$XDG_RUNTIME_DIR`` (the default run directory's parent) at
+    a user's last logout, and a cleaner may remove the file: the gateway would go on
+    with no way in. Checked every ``SOCKET_CHECK_S``; another file at the path is left
+    alone, and each trouble is said once.
+    """
+    path = config.socket_path
+    trouble: str | None = None
+    while True:
+        await trio.sleep(SOCKET_CHECK_S)
+        try:
+            inode: int | None = os.lstat(path).st_ino
+        except FileNotFoundError:
+            inode = None
+        if inode == bound[-1]:
+            trouble = None
+            continue
+        try:
+            if inode is not None:
+                raise GatewayError(f"another file is at {path}; this gateway's is not there")
+            listener = _listen(config)
+        except (GatewayError, OSError) as exc:
+            if str(exc) != trouble:
+                trouble = str(exc)
+                logger.error("command socket %s was removed and cannot be made again: %s",
+                             path, exc)  # fmt: skip
+            continue
+        bound.append(os.stat(path).st_ino)
+        serve(listener)
+        logger.warning(
+            "command socket %s was removed while the gateway ran (systemd-logind removes "
+            "XDG_RUNTIME_DIR at a logout, or a cleaner): made again", path,
+        )  # fmt: skip

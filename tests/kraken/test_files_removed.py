@@ -1,16 +1,19 @@
-"""The store's files vanish under a running gateway.
+"""The gateway's files vanish under it while it runs.
 
-systemd-logind's ``RemoveIPC`` (on by default) removes a user's files in /dev/shm
-at their last logout, and a cleaner may too. Readers already mapping the store
-went on reading, but a new one found nothing (the gateway "not running"), and
-with the lock file gone a second gateway started on the same state directory:
-two writers of one journal.
+At a user's last logout systemd-logind removes their files in /dev/shm
+(``RemoveIPC``, on by default) and their ``$XDG_RUNTIME_DIR``, where the command
+socket lives by default; a cleaner may remove either. Readers already mapping the
+store went on reading, but a new one found nothing (the gateway "not running"),
+no strategy could send a command again, and with the store's lock file gone a
+second gateway started on the same state directory: two writers of one journal.
 """
 
 from __future__ import annotations
 
+import shutil
 from decimal import Decimal
 
+from clients.command import STRATEGY_BALANCE_CMD, IPCCommandSystem
 from mmapstore import WriterHealth
 from mmapstore._paths import lock_path
 from tests.kraken.stack import KrakenStack, wait_until
@@ -59,3 +62,24 @@ def test_a_second_gateway_with_a_store_elsewhere_is_refused_the_state_directory(
     assert f"pid {gateway.pid}" in line
     assert not (elsewhere / stack.store.name).exists()  # refused before it made a store
     assert gateway.poll() is None
+
+
+def test_a_removed_command_socket_and_its_directory_are_made_again(stack: KrakenStack) -> None:
+    gateway = stack.start_gateway()
+    shutil.rmtree(stack.run_dir)  # as logind removes XDG_RUNTIME_DIR, socket and all
+    wait_until(stack.socket.exists, 5, "the command socket back")
+    system = IPCCommandSystem("after-logout", run_dir=stack.run_dir)
+    system.start()
+    try:
+        reply = system.send_command_blocking(
+            stack.service, STRATEGY_BALANCE_CMD,
+            {"strategy": "s1", "cmd": "allocate", "currency": "USD", "index": 2, "amount": 5},
+        )  # fmt: skip
+    finally:
+        system.close()
+    assert reply["ok"] is True, reply
+    with stack.reader() as reader:
+        assert reader.record("USD").exact_all()[2] == Decimal(5)
+    assert gateway.poll() is None
+    assert stack.stop_gateway() == 0
+    assert not stack.socket.exists()  # its own socket removed on the way out, as always
