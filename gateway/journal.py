@@ -188,8 +188,9 @@ def lock_state_dir(directory: Path) -> int:
             f"state directory {directory} already has a writer (pid {holder}, lock {path}): "
             "one gateway or mirror writes a state directory; stop that one first"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with contextlib.suppress(OSError):  # the pid only names the holder (a full disk: not)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 

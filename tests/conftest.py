@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -33,16 +34,22 @@ def open_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def small_tmpfs(mount: Path, options: str = "size=1m,mode=1777") -> Iterator[Path]:
+    """A small tmpfs at ``mount`` for the body (mounting takes root, as the tests run)."""
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
 @pytest.fixture
 def small_shm(open_dir: Path) -> Iterator[Path]:
-    """A tmpfs of 1 MiB that every user may write, as /dev/shm is (mounting takes root)."""
-    mount = open_dir / "shm"
-    mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=1777", "tmpfs", str(mount)], check=True
-    )
-    yield mount
-    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+    """A tmpfs of 1 MiB that every user may write, as /dev/shm is."""
+    with small_tmpfs(open_dir / "shm") as mount:
+        yield mount
 
 
 def as_user(uid: int | None) -> list[str]:
@@ -54,11 +61,16 @@ def as_user(uid: int | None) -> list[str]:
 
 def fill_as_another_user(directory: Path) -> None:
     """Another local user takes every byte left there, as anyone may in /dev/shm."""
+    fill(directory, NOBODY)
+    assert (directory / "filler").stat().st_uid == NOBODY
+
+
+def fill(directory: Path, uid: int | None = None) -> None:
+    """Every byte left in ``directory``'s file system taken (by ``uid``, when given)."""
     subprocess.run(
-        [*as_user(NOBODY), "dd", "if=/dev/zero", f"of={directory / 'filler'}", "bs=4k"],
+        [*as_user(uid), "dd", "if=/dev/zero", f"of={directory / 'filler'}", "bs=4k"],
         capture_output=True, check=False,  # dd stops at "No space left on device"
     )  # fmt: skip
-    assert (directory / "filler").stat().st_uid == NOBODY
     assert os.statvfs(directory).f_bavail == 0, "the file system still has room"
 
 

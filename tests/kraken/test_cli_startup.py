@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import NOBODY
+from tests.conftest import NOBODY, fill, small_tmpfs
 from tests.kraken.stack import KrakenStack
 
 GATEWAY = Path(sys.executable).parent / "gateway"
@@ -125,3 +125,11 @@ def test_a_state_directory_another_user_made_is_refused_in_one_line(stack: Krake
     planted.symlink_to(stack.root)  # a symlink, even to a directory of ours
     line, _ = run_to_failure(stack, *urls)
     assert f"state directory {planted} is a symlink" in line, line
+
+
+def test_a_full_state_disk_is_said_in_one_line(stack: KrakenStack) -> None:
+    with small_tmpfs(stack.state_dir, "size=256k") as state:
+        fill(state)
+        urls = ("--rest-url", stack.address["rest_url"], "--ws-url", stack.address["ws_url"])
+        line, _ = run_to_failure(stack, *urls)
+    assert line.startswith("gateway run: journal ") and "No space left on device" in line, line
