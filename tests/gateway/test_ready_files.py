@@ -44,7 +44,9 @@ def precious(open_dir: Path) -> Path:
 @pytest.fixture
 def stack(open_dir: Path) -> Iterator[KrakenStack]:
     run_dir = Path(tempfile.mkdtemp(prefix="hft-"))
-    yield KrakenStack(open_dir / "stack", run_dir)
+    stack = KrakenStack(open_dir / "stack", run_dir)
+    yield stack
+    stack.kill()
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -57,15 +59,11 @@ def test_the_gateways_ready_file_writes_through_no_planted_symlink(
 ) -> None:
     stack.gateway_ready = shared / "gateway.ready"
     _plant_symlink(shared / ".gateway.ready.tmp", precious)
-    try:
-        stack.start_sim()
-        stack.start_gateway()
-        assert stack.gateway is not None
-        assert json.loads(stack.gateway_ready.read_text())["pid"] == stack.gateway.pid
-        assert not stack.gateway_ready.is_symlink()
-        assert precious.read_text() == "precious\n"
-    finally:
-        stack.kill()
+    stack.start_sim()
+    gateway = stack.start_gateway()
+    assert json.loads(stack.gateway_ready.read_text())["pid"] == gateway.pid
+    assert not stack.gateway_ready.is_symlink()
+    assert precious.read_text() == "precious\n"
 
 
 def test_the_simulators_ready_file_is_private_and_writes_through_no_planted_symlink(
@@ -73,10 +71,7 @@ def test_the_simulators_ready_file_is_private_and_writes_through_no_planted_syml
 ) -> None:
     stack.sim_ready = shared / "sim.json"
     _plant_symlink(shared / "sim.tmp", precious)
-    try:
-        address = stack.start_sim()
-        assert json.loads(stack.sim_ready.read_text())["api_secret"] == address["api_secret"]
-        assert stat.S_IMODE(stack.sim_ready.stat().st_mode) == 0o600  # it holds the secret
-        assert precious.read_text() == "precious\n"
-    finally:
-        stack.kill()
+    address = stack.start_sim()
+    assert json.loads(stack.sim_ready.read_text())["api_secret"] == address["api_secret"]
+    assert stat.S_IMODE(stack.sim_ready.stat().st_mode) == 0o600  # it holds the secret
+    assert precious.read_text() == "precious\n"
