@@ -475,6 +475,7 @@ class StoreWriter:
         lock_file = lock_path(self._path)
         if _inode(lock_file) != self._lock_inode:
             try:
+                self._path.parent.mkdir(parents=True, exist_ok=True)  # gone with them, maybe
                 lock_fd = _acquire_lock(self._path)
             except (StoreError, OSError) as exc:
                 self._say_path_trouble(f"its lock file was removed and cannot be made again: {exc}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 from decimal import Decimal
 from pathlib import Path
@@ -198,6 +199,10 @@ def test_a_store_removed_under_its_writer_is_put_back(
             assert lock_path(store_file).exists()
             writer.publish_decimal("USD", ["11", "11", "0", "0"])
             assert early.slot_float("USD", 0) == 11.0  # the reader follows to the new file
+        with StoreReader(store_file) as late:
+            assert late.slot_float("USD", 1) == 11.0
+        shutil.rmtree(store_file.parent)  # its directory too (one under XDG_RUNTIME_DIR)
+        assert writer.restore_path() is True
         with StoreReader(store_file) as late:
             assert late.slot_float("USD", 1) == 11.0
         # Another file at the path is not this writer's to replace: said once.
