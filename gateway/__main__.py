@@ -70,6 +70,18 @@ def _amount(text: str) -> Decimal:
     return Decimal(text)
 
 
+def _ready_file(text: str) -> Path:
+    """A ready file's path, refused now if its directory is missing or not writable:
+    not after a whole start, when it is written."""
+    path = Path(text)
+    parent = path.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: no directory {parent} to write it in")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: this user may not write in {parent}")
+    return path
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -119,7 +131,10 @@ def write_ready_file(path: Path, config: GatewayConfig, state_dir: Path | None =
         "store": str(config.store_path),
         "state_dir": str(state_dir or config.state_dir),
     }
-    write_atomically(path, json.dumps(facts) + "\n", 0o644)
+    try:
+        write_atomically(path, json.dumps(facts) + "\n", 0o644)
+    except OSError as exc:  # its directory checked at start, and removed since
+        raise GatewayError(f"could not write the ready file {path}: {exc.strerror}") from None
 
 
 async def serve(
@@ -513,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ws-url", default=None, help=f"the private websocket ({defaults.ws_url})")
     run.add_argument(
         "--ready-file",
-        type=Path,
+        type=_ready_file,
         default=None,
         help="written once ready: JSON with pid, socket, store and state_dir",
     )
@@ -551,7 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", type=Path, default=None, help="the mirror's copy ($HFT_STATE_DIR)"
     )
     mirror.add_argument(
-        "--ready-file", type=Path, default=None, help="written once ready: pid, socket, store"
+        "--ready-file",
+        type=_ready_file,
+        default=None,
+        help="written once ready: pid, socket, store",
     )
     mirror.add_argument(
         "--command-timeout",
@@ -582,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--balances", default=None, help='starting balances, JSON: \'{"USD": 1000, "BTC": 1}\''
     )
     sim.add_argument(
-        "--ready-file", type=Path, default=None, help="written once listening: URLs and keys"
+        "--ready-file", type=_ready_file, default=None, help="written once listening: URLs and keys"
     )
     sim.add_argument("--latency-ms", type=float, default=0.0, help="REST round trip added")
     sim.add_argument("--jitter-ms", type=float, default=0.0, help="random extra, per request")

@@ -78,6 +78,10 @@ CMD = ["cmd", "allocate", "--strategy", "a", "--currency", "usd", "--index", "2"
         (["balances", "--interval", "nan"], "'nan' is not a positive number"),
         (["demo", "--duration", "-3"], "'-3' is not a positive number"),
         (["run", "--timeout", "3"], "unrecognized arguments: --timeout 3"),
+        # Before, a run started in full and then failed with a traceback, writing it.
+        (["run", "--ready-file", "/nonexistent/r"], "no directory /nonexistent to write it in"),
+        (["mirror", "redis://x", "--ready-file", "/nonexistent/r"], "no directory /nonexistent"),
+        (["sim", "--ready-file", "/nonexistent/sim.json"], "no directory /nonexistent"),
     ],
 )
 def test_usage_errors_are_one_line(argv: list[str], fragment: str, short_dir: Path) -> None:
