@@ -19,10 +19,15 @@ def make_own_dir(directory: Path, mode: int, what: str, variable: str) -> None:
     or hand it a journal of their making. ``variable`` names the setting to change.
 
     Raises:
-        ConfigError: the directory is another user's or a symlink (one of ours is set
-            to ``mode``, whatever an older version or a hand left it).
+        ConfigError: the directory cannot be made, or is another user's or a symlink
+            (one of ours is set to ``mode``, whatever an older version or a hand left it).
     """
-    directory.mkdir(mode=mode, parents=True, exist_ok=True)
+    try:
+        directory.mkdir(mode=mode, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{what} {directory} cannot be made: {exc.strerror} (set {variable})"
+        ) from None
     info = os.lstat(directory)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise ConfigError(f"{what} {directory} is a symlink or not a directory: refusing")

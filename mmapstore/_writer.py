@@ -292,13 +292,20 @@ class StoreWriter:
         Every page of the file is allocated here (see :func:`_allocate`).
 
         Raises:
+            StoreError: its directory cannot be made.
             StoreLockedError: another writer holds the store.
             StoreSpaceError: the file system holding it is full.
             StoreValueError: an impossible geometry or exchange name.
         """
         path = Path(path)
         geometry = Geometry(strategy_count, capacity)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"the store's directory {path.parent} cannot be made: {exc.strerror} "
+                "(set HFT_SHM_DIR)"
+            ) from None
         with _room_needed(path):
             lock_fd = _acquire_lock(path)
         try:

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import NOBODY, fill, small_tmpfs
 from tests.kraken.stack import KrakenStack
 
@@ -133,3 +135,22 @@ def test_a_full_state_disk_is_said_in_one_line(stack: KrakenStack) -> None:
         urls = ("--rest-url", stack.address["rest_url"], "--ws-url", stack.address["ws_url"])
         line, _ = run_to_failure(stack, *urls)
     assert line.startswith("gateway run: journal ") and "No space left on device" in line, line
+
+
+@pytest.mark.parametrize(
+    ("variable", "what"),
+    [
+        ("HFT_SHM_DIR", "the store's directory /proc/hft-none"),
+        ("HFT_STATE_DIR", "state directory /proc/hft-none/kraken"),
+        ("HFT_RUN_DIR", "run directory /proc/hft-none"),
+    ],
+)
+def test_a_directory_that_cannot_be_made_is_named_in_one_line(
+    stack: KrakenStack, variable: str, what: str
+) -> None:
+    """Each was a traceback (FileNotFoundError, or PermissionError for a user who may
+    not write the parent)."""
+    stack.env[variable] = "/proc/hft-none"  # nothing can be made in /proc
+    urls = ("--rest-url", stack.address["rest_url"], "--ws-url", stack.address["ws_url"])
+    line, _ = run_to_failure(stack, *urls)
+    assert f"{what} cannot be made: No such file or directory (set {variable})" in line, line
