@@ -92,6 +92,11 @@ class GatewayConfig:
             raise ConfigError("max_connections and max_connections_per_peer must be at least 1")
         if self.idle_timeout_s <= 0 or self.frame_deadline_s <= 0:
             raise ConfigError("idle_timeout_s and frame_deadline_s must be positive")
+        # A port past 65535 is not refused by the resolver but wrapped: 70000 bound 4464.
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(
+                f"metrics_port must be 0..65535 (0: any free one), not {self.metrics_port}"
+            )
         adapter = registry.adapter(self.exchange)  # ConfigError for an unknown exchange
         # Unset URLs are the exchange's own (frozen: set once, here).
         object.__setattr__(self, "rest_url", self.rest_url or adapter.rest_url)

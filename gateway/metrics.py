@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.errors import GatewayError
+
 if TYPE_CHECKING:
     from gateway.exchanges.base import ExchangeHealth
     from gateway.writer import WriterCore
@@ -175,7 +177,12 @@ async def serve_metrics(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``GET /metrics`` until cancelled; ``started(port)`` once listening (0: any port)."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise GatewayError(
+            f"cannot serve metrics on {host}:{port}: {exc.strerror} (choose another --metrics-port)"
+        ) from None
     bound = listeners[0].socket.getsockname()[1]
     logger.info("metrics on http://%s:%d/metrics", host, bound)
     async with trio.open_nursery() as nursery:

@@ -154,3 +154,17 @@ def test_a_directory_that_cannot_be_made_is_named_in_one_line(
     urls = ("--rest-url", stack.address["rest_url"], "--ws-url", stack.address["ws_url"])
     line, _ = run_to_failure(stack, *urls)
     assert f"{what} cannot be made: No such file or directory (set {variable})" in line, line
+
+
+def test_a_metrics_port_out_of_range_or_taken_is_named_in_one_line(stack: KrakenStack) -> None:
+    """70000 was wrapped by the resolver and served on port 4464 without a word; a port
+    taken was a traceback once the gateway had started."""
+    urls = ("--rest-url", stack.address["rest_url"], "--ws-url", stack.address["ws_url"])
+    line, _ = run_to_failure(stack, *urls, "--metrics-port", "70000")
+    assert "metrics_port must be 0..65535 (0: any free one), not 70000" in line, line
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line, _ = run_to_failure(stack, *urls, "--metrics-port", str(port))
+    assert f"cannot serve metrics on 127.0.0.1:{port}: Address already in use" in line, line
