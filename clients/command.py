@@ -32,6 +32,7 @@ from clients.errors import (
     GatewayUnavailableError,
     GatewayUntrustedError,
 )
+from mmapstore import trusted_writers
 
 STRATEGY_BALANCE_CMD: Final = "strategy_balance"  # the command type every gateway takes
 KRAKEN_STRATEGY_BALANCE_CMD: Final = "kraken_strategy_balance"  # the seed's, for Kraken's
@@ -63,10 +64,7 @@ def trusted_owner(directory: Path) -> int | None:
         info = os.lstat(directory)
     except FileNotFoundError:
         return None
-    allowed = {os.geteuid(), 0}
-    gateway_uid = os.environ.get("HFT_GATEWAY_UID", "")
-    if gateway_uid.isdigit():
-        allowed.add(int(gateway_uid))
+    allowed = trusted_writers()
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise GatewayUntrustedError(f"{directory} is not a directory of the gateway's (a symlink?)")
     if info.st_uid not in allowed or info.st_mode & 0o022:

@@ -492,15 +492,19 @@ async def _keep_the_path(
         if inode == bound[-1]:
             trouble = None
             continue
-        try:
-            if inode is not None:
-                raise GatewayError(f"another file is at {path}; this gateway's is not there")
-            listener = _listen(config)
-        except (GatewayError, OSError) as exc:
-            if str(exc) != trouble:
-                trouble = str(exc)
+        listener: trio.SocketListener | None = None
+        if inode is not None:
+            problem = f"another file is at {path}; this gateway's is not there"
+        else:
+            try:
+                listener = _listen(config)
+            except (GatewayError, OSError) as exc:
+                problem = str(exc)
+        if listener is None:
+            if problem != trouble:
+                trouble = problem
                 logger.error("command socket %s was removed and cannot be made again: %s",
-                             path, exc)  # fmt: skip
+                             path, problem)  # fmt: skip
             continue
         bound.append(os.stat(path).st_ino)
         serve(listener)

@@ -117,8 +117,8 @@ async def run_gateway(
     try:
         if config.fresh_state:
             _set_state_aside(config.state_dir)  # the lock goes aside with it: take the new one's
-            os.close(state_lock)
-            state_lock = lock_state_dir(config.state_dir)
+            aside, state_lock = state_lock, lock_state_dir(config.state_dir)
+            os.close(aside)
         ledger, journal, report = restore_state(config)
         try:
             _check_account(ledger, exchange.account(), config)

@@ -18,7 +18,7 @@ from mmapstore._layout import (
     from_scaled,
     to_scaled,
 )
-from mmapstore._paths import shm_dir, store_path
+from mmapstore._paths import shm_dir, store_path, trusted_writers
 from mmapstore._reader import (
     BalanceRecord,
     SlotValue,
@@ -82,5 +82,6 @@ __all__ = [
     "shm_dir",
     "store_path",
     "to_scaled",
+    "trusted_writers",
     "writer_lock",
 ]

@@ -27,8 +27,9 @@ def lock_path(store: Path) -> Path:
 
 
 def trusted_writers() -> frozenset[int]:
-    """The uids whose store files a reader trusts: its own, root's and ``$HFT_GATEWAY_UID``
-    (a gateway running as a user of its own), as the command clients trust its socket."""
+    """The uids a client trusts for the gateway's files (a reader's store, a command
+    client's socket directory): its own, root's and ``$HFT_GATEWAY_UID`` (a gateway
+    running as a user of its own)."""
     uids = {os.geteuid(), 0}
     gateway_uid = os.environ.get("HFT_GATEWAY_UID", "")
     if gateway_uid.isdigit():

@@ -146,10 +146,8 @@ def _lstat(path: Path) -> os.stat_result | None:
 
 
 def _inode(path: Path) -> int | None:
-    try:
-        return os.lstat(path).st_ino
-    except FileNotFoundError:
-        return None
+    info = _lstat(path)
+    return None if info is None else info.st_ino
 
 
 def _open_existing(path: Path) -> tuple[_Mapping, Geometry, str] | None:
@@ -308,40 +306,13 @@ class StoreWriter:
             ) from None
         with _room_needed(path):
             lock_fd = _acquire_lock(path)
-        try:
-            with _room_needed(path):
-                existing = _open_existing(path)
-            previous_generation = 0
-            if existing is not None:
-                old, old_geometry, old_exchange = existing
-                previous_generation = old.words[H_GENERATION]
-                reusable = (
-                    old_exchange == exchange
-                    and old_geometry.strategy_count == strategy_count
-                    and old_geometry.capacity >= capacity
+            try:
+                mapping, geometry, previous_generation = _map_store(
+                    path, geometry, exchange, mode, clock_ns()
                 )
-                if reusable:
-                    mapping, geometry = old, old_geometry
-                else:
-                    logger.warning(
-                        "store %s has exchange %s, %d slots, capacity %d; "
-                        "re-creating it for %s, %d slots, capacity %d",
-                        path, old_exchange, old_geometry.strategy_count, old_geometry.capacity,
-                        exchange, strategy_count, capacity,
-                    )  # fmt: skip
-                    try:
-                        with _room_needed(path):
-                            mapping = _create(path, geometry, exchange, mode, clock_ns())
-                    except BaseException:
-                        old.close()
-                        raise
-                    _retire(old, old_geometry)
-            else:
-                with _room_needed(path):
-                    mapping = _create(path, geometry, exchange, mode, clock_ns())
-        except BaseException:
-            os.close(lock_fd)
-            raise
+            except BaseException:
+                os.close(lock_fd)
+                raise
         words = mapping.words
         generation = previous_generation + 1
         words[H_STATE] = WriterState.STARTING
@@ -555,6 +526,37 @@ class StoreWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _map_store(
+    path: Path, geometry: Geometry, exchange: str, mode: int, now_ns: int
+) -> tuple[_Mapping, Geometry, int]:
+    """The store at ``path`` mapped, reused if it fits, else made anew (the old one retired);
+    with its geometry and the generation it had (0 for a new file)."""
+    existing = _open_existing(path)
+    if existing is None:
+        return _create(path, geometry, exchange, mode, now_ns), geometry, 0
+    old, old_geometry, old_exchange = existing
+    previous_generation = old.words[H_GENERATION]
+    if (
+        old_exchange == exchange
+        and old_geometry.strategy_count == geometry.strategy_count
+        and old_geometry.capacity >= geometry.capacity
+    ):
+        return old, old_geometry, previous_generation
+    logger.warning(
+        "store %s has exchange %s, %d slots, capacity %d; "
+        "re-creating it for %s, %d slots, capacity %d",
+        path, old_exchange, old_geometry.strategy_count, old_geometry.capacity,
+        exchange, geometry.strategy_count, geometry.capacity,
+    )  # fmt: skip
+    try:
+        mapping = _create(path, geometry, exchange, mode, now_ns)
+    except BaseException:
+        old.close()
+        raise
+    _retire(old, old_geometry)
+    return mapping, geometry, previous_generation
 
 
 def _create(path: Path, geometry: Geometry, exchange: str, mode: int, now_ns: int) -> _Mapping:
