@@ -36,7 +36,7 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -79,6 +79,15 @@ def _seq_of(path: Path) -> int:
 def _named(directory: Path, prefix: str, suffix: str) -> list[Path]:
     found = [p for p in directory.glob(f"{prefix}-*{suffix}") if p.stem.split("-", 1)[1].isdigit()]
     return sorted(found, key=_seq_of)
+
+
+class UnreplayableRecordError(Exception):
+    """Raised by a replay function: the record at ``index`` of those it was given passed
+    its checksum but cannot be applied (the exception's cause says why)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"record {index} cannot be applied")
+        self.index = index
 
 
 @dataclass
@@ -244,15 +253,17 @@ class Journal:
         cls,
         directory: Path,
         restore: Callable[[dict[str, object] | None], None],
-        replay: Callable[[bytes], None],
+        replay: Callable[[Sequence[bytes]], None],
         *,
         sync: bool = True,
     ) -> tuple[Journal, RestoreReport]:
         """Open the journal in ``directory`` and bring the caller's state up to date.
 
         ``restore`` gets the newest readable snapshot's data (or None), then
-        ``replay`` gets every event payload after it, in order. A torn tail is
-        cut off and logged; anything else damaged stops the start untouched.
+        ``replay`` gets the event payloads after it, in order, a segment's at a time
+        (a call a record would be a tenth of a restart), and raises
+        :class:`UnreplayableRecordError` for one it cannot apply. A torn tail is cut off
+        and logged; anything else damaged stops the start untouched.
 
         Raises:
             JournalCorruptError: snapshots exist but none is readable, events
@@ -299,13 +310,13 @@ class Journal:
             after_snapshot = scan.records[max(0, snapshot_seq - first) :]
             seq = first + len(scan.records) - len(after_snapshot)
             try:
-                for payload in after_snapshot:
-                    replay(payload)
-                    seq += 1
-            except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError) as exc:
+                replay(after_snapshot)
+            except UnreplayableRecordError as exc:
                 raise JournalCorruptError(
-                    f"{segment.name}: event {seq} passed its checksum but cannot be applied: {exc}"
+                    f"{segment.name}: event {seq + exc.index} passed its checksum but cannot "
+                    f"be applied: {exc.__cause__}"
                 ) from exc
+            seq += len(after_snapshot)
             report.replayed += len(after_snapshot)
             last_segment, records_end = segment, scan.good_end
             if scan.problem:

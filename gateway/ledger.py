@@ -443,7 +443,7 @@ class Ledger:
         if known.seen is None and known.claimed is not None:
             booked -= known.claimed  # an adjust booked it ahead: only the difference
         known.seen = (known.seen or 0) + net
-        slots = self._slots_for(transfer.currency)
+        slots = self.slots_for(transfer.currency)
         slots[TOTAL] += booked
         slots[AVAILABLE] += booked
         self.last_transfer_ns = max(self.last_transfer_ns, transfer.timestamp_ns)
@@ -538,7 +538,7 @@ class Ledger:
         balances = self.balances
         # One length by construction (one list split in two); strict would cost a fifth.
         for currency, delta in zip(currencies, changes, strict=False):
-            slots = balances.get(currency) or self._slots_for(currency)
+            slots = balances.get(currency) or self.slots_for(currency)
             slots[TOTAL] += delta
             slots[slot] += delta
         applied.order.append(exec_id)
@@ -570,7 +570,7 @@ class Ledger:
         negative: list[tuple[str, int, int]] = []
         balances = self.balances
         for currency, delta in booked:
-            slots = balances.get(currency) or self._slots_for(currency)
+            slots = balances.get(currency) or self.slots_for(currency)
             total = slots[TOTAL] = slots[TOTAL] + delta
             mine = slots[slot] = slots[slot] + delta
             # Reported once, when a slot crosses below zero, not on every fill after.
@@ -583,7 +583,8 @@ class Ledger:
             self.last_fill_ns = timestamp_ns
         return tuple(negative)
 
-    def _slots_for(self, currency: str) -> list[int]:
+    def slots_for(self, currency: str) -> list[int]:
+        """The currency's slots to change, made (all zero) the first time."""
         slots = self.balances.get(currency)
         if slots is None:
             slots = self.balances[currency] = [0] * self.strategy_count
@@ -602,7 +603,7 @@ class Ledger:
         changed = []
         for currency in sorted(set(totals) | set(self.balances)):
             total = totals.get(currency, 0)
-            slots = self._slots_for(currency)
+            slots = self.slots_for(currency)
             if slots[TOTAL] != total:
                 slots[AVAILABLE] += total - slots[TOTAL]
                 slots[TOTAL] = total
@@ -611,7 +612,7 @@ class Ledger:
 
     def correct(self, currency: str, total: int) -> tuple[int, int]:
         """A reconcile correction: slots 0 and 1 move by the difference. Returns (old, new)."""
-        slots = self._slots_for(currency)
+        slots = self.slots_for(currency)
         old = slots[TOTAL]
         slots[AVAILABLE] += total - old
         slots[TOTAL] = total

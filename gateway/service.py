@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -20,7 +21,7 @@ import trio
 from gateway.commands import serve_commands
 from gateway.config import HEARTBEAT_INTERVAL_S, GatewayConfig
 from gateway.errors import BootstrapError, ConfigError, ExchangeError
-from gateway.events import replay_event
+from gateway.events import replay_events
 from gateway.exchanges.base import ExchangeSession
 from gateway.journal import Journal, RestoreReport, lock_state_dir
 from gateway.ledger import Ledger, scale_fill
@@ -67,8 +68,8 @@ def restore_state(config: GatewayConfig) -> tuple[Ledger, Journal, RestoreReport
             )
         holder.append(ledger)
 
-    def replay(payload: bytes) -> None:
-        replay_event(holder[0], payload)
+    def replay(records: Sequence[bytes]) -> None:
+        replay_events(holder[0], records)
 
     journal, report = Journal.open(config.state_dir, restore, replay)
     holder[0].check_invariant()

@@ -58,7 +58,7 @@ from gateway.events import (  # noqa: E402
     TotalsSet,
     apply_event,
     encode_event,
-    replay_event,
+    replay_events,
 )
 from gateway.journal import Journal, scan_records, segments_of  # noqa: E402
 from gateway.launcher import LocalStack  # noqa: E402
@@ -939,7 +939,7 @@ def replay_rates(report: Report, work: Path, events: int) -> None:
 
     started = time.perf_counter()
     journal, restored = Journal.open(
-        directory, restore, lambda payload: replay_event(ledgers[0], payload)
+        directory, restore, lambda records: replay_events(ledgers[0], records)
     )
     replay_s = time.perf_counter() - started
     journal.close()
@@ -948,7 +948,7 @@ def replay_rates(report: Report, work: Path, events: int) -> None:
         "Replay",
         ["events", "replay events/s", "floor: read, check and decode only, events/s"],
         [[f"{restored.replayed:,}", f"{rate:,.0f}", f"{floor:,.0f}"]],
-        "`Journal.open` with the service's `replay_event` over a journal of fills (no snapshot), "
+        "`Journal.open` with the service's `replay_events` over a journal of fills (no snapshot), "
         "in one process, against scanning the same records and decoding each with cbor2.",
     )
     report.goal("replay ≥ 300,000 events/s", f"{rate:,.0f}/s", rate >= 300_000)

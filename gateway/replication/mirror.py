@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, assert_never
@@ -37,7 +37,7 @@ from gateway.codes import ErrorCode
 from gateway.commands import serve_commands
 from gateway.config import HEARTBEAT_INTERVAL_S, GatewayConfig
 from gateway.errors import GatewayError, JournalCorruptError
-from gateway.events import Reply, apply_event, decode_event, error_reply, replay_event
+from gateway.events import Reply, apply_event, decode_event, error_reply, replay_events
 from gateway.journal import Journal, lock_state_dir
 from gateway.ledger import Ledger
 from gateway.messages import CommandReceived, HeartbeatTick, QueryReceived
@@ -645,8 +645,8 @@ def _restore_local(state_dir: Path) -> tuple[Ledger, Journal, str] | None:
             raise JournalCorruptError("no snapshot")
         holder.append(Ledger.from_snapshot(snapshot))
 
-    def replay(payload: bytes) -> None:
-        replay_event(holder[0], payload)
+    def replay(records: Sequence[bytes]) -> None:
+        replay_events(holder[0], records)
 
     lineage = _read_lineage(state_dir)
     if not lineage:
@@ -749,7 +749,7 @@ async def _run_mirror(
         def no_snapshot(_: dict[str, object] | None) -> None:
             pass
 
-        def no_event(_: bytes) -> None:
+        def no_event(_: Sequence[bytes]) -> None:
             pass
 
         journal, _ = Journal.open(state_dir, no_snapshot, no_event, sync=False)

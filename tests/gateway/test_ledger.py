@@ -21,8 +21,9 @@ from gateway.events import (
     decode_event,
     encode_event,
     fill_of,
-    replay_event,
+    replay_events,
 )
+from gateway.journal import UnreplayableRecordError
 from gateway.ledger import (
     SCALE,
     UNIT,
@@ -408,7 +409,7 @@ def test_replaying_a_journal_by_what_fills_booked_rebuilds_the_same_ledger(
 ) -> None:
     """The writer journals each fill with what it booked; replay applies that booking
     instead of the decimals again: the ledger must come out the same, by either way in
-    (``apply_event(decode_event(...))`` and ``replay_event``), and the same as replaying
+    (``apply_event(decode_event(...))`` and ``replay_events``), and the same as replaying
     the records' earlier forms: a map with its booking as digits, and a map without one,
     which redoes the arithmetic."""
     live, booked, fast, mapped, earlier = (funded(USD=1000, USDT=1000, BTC=10) for _ in range(5))
@@ -420,10 +421,12 @@ def test_replaying_a_journal_by_what_fills_booked_rebuilds_the_same_ledger(
         outcome = apply_event(live, event)
         if outcome.durable:
             records.append(encode_event(event, outcome.fill))
+    half = len(records) // 2  # the journal hands replay a segment at a time
+    replay_events(fast, records[:half])
+    replay_events(fast, records[half:])
     for record in records:
         replayed = decode_event(record)
         apply_event(booked, replayed)
-        replay_event(fast, record)
         assert encode_event(replayed) == record  # a replayed record encodes as it was
         item = cbor2.loads(record)
         if isinstance(item, list):  # a booked fill: the fill itself is nested, whole
@@ -451,6 +454,28 @@ def _scaled(value: object) -> int:
     return value
 
 
+def test_replay_books_a_fill_once_as_the_live_path_does() -> None:
+    """A journal record repeated (by a salvage, say) or older than the fill ids the ledger
+    forgot is skipped by replay, by either way in, as the live path skips such a fill."""
+    live, fast, decoded = (funded(USD=1000) for _ in range(3))
+    for ledger in (live, fast, decoded):
+        ledger.applied.capacity = 2
+    records = []
+    for n in range(4):
+        bought = FillApplied(
+            Fill(f"T{n}", "BTC", "USD", Side.BUY, Decimal(1), Decimal(10), userref=2,
+                 timestamp_ns=1_000 + n)
+        )  # fmt: skip
+        records.append(encode_event(bought, apply_event(live, bought).fill))
+    # T0 and T1 are forgotten by now (the watermark is T1's time); T3 is still known.
+    replayed = [*records, records[3], records[0]]
+    replay_events(fast, replayed)
+    for record in replayed:
+        apply_event(decoded, decode_event(record))
+    assert fast.to_snapshot() == decoded.to_snapshot() == live.to_snapshot()
+    assert live.slots("BTC")[2] == 4 * UNIT
+
+
 @pytest.mark.parametrize(
     "booking",
     [
@@ -467,15 +492,36 @@ def _scaled(value: object) -> int:
         ["bf", "T1", 1, 2, [], "not bytes"],
         ["bf", "T1", 1, 2, []],
         ["xx", "T1", 1, 2, [], b""],
+        # Two currencies, the shape replay books without a call: every part checked.
+        ["bf", "T1", 1, 0, ["USD", 1, "BTC", -1], b""],
+        ["bf", "T1", 1, 8, ["USD", 1, "BTC", -1], b""],
+        ["bf", "T1", 1, True, ["USD", 1, "BTC", -1], b""],
+        ["bf", "T1", 1.0, 2, ["USD", 1, "BTC", -1], b""],
+        ["bf", b"T1", 1, 2, ["USD", 1, "BTC", -1], b""],
+        ["bf", "T1", 1, 2, ["USD", 1, "BTC", -1], "not bytes"],
+        ["xx", "T1", 1, 2, ["USD", 1, "BTC", -1], b""],
+        ["bf", "T1", 1, 2, ["USD", 1, 7, -1], b""],
+        ["bf", "T1", 1, 2, [b"USD", 1, "BTC", -1], b""],
+        ["bf", "T1", 1, 2, ["USD", 1, "BTC", -1.5], b""],
+        ["bf", "T1", 1, 2, ["USD", True, "BTC", -1], b""],
+        ["bf", "T1", 1, 2, ["USD", 1, "BTC", bytes(35)], b""],
+        ["bf", "T1", 1, 2, ["USD", "1" * 81, "BTC", -1], b""],
     ],
 )
 def test_a_booked_fill_record_of_a_wrong_shape_is_refused(booking: list[object]) -> None:
+    """Refused by every way in, and by replay before it changes anything: a restart
+    names the record (its index among those it was given) and stops."""
     ledger = funded(USD=1000)
     with pytest.raises(ValueError):
         apply_event(ledger, decode_event(cbor2.dumps(booking)))
-    with pytest.raises(ValueError):
-        replay_event(ledger, cbor2.dumps(booking))
-    assert ledger.to_snapshot() == funded(USD=1000).to_snapshot()
+    bought = FillApplied(Fill("T0", "BTC", "USD", Side.BUY, Decimal(1), Decimal(10), userref=2))
+    sound = encode_event(bought, apply_event(funded(USD=1000), bought).fill)
+    replay_events(ledger, [sound])
+    before = ledger.to_snapshot()
+    with pytest.raises(UnreplayableRecordError) as refused:
+        replay_events(ledger, [sound, cbor2.dumps(booking)])
+    assert refused.value.index == 1 and isinstance(refused.value.__cause__, ValueError)
+    assert ledger.to_snapshot() == before
 
 
 @pytest.mark.parametrize(
