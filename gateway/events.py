@@ -359,7 +359,7 @@ def replay_events(ledger: Ledger, records: Sequence[bytes]) -> None:
                     applied.watermark_ns = forgotten_ns
             if timestamp_ns > ledger.last_fill_ns:  # noqa: PLR1730 (max() costs 6x an if)
                 ledger.last_fill_ns = timestamp_ns
-        except (ValueError, KeyError, TypeError, cbor2.CBORDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, ArithmeticError, cbor2.CBORDecodeError) as exc:
             raise UnreplayableRecordError(index) from exc
 
 

@@ -67,6 +67,7 @@ _DECODE_FAILURES: Final = (
     KeyError,
     TypeError,
     AssertionError,
+    ArithmeticError,  # a fill of the earlier form, replayed by its decimals
     cbor2.CBORDecodeError,
     RecursionError,
 )
@@ -118,11 +119,13 @@ MirrorMessage = (
 
 @dataclass
 class MirrorProgress:
-    """The mirror's position, written only by its writer task; the others read it."""
+    """The mirror's position, written by its writer task (and by the follower when the
+    stream cannot be read on: :meth:`cannot_go_past`); the others read it."""
 
     lineage: str = ""
     position: int = 0  # events applied (the next event's number)
-    resync_wanted: str = ""  # why the writer wants a resync ("" when it does not)
+    resync_wanted: str = ""  # why the mirror cannot go on ("" when it can)
+    stuck_at: int = 0  # with resync_wanted: the event (or snapshot) it cannot go past
     redis_ok: bool = False
     source_seen_ns: int = 0  # this host's clock, when the source's beat last moved
     source_durable: int = 0
@@ -137,6 +140,13 @@ class MirrorProgress:
         """Redis answers and the gateway's heartbeat moved lately: commands may be sent."""
         age_ns = time.time_ns() - self.source_seen_ns
         return self.redis_ok and bool(self.source_seen_ns) and age_ns <= SOURCE_STALE_AFTER_S * 1e9
+
+    def cannot_go_past(self, seq: int, why: str) -> None:
+        """The stream's event ``seq`` (or its snapshot at ``seq``) cannot be used: the
+        follower resyncs past it, or has everything published again (:func:`_bridged`)."""
+        if why != self.resync_wanted:
+            logger.error("mirror: %s", why)
+        self.resync_wanted, self.stuck_at = why, seq
 
     def advance(self, position: int) -> None:
         self.position = position
@@ -187,8 +197,7 @@ class MirrorCore:
                 outcome = apply_event(self.core.ledger, decode_event(payload))
             except _DECODE_FAILURES as exc:
                 seq = message.first + offset
-                progress.resync_wanted = f"cannot apply event {seq} ({exc})"
-                logger.error("mirror: %s; resyncing from the snapshot", progress.resync_wanted)
+                progress.cannot_go_past(seq, f"cannot apply event {seq} ({exc})")
                 break
             journal.append(payload)
             changed.update(outcome.changed)
@@ -201,8 +210,9 @@ class MirrorCore:
         try:
             ledger = Ledger.from_snapshot(cbor2.loads(message.body))
         except _DECODE_FAILURES as exc:
-            self.progress.resync_wanted = f"the snapshot at {message.seq} is unusable ({exc})"
-            logger.error("mirror: %s", self.progress.resync_wanted)
+            self.progress.cannot_go_past(
+                message.seq, f"the snapshot at {message.seq} is unusable ({exc})"
+            )
             return
         if ledger.strategy_count != self.core.store.strategy_count:
             raise MirrorError(
@@ -220,7 +230,7 @@ class MirrorCore:
                 message.seq, message.lineage,
             )  # fmt: skip
         progress.lineage = message.lineage
-        progress.resync_wanted = ""
+        progress.resync_wanted, progress.stuck_at = "", 0
         self.core.publish_all()
         progress.advance(message.seq)
         self.refresh_header()
@@ -372,16 +382,20 @@ async def _follow_connected(
 ) -> None:
     log = target.key("log")
     position, lineage = progress.position, progress.lineage
+    asked = ""  # why a new lineage was last asked for (said once, asked every RETRY_S)
     while True:
         published = await redis.hget(target.key("meta"), "lineage")
         if published is None:
             await trio.sleep(RETRY_S)  # nothing published yet
             continue
         if published.decode() != lineage or (
-            progress.resync_wanted and not progress.resync_wanted.startswith("event")
+            progress.resync_wanted and await _bridged(redis, target, progress.stuck_at)
         ):
             position, lineage = await _resync(redis, target, send)
             await _applied(progress, position, lineage)
+            continue
+        if progress.resync_wanted:
+            asked = await _ask_for_everything(redis, target, progress.resync_wanted, asked)
             continue
         found = await redis.xread({log: read_from(position)}, count=READ_COUNT, block=BLOCK_MS)
         entries = (found or {}).get(log.encode(), ())
@@ -394,7 +408,7 @@ async def _follow_connected(
                 logger.warning("mirror: skipping a log entry that is not ours: %r", entry)
                 continue
             if seq != position:
-                await _gap(redis, target, progress, position)
+                progress.cannot_go_past(position, f"event {position} is missing from the stream")
                 break
             if is_snapshot:
                 if batch:
@@ -406,7 +420,7 @@ async def _follow_connected(
                 continue
             payload = entry.field_values.get(b"e")
             if not isinstance(payload, bytes):
-                progress.resync_wanted = f"event {seq} has no payload"
+                progress.cannot_go_past(seq, f"event {seq} has no payload")
                 break
             batch.append(payload)
             position += 1
@@ -414,26 +428,32 @@ async def _follow_connected(
             await send.send(EventsArrived(first, batch, lineage))
 
 
-async def _gap(
-    redis: coredis.Redis[bytes], target: Target, progress: MirrorProgress, position: int
-) -> None:
-    """Event ``position`` is missing from the stream: resync, or have it all published again.
+async def _bridged(redis: coredis.Redis[bytes], target: Target, stuck_at: int) -> bool:
+    """A published snapshot lies beyond event ``stuck_at``, which the mirror cannot go
+    past (missing, without a payload, or not applicable; or its snapshot unusable).
 
-    The stream is trimmed only behind a snapshot, so a snapshot beyond the hole
-    bridges it. One that does not means Redis lost writes (a failover, a stream
-    edited by hand): the gateway is asked to publish everything again.
+    The stream is trimmed only behind a snapshot, so a snapshot beyond a hole bridges
+    it, and one beyond an event that cannot be used leaves that event behind.
     """
     snap = await _snapshot(redis, target)
-    if snap is not None and snap.seq > position:
-        progress.resync_wanted = f"a gap in the stream (event {position} is gone)"
-        logger.warning("mirror: %s; resyncing from the snapshot", progress.resync_wanted)
-        return
-    reason = f"event {position} is missing from the stream and no snapshot covers it"
-    if progress.stale_reason != f"resyncing: {reason}":
+    if snap is not None and snap.seq > stuck_at:
+        logger.warning("mirror: resyncing from the snapshot at event %d", snap.seq)
+        return True
+    return False
+
+
+async def _ask_for_everything(
+    redis: coredis.Redis[bytes], target: Target, reason: str, asked: str
+) -> str:
+    """No snapshot bridges what the mirror cannot go past: Redis lost writes (a failover),
+    or someone else wrote there. Reading on, or loading the same snapshot again, would
+    only meet it again, as fast as Redis answers; the gateway is asked to publish
+    everything again as a new lineage, every RETRY_S until it does. Returns ``reason``."""
+    if reason != asked:
         logger.warning("mirror: %s; asking the gateway to publish everything again", reason)
-    progress.resync_wanted = reason
     await redis.set(target.key("republish"), reason.encode())
     await trio.sleep(RETRY_S)
+    return reason
 
 
 async def _applied(progress: MirrorProgress, position: int, lineage: str) -> None:

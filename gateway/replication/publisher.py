@@ -25,6 +25,7 @@ import cbor2
 import coredis
 import trio
 from coredis.exceptions import ResponseError
+from coredis.response.types import StreamEntry
 from coredis.tokens import PureToken
 
 from gateway.codes import ErrorCode
@@ -56,6 +57,7 @@ from gateway.replication.keys import (
     Target,
     as_bytes,
     pack_events,
+    parse_id,
     position_after,
 )
 from gateway.replication.resp import ScriptCaller
@@ -365,6 +367,7 @@ class Publisher:
                 position = int(snap_seq) if snap_seq is not None else -1
         except ValueError:  # an entry or a snapshot no publisher wrote: start over
             position = -1
+        local_seq = max(_snapshot_seqs(self._directory), default=0)
         if not lineage or not same_ledger or position < 0 or position > self._journal.synced_seq:
             why = (
                 "Redis holds nothing of it (or what it holds is not ours)"
@@ -375,13 +378,44 @@ class Publisher:
             )
             await self._publish_snapshot(redis, reset=True, why=why)
             return
+        if top and not await self._ends_with_ours(top[0], local_seq):
+            why = "the stream's last event is not this journal's (someone else wrote it)"
+            await self._publish_snapshot(redis, reset=True, why=why)
+            return
         self.status.lineage = lineage
         self._position = position
-        local_seq = max(_snapshot_seqs(self._directory), default=0)
         if position < local_seq:
             await self._publish_snapshot(redis, reset=False, why="the stream ends before it")
         self._last_snapshot = max(self._last_snapshot, min(position, local_seq))
         self._snapshot_file = _file_identity(self._directory, self._last_snapshot)
+
+    async def _ends_with_ours(self, entry: StreamEntry, local_seq: int) -> bool:
+        """The stream's last entry, an event, is this journal's byte for byte.
+
+        A user who can write to Redis may put an entry at the id this publisher writes
+        next: its write then fails, and without this check it would carry on after that
+        entry, which every mirror applies. An event the journal no longer holds cannot
+        be compared, and need not be: it lies before the newest snapshot, which is then
+        published after it and rebases the mirrors.
+        """
+        seq, is_snapshot = parse_id(as_bytes(entry.identifier))
+        if is_snapshot:
+            return True
+
+        def read_ours() -> bytes | None:
+            tail = JournalTail(self._directory)
+            try:
+                records = tail.read(seq, seq + 1, 1)
+            except SnapshotNeededError:
+                return None
+            finally:
+                tail.close()
+            return records[0] if records else None
+
+        ours = await trio.to_thread.run_sync(read_ours)
+        if ours is None:
+            return seq < local_seq
+        return ours == entry.field_values.get(b"e")
 
     async def _publish_snapshot(
         self, redis: coredis.Redis[bytes], *, reset: bool, why: str

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import CommandProtocolError
-from gateway.events import Event, apply_event, decode_event, encode_event
+from gateway.events import Event, apply_event, decode_event, encode_event, replay_events
 from gateway.exchanges.binance.errors import BinanceProtocolError
 from gateway.exchanges.binance.parsing import (
     SymbolMap,
@@ -40,7 +40,7 @@ from gateway.exchanges.kraken.parsing import (
     parse_ws_message_checked,
 )
 from gateway.exchanges.kraken.sim.exchange import public_asset_pairs, public_assets
-from gateway.journal import scan_records
+from gateway.journal import UnreplayableRecordError, scan_records
 from gateway.ledger import Ledger, Refused
 from gateway.protocol import (
     CborFrameDecoder,
@@ -368,6 +368,53 @@ def test_journal_records_of_any_bytes(data: bytes) -> None:
             apply_event(ledger, event)
         except (ValueError, KeyError, TypeError, Refused, ArithmeticError):
             continue
+
+
+# Booked fill records and near misses: each part right, or any value in its place.
+booked_fills = st.tuples(
+    st.sampled_from(["bf"] * 7 + ["xx"]) | values,
+    st.sampled_from(["T1", "T2", "T3"]) | values,
+    st.integers(-1, 4) | values,  # the time: 0 and below are not dated
+    st.integers(0, 4) | values,  # the slot: 0 is the total's, 4 past a 4-slot ledger
+    st.lists(
+        st.sampled_from(["USD", "BTC", "ETH"])
+        | st.integers(-(2**70), 2**70)
+        | st.binary(max_size=36)
+        | values,
+        max_size=6,
+    )
+    | values,
+    st.binary(max_size=4) | values,
+).map(list)
+
+
+@FUZZ
+@given(records=st.lists(booked_fills | st.lists(values, max_size=7) | values, max_size=6))
+def test_journal_replay_inline_and_checked_paths_agree(records: list[object]) -> None:
+    """Replay books a common fill record inline and sends the rest the checked way: on any
+    records the two ways refuse the same one and build the same ledger before it."""
+    payloads = []
+    for record in records:
+        with contextlib.suppress(ValueError, TypeError, cbor2.CBOREncodeError):
+            payloads.append(cbor2.dumps(record))
+    checked, inline = Ledger(4), Ledger(4)
+    checked.applied.capacity = inline.applied.capacity = 2  # both forget ids, the same ones
+    refused_at = None
+    for index, payload in enumerate(payloads):
+        try:
+            apply_event(checked, decode_event(payload))
+        except (ValueError, KeyError, TypeError, ArithmeticError, cbor2.CBORDecodeError):
+            refused_at = index
+            break
+    started = time.perf_counter()
+    try:
+        replay_events(inline, payloads)
+    except UnreplayableRecordError as exc:
+        assert exc.index == refused_at
+    else:
+        assert refused_at is None
+    _quick(started)
+    assert inline.to_snapshot() == checked.to_snapshot()
 
 
 @FUZZ

@@ -123,6 +123,24 @@ def test_a_sound_record_that_cannot_be_applied_stops_the_start_naming_its_event(
         restore_state(config)
 
 
+def test_a_sound_fill_record_beyond_any_number_stops_the_start_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """A fill of the earlier form (a map, replayed by its decimals) whose quantity no
+    exchange books: its arithmetic raised decimal.Inexact, and the start ended in a
+    traceback instead of naming the record."""
+    config = _config(tmp_path)
+    _write_events(config, 3)
+    _, journal, _ = restore_state(config)
+    fill = Fill("T9", "BTC", "USD", Side.BUY, Decimal(1), Decimal(100), userref=2)
+    body = cbor2.loads(encode_event(FillApplied(fill)))
+    journal.append(cbor2.dumps({**body, "qty": "9" * 60, "price": "9" * 60}))
+    journal.commit()
+    journal.close()
+    with pytest.raises(JournalCorruptError, match=r"event 4 passed its checksum but cannot be"):
+        restore_state(config)
+
+
 def test_torn_last_record_is_cut_off(tmp_path: Path) -> None:
     config = _config(tmp_path)
     _write_events(config, 5)

@@ -170,12 +170,12 @@ class MirrorHost:
         )  # fmt: skip
 
 
-def xadd_raw(url: str, key: str, fields: dict[bytes, bytes]) -> None:
+def xadd_raw(url: str, key: str, fields: dict[bytes, bytes], entry_id: str = "*") -> None:
     """Add an entry of exact bytes (redis-cli would re-encode them)."""
 
     async def add() -> None:
         async with coredis.Redis.from_url(url, decode_responses=False) as client:
-            await client.xadd(key, fields)
+            await client.xadd(key, fields, identifier=entry_id)
 
     trio.run(add)
 

@@ -8,12 +8,15 @@ import re
 import signal
 import subprocess
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import cbor2
 import pytest
 
 from clients.errors import CommandRefusedError
+from gateway.events import FillApplied, encode_event
+from gateway.ledger import Fill, Side
 from tests.kraken.stack import KrakenStack, settled, wait_until
 from tests.replication.conftest import (
     HostsFactory,
@@ -110,6 +113,75 @@ def test_entries_forged_into_the_log_heal_by_a_new_lineage(
     wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge again")
     assert stack.gateway is not None and stack.gateway.poll() is None
     assert mirror.process is not None and mirror.process.poll() is None
+
+
+def _forged_fill(quantity: str, price: str) -> bytes:
+    """A fill record of the earlier form (a map, replayed by its decimals)."""
+    fill = Fill("T-forged", "BTC", "USD", Side.BUY, Decimal(1), Decimal(100), userref=2)
+    body = cbor2.loads(encode_event(FillApplied(fill)))
+    return cbor2.dumps({**body, "qty": quantity, "price": price})
+
+
+@pytest.mark.parametrize(
+    ("fields", "what"),
+    [
+        # An event the gateway never journalled, which mirrors would apply: the publisher
+        # carried on after it (it looked only at the entry's id), and every mirror kept
+        # 5 BTC more than the gateway, the stream's "one unbroken copy" broken for good.
+        ({b"e": _forged_fill("5", "100")}, "applies"),
+        # One no exchange number reaches: decimal.Inexact went past the mirror's checks
+        # and ended it with a traceback.
+        ({b"e": _forged_fill("9" * 60, "9" * 60)}, "cannot apply event"),
+        # No payload: the mirror read it again and again, as fast as Redis answered.
+        ({b"x": b"1"}, "has no payload"),
+    ],
+)
+def test_an_entry_forged_at_the_next_id_gives_a_new_lineage_the_mirrors_follow(
+    hosts: tuple[KrakenStack, MirrorHost],
+    redis_server: RedisServer,
+    fields: dict[bytes, bytes],
+    what: str,
+) -> None:
+    stack, mirror = hosts
+    mirror.start(redis_server.url)
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    lineage, position = mirror.status()["lineage"], mirror.status()["applied_events"]
+    xadd_raw(redis_server.url, "hft:kraken:log", fields, entry_id=f"{position}-1")
+    time.sleep(1.0)  # the mirror meets it before the gateway writes again
+    resyncs = mirror.status()["resyncs"]
+    for n in range(3):  # the publisher's next event is refused at that id
+        assert IPC(stack).command(allocate("local", "1", f"forged-{what}-{n}"))["ok"]
+    wait_until(lambda: mirror.status()["lineage"] != lineage, 30, "a new lineage")
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge again")
+    assert mirror.process is not None and mirror.process.poll() is None
+    assert stack.gateway is not None and stack.gateway.poll() is None
+    assert "Traceback" not in mirror.log()
+    if what == "applies":  # found by the publisher, its write refused at that id
+        assert "the stream's last event is not this journal's" in stack.log("gateway")
+    else:  # the mirror is stuck at it: it asks for a new lineage, and does not loop
+        assert re.search(f"a mirror asked: [^\n]*{what}", stack.log("gateway"))
+        assert int(str(resyncs)) <= 1
+
+
+def test_a_forged_snapshot_the_mirror_cannot_load_gives_a_new_lineage(
+    hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
+) -> None:
+    """A snapshot no gateway wrote, named as the published one: the mirror loaded it,
+    failed, loaded it again, as fast as Redis answered, and never asked for another."""
+    stack, mirror = hosts
+    mirror.start(redis_server.url)
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    lineage = mirror.status()["lineage"]
+    redis_server.cli("HSET", "hft:kraken:snap", "seq", "0", "body", "junk", "lineage", "forged")
+    redis_server.cli("HSET", "hft:kraken:meta", "lineage", "forged")
+    wait_until(
+        lambda: mirror.status()["lineage"] not in (lineage, "forged") and converged(stack, mirror),
+        30,
+        "a new lineage, and the mirror converged on it",
+    )
+    assert "the snapshot at 0 is unusable" in mirror.log()
+    assert int(str(mirror.status()["resyncs"])) <= 2
+    assert "Traceback" not in mirror.log()
 
 
 def test_a_command_the_gateway_never_answers_is_unknown_then_resent_once(
