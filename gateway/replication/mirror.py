@@ -391,8 +391,9 @@ async def _follow_connected(
         if published.decode() != lineage or (
             progress.resync_wanted and await _bridged(redis, target, progress.stuck_at)
         ):
+            wanted_before = progress.resync_wanted
             position, lineage = await _resync(redis, target, send)
-            await _applied(progress, position, lineage)
+            await _applied(progress, position, lineage, wanted_before)
             continue
         if progress.resync_wanted:
             asked = await _ask_for_everything(redis, target, progress.resync_wanted, asked)
@@ -456,10 +457,15 @@ async def _ask_for_everything(
     return reason
 
 
-async def _applied(progress: MirrorProgress, position: int, lineage: str) -> None:
-    """Wait for the writer to take the snapshot just sent (the next read starts after it)."""
+async def _applied(
+    progress: MirrorProgress, position: int, lineage: str, wanted_before: str
+) -> None:
+    """Wait for the writer to take the snapshot just sent (the next read starts after it),
+    or to find it unusable (a new reason to resync: then there is nothing to wait for)."""
     with trio.move_on_after(10):
         while progress.lineage != lineage or progress.position < position:
+            if progress.resync_wanted not in ("", wanted_before):
+                return
             await trio.sleep(0.01)
 
 

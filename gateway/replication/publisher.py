@@ -69,6 +69,9 @@ SEND_INTERVAL_S: Final = 0.002
 BUSY_SEND_INTERVAL_S: Final = 0.010
 BUSY_SEND_EVENTS: Final = 16  # a send this full means events come faster than ~8,000/s
 RELEASE_TIMEOUT_S: Final = 1.0
+# A mirror's request for everything again is taken at most this often: each costs every
+# mirror a resync, and anyone who may write the request key could ask without end.
+REPUBLISH_INTERVAL_S: Final = 10.0
 BATCH_BYTES: Final = 512 * 1024
 READ_BYTES: Final = 64 * 1024
 MAX_REMOTE_IN_FLIGHT: Final = 256
@@ -283,6 +286,7 @@ class Publisher:
         self._position = 0
         self._last_snapshot = -1
         self._republish = ""  # why a mirror asked for everything again, if one did
+        self._republish_due = float("-inf")  # when a mirror's next request is taken
         self._snapshot_file: tuple[int, int] | None = None  # the last one published, on disk
         journal.on_durable = self._on_durable
         # Behind while connected, the publisher reads segments a snapshot would delete.
@@ -533,12 +537,15 @@ class Publisher:
     async def _beat(self, redis: coredis.Redis[bytes]) -> None:
         beat = redis.register_script(BEAT)
         while True:
-            asked = await redis.getdel(self._target.key("republish"))
-            if asked is not None:
-                # A mirror found a hole no snapshot bridges (Redis lost writes: a failover,
-                # a hand-edited stream): publish everything again, as a new lineage.
-                self._republish = f"a mirror asked: {asked.decode(errors='replace')[:200]}"
-                self._wake.set()
+            if trio.current_time() >= self._republish_due:
+                asked = await redis.getdel(self._target.key("republish"))
+                if asked is not None:
+                    # A mirror found a hole no snapshot bridges (Redis lost writes: a
+                    # failover, a hand-edited stream): publish everything again, as a new
+                    # lineage. One asked meanwhile stays in Redis until the next is due.
+                    self._republish = f"a mirror asked: {asked.decode(errors='replace')[:200]}"
+                    self._republish_due = trio.current_time() + REPUBLISH_INTERVAL_S
+                    self._wake.set()
             await _fenced(
                 beat(
                     keys=[self._target.key("owner"), self._target.key("meta")],

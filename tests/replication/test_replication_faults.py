@@ -184,6 +184,25 @@ def test_a_forged_snapshot_the_mirror_cannot_load_gives_a_new_lineage(
     assert "Traceback" not in mirror.log()
 
 
+def test_requests_to_publish_everything_again_are_taken_at_most_every_ten_seconds(
+    hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
+) -> None:
+    """Each request costs every mirror a resync, and any user who may write the key (every
+    mirror's may) could ask twice a second: the gateway took each one."""
+    stack, mirror = hosts
+    mirror.start(redis_server.url)
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    for n in range(4):
+        redis_server.cli("SET", "hft:kraken:republish", f"asked {n}")
+        time.sleep(1.0)
+    asked = re.findall(r"a mirror asked: asked \d", stack.log("gateway"))
+    assert asked == ["a mirror asked: asked 0"]
+    # The last one is kept, not dropped: it is taken once the interval has passed.
+    assert redis_server.cli("GET", "hft:kraken:republish").strip() == "asked 3"
+    wait_until(lambda: "a mirror asked: asked 3" in stack.log("gateway"), 15, "the request kept")
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge again")
+
+
 def test_a_command_the_gateway_never_answers_is_unknown_then_resent_once(
     hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
 ) -> None:
