@@ -287,6 +287,10 @@ class Publisher:
         self._last_snapshot = -1
         self._republish = ""  # why a mirror asked for everything again, if one did
         self._republish_due = float("-inf")  # when a mirror's next request is taken
+        # The highest log entry id this publisher has written (or found its own), and how
+        # many times it has emptied the stream: an entry beyond it is someone else's.
+        self._written: tuple[int, int] = (-1, 0)
+        self._resets = 0
         self._snapshot_file: tuple[int, int] | None = None  # the last one published, on disk
         journal.on_durable = self._on_durable
         # Behind while connected, the publisher reads segments a snapshot would delete.
@@ -388,6 +392,7 @@ class Publisher:
             return
         self.status.lineage = lineage
         self._position = position
+        self._written = _entry_id(top[0]) if top else (-1, 0)
         if position < local_seq:
             await self._publish_snapshot(redis, reset=False, why="the stream ends before it")
         self._last_snapshot = max(self._last_snapshot, min(position, local_seq))
@@ -429,6 +434,8 @@ class Publisher:
         )
         if reset:
             self.status.lineage = uuid.uuid4().hex
+        marker = (seq, 0) if seq else (-1, 0)  # no marker at event 0
+        self._written = max(self._written, marker)
         script = redis.register_script(PUBLISH_SNAPSHOT)
         await _fenced(
             script(
@@ -444,6 +451,9 @@ class Publisher:
                 ],
             )
         )
+        if reset:  # the stream was emptied: it ends at the marker now
+            self._written = marker
+            self._resets += 1
         logger.info(
             "replication: snapshot at event %d published (%s)%s",
             seq,
@@ -519,6 +529,7 @@ class Publisher:
                     self._position,
                     pack_events(records[:count]),
                 ]
+                self._written = max(self._written, (self._position + count - 1, 1))
                 await _fenced(
                     sender.call([self._target.key("owner"), self._target.key("log")], args)
                 )
@@ -559,7 +570,32 @@ class Publisher:
                     ],
                 )
             )
+            await self._check_the_stream_end(redis)
             await trio.sleep(BEAT_INTERVAL_S)
+
+    async def _check_the_stream_end(self, redis: coredis.Redis[bytes]) -> None:
+        """An entry beyond the last this publisher wrote was written by someone else: a
+        new lineage. Its own next write would find it too (refused at that id), but a
+        quiet gateway may not write for hours, and mirrors apply what they read."""
+        resets = self._resets
+        top = await redis.xrevrange(self._target.key("log"), count=1)
+        if not top or resets != self._resets or self._republish:
+            return
+        found = _entry_id(top[0])
+        if found > self._written:
+            self._republish = (
+                f"the stream holds an entry this gateway did not write ({found[0]}-{found[1]})"
+            )
+            self._wake.set()
+
+
+def _entry_id(entry: StreamEntry) -> tuple[int, int]:
+    """A log entry's id as Redis orders it; one that is not two numbers sorts last."""
+    first, _, second = as_bytes(entry.identifier).decode("ascii", "replace").partition("-")
+    try:
+        return int(first), int(second)
+    except ValueError:
+        return (2**64, 0)
 
 
 class _NotOwnerError(Exception):

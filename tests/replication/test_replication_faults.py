@@ -146,7 +146,7 @@ def test_an_entry_forged_at_the_next_id_gives_a_new_lineage_the_mirrors_follow(
     mirror.start(redis_server.url)
     wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
     lineage, position = mirror.status()["lineage"], mirror.status()["applied_events"]
-    xadd_raw(redis_server.url, "hft:kraken:log", fields, entry_id=f"{position}-1")
+    xadd_raw(redis_server.url, "hft:kraken:log", fields, f"{position}-1")
     time.sleep(1.0)  # the mirror meets it before the gateway writes again
     resyncs = mirror.status()["resyncs"]
     for n in range(3):  # the publisher's next event is refused at that id
@@ -156,11 +156,64 @@ def test_an_entry_forged_at_the_next_id_gives_a_new_lineage_the_mirrors_follow(
     assert mirror.process is not None and mirror.process.poll() is None
     assert stack.gateway is not None and stack.gateway.poll() is None
     assert "Traceback" not in mirror.log()
-    if what == "applies":  # found by the publisher, its write refused at that id
-        assert "the stream's last event is not this journal's" in stack.log("gateway")
+    if what == "applies":  # found by the publisher's beat, or its write refused at that id
+        assert re.search(
+            "the stream holds an entry this gateway did not write|"
+            "the stream's last event is not this journal's",
+            stack.log("gateway"),
+        )
     else:  # the mirror is stuck at it: it asks for a new lineage, and does not loop
         assert re.search(f"a mirror asked: [^\n]*{what}", stack.log("gateway"))
         assert int(str(resyncs)) <= 1
+
+
+def test_an_event_forged_beside_a_quiet_gateway_is_found_by_its_beat(
+    hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
+) -> None:
+    """No fill and no command: the gateway does not write, so only its heartbeat can find
+    the entry. Until this, every mirror showed the forged 5 BTC until the next event."""
+    stack, mirror = hosts
+    mirror.start(redis_server.url)
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    lineage, position = mirror.status()["lineage"], mirror.status()["applied_events"]
+    forged = {b"e": _forged_fill("5", "100")}
+    xadd_raw(redis_server.url, "hft:kraken:log", forged, f"{position}-1")
+    wait_until(lambda: mirror.status()["lineage"] != lineage, 10, "a new lineage")
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge again")
+    assert stack.status()["journal_events"] == position  # the gateway wrote nothing
+    assert "the stream holds an entry this gateway did not write" in stack.log("gateway")
+
+
+def test_an_event_forged_where_the_publisher_is_behind_is_found_when_it_comes_back(
+    hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
+) -> None:
+    """The publisher cannot write for a while (here its user's writes are revoked), the
+    gateway journals on, and someone writes the stream's next entry. By ids alone, the
+    publisher came back, took that entry for its own and carried on after it."""
+    stack, mirror = hosts
+    mirror.start(redis_server.url)
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    position = mirror.status()["applied_events"]
+    redis_server.cli("ACL", "SETUSER", "admin", "on", ">admin-pw", "~*", "&*", "+@all")
+    redis_server.cli("ACL", "SETUSER", "default", "-@write")
+    try:
+        wait_until(lambda: "replication down" in stack.log("gateway"), 10, "the publisher held")
+        for n in range(3):
+            assert IPC(stack).command(allocate("local", "1", f"behind-{n}"))["ok"]
+        subprocess.run(
+            ["redis-cli", "-p", str(redis_server.port), "--user", "admin", "--pass",
+             "admin-pw", "--no-auth-warning", "XADD", "hft:kraken:log", f"{position}-1",
+             "e", "forged"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    finally:
+        redis_server.cli("ACL", "SETUSER", "default", "+@all")
+    wait_until(
+        lambda: "the stream's last event is not this journal's" in stack.log("gateway"),
+        20,
+        "the publisher to find the entry not its own",
+    )
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge again")
 
 
 def test_a_forged_snapshot_the_mirror_cannot_load_gives_a_new_lineage(
