@@ -268,13 +268,20 @@ class Journal:
         Raises:
             JournalCorruptError: snapshots exist but none is readable, events
                 between the snapshot and the journal are missing, a damaged
-                record has sound ones (or later files) after it, or ``replay``
-                rejects a record that passed its checksum.
+                record has sound ones (or later files) after it, or ``restore`` or
+                ``replay`` rejects a snapshot or record that passed its checksum.
         """
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         report = RestoreReport()
         snapshot, snapshot_seq = load_snapshot(directory)
-        restore(snapshot)
+        try:
+            restore(snapshot)
+        except (ValueError, KeyError, TypeError, AssertionError, ArithmeticError) as exc:
+            # Sound bytes of the wrong shape: a bug or tampering, as with a record below.
+            raise JournalCorruptError(
+                f"{snapshot_path(directory, snapshot_seq).name} passed its checksum but "
+                f"cannot be loaded: {type(exc).__name__}: {exc}"
+            ) from exc
         report.snapshot_seq = snapshot_seq
         seq = 0
         last_segment: Path | None = None

@@ -141,6 +141,28 @@ def test_a_sound_fill_record_beyond_any_number_stops_the_start_in_one_line(
         restore_state(config)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"any": "state"},
+        {"strategy_count": "8"},
+        {"strategy_count": 8, "balances": {"USD": [1.5] * 8}, "owners": {}},
+        {"strategy_count": 8, "balances": {"USD": [1, 0, 0, 0, 0, 0, 0, 0]}, "owners": {}},
+    ],
+)
+def test_a_sound_snapshot_of_the_wrong_shape_stops_the_start_in_one_line(
+    tmp_path: Path, body: dict[str, object]
+) -> None:
+    """Its checksum holds, its contents do not: a KeyError or AssertionError came out of
+    the start as a traceback instead of naming the file."""
+    config = _config(tmp_path)
+    journal, _ = Journal.open(config.state_dir, lambda snapshot: None, lambda records: None)
+    journal.write_snapshot(body)
+    journal.close()
+    with pytest.raises(JournalCorruptError, match=r"snapshot-0+\.cbor passed its checksum but"):
+        restore_state(config)
+
+
 def test_torn_last_record_is_cut_off(tmp_path: Path) -> None:
     config = _config(tmp_path)
     _write_events(config, 5)
