@@ -191,13 +191,18 @@ return 1
 """
 )
 
-# KEYS owner, meta; ARGV token, ttl_ms, beat_ns, durable, published, conditions.
+# KEYS owner, meta, snap; ARGV token, ttl_ms, beat_ns, durable, published, conditions,
+# lineage. The lineage goes back into meta while the published snapshot is of it: another
+# written there by someone else would have mirrors wait for its snapshot for ever.
 BEAT: Final = (
     _FENCE
     + """
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], 'beat_ns', ARGV[3], 'durable', ARGV[4], 'published', ARGV[5],
            'conditions', ARGV[6])
+if redis.call('HGET', KEYS[3], 'lineage') == ARGV[7] then
+  redis.call('HSET', KEYS[2], 'lineage', ARGV[7])
+end
 return 1
 """
 )

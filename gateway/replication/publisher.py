@@ -559,7 +559,7 @@ class Publisher:
                     self._wake.set()
             await _fenced(
                 beat(
-                    keys=[self._target.key("owner"), self._target.key("meta")],
+                    keys=[self._target.key(k) for k in ("owner", "meta", "snap")],
                     args=[
                         self._token,
                         OWNER_TTL_MS,
@@ -567,6 +567,7 @@ class Publisher:
                         self._journal.synced_seq,
                         self._position,
                         self._conditions(),
+                        self.status.lineage,
                     ],
                 )
             )

@@ -216,6 +216,24 @@ def test_an_event_forged_where_the_publisher_is_behind_is_found_when_it_comes_ba
     wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge again")
 
 
+def test_a_lineage_forged_into_the_meta_is_put_back_by_the_gateway(
+    hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
+) -> None:
+    """Mirrors wait for the snapshot of the lineage the meta names: one no gateway
+    published kept every mirror waiting, stale, for ever."""
+    stack, mirror = hosts
+    mirror.start(redis_server.url)
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    lineage = mirror.status()["lineage"]
+    redis_server.cli("HSET", "hft:kraken:meta", "lineage", "forged")
+    time.sleep(1.0)
+    for n in range(2):
+        assert IPC(stack).command(allocate("local", "1", f"meta-{n}"))["ok"]
+    wait_until(lambda: converged(stack, mirror), 15, "the mirror to converge again")
+    assert mirror.status()["lineage"] == lineage
+    assert redis_server.cli("HGET", "hft:kraken:meta", "lineage").strip() == lineage
+
+
 def test_a_forged_snapshot_the_mirror_cannot_load_gives_a_new_lineage(
     hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
 ) -> None:
