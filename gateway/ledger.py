@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 import cbor2
 import msgspec
@@ -676,30 +676,34 @@ class Ledger:
 
     @classmethod
     def from_snapshot(cls, data: Mapping[str, object]) -> Ledger:
-        ledger = cls(_int(data["strategy_count"]))
-        balances = data["balances"]
-        assert isinstance(balances, dict)
-        ledger.balances = {str(c): [_int(v) for v in s] for c, s in balances.items()}
-        owners = data["owners"]
-        assert isinstance(owners, dict)
-        ledger.owners = {int(k): str(v) for k, v in owners.items()}
+        """The ledger a snapshot holds; ValueError (or KeyError, TypeError) for one of
+        another shape. Checked by ifs, not asserts: ``python -O`` drops those."""
+        strategy_count = _int(data["strategy_count"])
+        _check(2 <= strategy_count <= 1024, f"{strategy_count} slots")
+        ledger = cls(strategy_count)
+        balances = _map(data["balances"])
+        ledger.balances = {str(c): [_int(v) for v in _list(s)] for c, s in balances.items()}
+        for currency, slots in ledger.balances.items():
+            _check(len(slots) == strategy_count, f"{currency} has {len(slots)} slots")
+            _check(slots[TOTAL] == sum(slots[1:]), f"{currency}'s slots do not add up")
+        ledger.owners = {int(k): str(v) for k, v in _map(data["owners"]).items()}
         if "applied_ids" in data:
-            ids, times = data["applied_ids"], data["applied_ns"]
-            assert isinstance(ids, list) and isinstance(times, list) and len(ids) == len(times)
+            ids, times = _list(data["applied_ids"]), _list(data["applied_ns"])
+            _check(len(ids) == len(times), "fill ids and times differ in number")
             applied: Iterable[tuple[object, object]] = zip(ids, times, strict=True)
         else:  # as snapshots kept them before: [[id, ns], ...]
             applied = _pairs(data["applied"])
         ledger.applied.restore(((str(k), _int(v)) for k, v in applied), _int(data["watermark_ns"]))
         if "reply_ids" in data:
-            ids, blobs = data["reply_ids"], data["reply_blobs"]
-            assert isinstance(ids, list) and isinstance(blobs, list) and len(ids) == len(blobs)
+            ids, blobs = _list(data["reply_ids"]), _list(data["reply_blobs"])
+            _check(len(ids) == len(blobs), "reply ids and replies differ in number")
             ledger.replies = dict(zip(ids, blobs, strict=True))
-            assert all(
-                isinstance(k, str) and isinstance(b, bytes) for k, b in ledger.replies.items()
+            _check(
+                all(isinstance(k, str) and isinstance(b, bytes) for k, b in ledger.replies.items()),
+                "a remembered reply is not an id and its bytes",
             )
         else:  # before the blobs: [[id, fingerprint, reply], ...]
-            replies = data["replies"]
-            assert isinstance(replies, list)
+            replies = _list(data["replies"])
             ledger.replies = {str(k): _reply_blob(tuple(f), r) for k, f, r in replies}
         ledger._reply_order = deque(ledger.replies)
         ledger.last_fill_ns = _int(data["last_fill_ns"])
@@ -709,13 +713,11 @@ class Ledger:
             ((str(k), _int(v)) for k, v in _pairs(data.get("transfers", []))),
             _int(data.get("transfers_watermark_ns", 0)),
         )
-        refs = data.get("transfer_refs", [])
-        assert isinstance(refs, list)
+        refs = _list(data.get("transfer_refs", []))
         ledger.transfer_refs = {str(k): TransferRef(seen, claimed) for k, seen, claimed in refs}
         ledger._ref_order = deque(ledger.transfer_refs)
         ledger.last_transfer_ns = _int(data.get("last_transfer_ns", 0))
         ledger.totals_as_of_ns = _int(data.get("totals_as_of_ns", 0))
-        ledger.check_invariant()
         return ledger
 
 
@@ -724,11 +726,28 @@ def _reply_blob(fingerprint: tuple[object, ...], reply: Mapping[str, object]) ->
     return cbor2.dumps([list(fingerprint), {k: v for k, v in reply.items() if k != "request_id"}])
 
 
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(f"a snapshot's {what}")
+
+
 def _int(value: object) -> int:
-    assert isinstance(value, int), value
+    if type(value) is not int:
+        raise ValueError(f"a snapshot holds {value!r} where a whole number belongs")
+    return value
+
+
+def _list(value: object) -> list[Any]:
+    if type(value) is not list:
+        raise ValueError(f"a snapshot holds {type(value).__name__} where a list belongs")
+    return value
+
+
+def _map(value: object) -> dict[Any, Any]:
+    if type(value) is not dict:
+        raise ValueError(f"a snapshot holds {type(value).__name__} where a map belongs")
     return value
 
 
 def _pairs(value: object) -> Iterable[tuple[object, object]]:
-    assert isinstance(value, list)
-    return ((k, v) for k, v in value)
+    return ((k, v) for k, v in _list(value))

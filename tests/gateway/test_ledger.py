@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import decimal
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import cbor2
 import pytest
@@ -542,3 +545,40 @@ def test_a_fill_record_with_a_malformed_booking_is_refused(book: object) -> None
     ledger = funded(USD=1000)
     with pytest.raises(ValueError):
         apply_event(ledger, decode_event(cbor2.dumps(body)))
+
+
+def _snapshot_changed(change: str) -> dict[str, object]:
+    snapshot = funded(USD=1000).to_snapshot()
+    usd = snapshot["balances"]["USD"]  # type: ignore[index]
+    if change == "total":
+        usd[0] += 1  # the total no longer the sum of the rest
+    elif change == "slots":
+        usd.pop()  # one slot short
+    elif change == "count":
+        snapshot["strategy_count"] = 0
+    elif change == "ids":
+        snapshot["applied_ns"] = [1]  # a time without its id
+    elif change == "owners":
+        snapshot["owners"] = [["2", "a"]]
+    return snapshot
+
+
+@pytest.mark.parametrize("change", ["total", "slots", "count", "ids", "owners"])
+def test_a_snapshot_of_the_wrong_shape_is_refused_even_under_python_dash_o(
+    change: str, tmp_path: Path
+) -> None:
+    """Its checks were asserts, which ``python -O`` (or ``PYTHONOPTIMIZE``) drops: a
+    snapshot whose slots did not add up, or fell one short, was taken as it was."""
+    with pytest.raises(ValueError, match="a snapshot"):
+        Ledger.from_snapshot(_snapshot_changed(change))
+    path = tmp_path / "snapshot.cbor"
+    path.write_bytes(cbor2.dumps(_snapshot_changed(change)))
+    code = (
+        "import sys, cbor2\nfrom gateway.ledger import Ledger\n"
+        "try:\n    Ledger.from_snapshot(cbor2.loads(open(sys.argv[1], 'rb').read()))\n"
+        "except ValueError as exc:\n    print('refused:', exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-O", "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.startswith("refused: a snapshot"), done.stdout + done.stderr
