@@ -166,12 +166,18 @@ def strategy_balance(
 kraken_strategy_balance = strategy_balance  # the seed's name
 
 
-def _check_reply(reply: object) -> Payload:
-    if not isinstance(reply, dict) or "ok" not in reply:
-        raise GatewayUnavailableError(f"the gateway sent something that is not a reply: {reply!r}")
+def _check_reply(line: bytes) -> Payload:
+    """The reply a line holds; GatewayUnavailableError for a line that is not one (the
+    gateway never sends such a line: a bug, or not our gateway), never a JSON error."""
+    try:
+        reply = json.loads(line)
+    except ValueError:  # not JSON, or not UTF-8
+        reply = None
+    error = (reply.get("error") or {}) if isinstance(reply, dict) else None
+    if not isinstance(reply, dict) or "ok" not in reply or not isinstance(error, dict):
+        shown = line[:200].decode("utf-8", "replace")
+        raise GatewayUnavailableError(f"the gateway sent something that is not a reply: {shown}")
     if not reply["ok"]:
-        error = reply.get("error") or {}
-        assert isinstance(error, dict)
         raise CommandRefusedError(
             str(error.get("code", "UNKNOWN")), str(error.get("message", "")), reply
         )
@@ -296,7 +302,7 @@ class IPCCommandSystem:
                 async with connection.lock:
                     await connection.reader.send_all(request)
                     line = await self._trio_read_line(connection)
-                return _check_reply(json.loads(line))
+                return _check_reply(line)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, EOFError) as exc:
                 self._drop(service, loop_key)
                 if fresh or attempt == 2:
@@ -336,7 +342,7 @@ class IPCCommandSystem:
                     line = await connection.reader.readline()
                 if not line.endswith(b"\n"):
                     raise EOFError("the gateway closed the connection")
-                return _check_reply(json.loads(line))
+                return _check_reply(line)
             except (OSError, EOFError, asyncio.IncompleteReadError) as exc:
                 self._drop(service, loop_key)
                 if fresh or attempt == 2:
@@ -374,7 +380,7 @@ class IPCCommandSystem:
                 assert isinstance(connection.reader, socket.socket)
                 connection.reader.settimeout(timeout)
                 connection.reader.sendall(request)
-                return _check_reply(json.loads(self._blocking_read_line(connection)))
+                return _check_reply(self._blocking_read_line(connection))
             except TimeoutError as exc:
                 self._drop(service, None)
                 raise _timed_out(service, timeout, request_id) from exc
