@@ -31,6 +31,13 @@ LATENCY_BUCKETS_S: Final = (
     0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
 )  # fmt: skip
 MAX_REQUEST_BYTES: Final = 8192
+# The port is open to every local user: each connection holds a descriptor and each render
+# costs the gateway's one thread. Past this many at once, a connection is closed unread
+# (descriptors are what the journal and the exchange's sockets need), and a scrape within
+# RENDER_EVERY_S of the last gets the same text (Prometheus scrapes every 15 s or so).
+MAX_SCRAPERS: Final = 8
+RENDER_EVERY_S: Final = 1.0
+SCRAPE_DEADLINE_S: Final = 5.0
 
 
 class GatewayCollector(Collector):
@@ -124,8 +131,9 @@ class GatewayCollector(Collector):
 class Metrics:
     """The registry a gateway serves, and the histogram the command server feeds."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = CollectorRegistry()
+        self._clock = clock
         self.command_latency = Histogram(
             "gateway_command_latency_seconds",
             "From a command's frame arriving to its reply being sent (with the fsync)",
@@ -133,6 +141,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self._rendered = b""
+        self._rendered_at = float("-inf")
 
     def watch(
         self,
@@ -143,30 +153,38 @@ class Metrics:
         self.registry.register(GatewayCollector(core, queue_depth, health))
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """The families as Prometheus text, rendered at most once every RENDER_EVERY_S."""
+        now = self._clock()
+        if now - self._rendered_at >= RENDER_EVERY_S:
+            self._rendered, self._rendered_at = generate_latest(self.registry), now
+        return self._rendered
 
 
 async def _answer(metrics: Metrics, stream: trio.SocketStream) -> None:
     async with stream:
-        request = b""
-        with trio.move_on_after(5):
-            while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST_BYTES:
-                data = await stream.receive_some(4096)
-                if not data:
-                    return
-                request += data
-        line = request.split(b"\r\n", 1)[0].split()
-        if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] in (b"/metrics", b"/"):
-            body, status = metrics.exposition(), b"200 OK"
-            content_type = b"text/plain; version=0.0.4; charset=utf-8"
-        else:
-            body, status, content_type = b"not found\n", b"404 Not Found", b"text/plain"
-        head = (
-            b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type
-            + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
-        )  # fmt: skip
-        with contextlib.suppress(trio.BrokenResourceError):
-            await stream.send_all(head + body)
+        with trio.move_on_after(SCRAPE_DEADLINE_S):  # reading the request and sending it all
+            await _answer_within(metrics, stream)
+
+
+async def _answer_within(metrics: Metrics, stream: trio.SocketStream) -> None:
+    request = b""
+    while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST_BYTES:
+        data = await stream.receive_some(4096)
+        if not data:
+            return
+        request += data
+    line = request.split(b"\r\n", 1)[0].split()
+    if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] in (b"/metrics", b"/"):
+        body, status = metrics.exposition(), b"200 OK"
+        content_type = b"text/plain; version=0.0.4; charset=utf-8"
+    else:
+        body, status, content_type = b"not found\n", b"404 Not Found", b"text/plain"
+    head = (
+        b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type
+        + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+    )  # fmt: skip
+    with contextlib.suppress(trio.BrokenResourceError):
+        await stream.send_all(head + body)
 
 
 async def serve_metrics(
@@ -185,6 +203,19 @@ async def serve_metrics(
         ) from None
     bound = listeners[0].socket.getsockname()[1]
     logger.info("metrics on http://%s:%d/metrics", host, bound)
+    serving = 0
+
+    async def answer(stream: trio.SocketStream) -> None:
+        nonlocal serving
+        if serving >= MAX_SCRAPERS:
+            await trio.aclose_forcefully(stream)
+            return
+        serving += 1
+        try:
+            await _answer(metrics, stream)
+        finally:
+            serving -= 1
+
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, lambda s: _answer(metrics, s), listeners)
+        await nursery.start(trio.serve_listeners, answer, listeners)
         task_status.started(bound)

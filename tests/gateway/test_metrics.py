@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import trio
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from gateway.config import GatewayConfig
+from gateway.metrics import RENDER_EVERY_S, Metrics
 from gateway.service import Running, run_gateway
 from tests.gateway.conftest import RawClient
 from tests.gateway.fake_exchange import FakeExchange
@@ -42,3 +47,24 @@ async def test_metrics_count_commands_refusals_and_latency(
     assert ("gateway_writer_queue_depth", ()) in samples
     assert ("gateway_reconcile_age_seconds", ()) in samples
     running.stop.set()
+
+
+def test_a_scrape_within_a_second_of_the_last_gets_the_same_text() -> None:
+    """A render costs the gateway's one thread, and any local user may ask for one as
+    fast as it can: each scrape rendered the families again."""
+    renders = []
+
+    class Counting(Collector):
+        def collect(self) -> Iterator[Metric]:
+            renders.append(1)
+            yield GaugeMetricFamily("renders", "renders so far", value=len(renders))
+
+    now = [100.0]
+    metrics = Metrics(clock=lambda: now[0])
+    metrics.registry.register(Counting())
+    first = metrics.exposition()
+    for _ in range(50):
+        now[0] += RENDER_EVERY_S / 100
+        assert metrics.exposition() == first
+    now[0] += RENDER_EVERY_S
+    assert metrics.exposition() != first and len(renders) == 2
