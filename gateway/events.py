@@ -341,7 +341,9 @@ def replay_events(ledger: Ledger, records: Sequence[bytes]) -> None:
             base_change, quote_change = flat[1], flat[3]
             if type(base_change) is not int:
                 base_change = _scaled(base_change)
-            if type(quote_change) is not int:
+            if type(quote_change) is bytes and len(quote_change) <= _MAX_SCALED_BYTES:
+                quote_change = int.from_bytes(quote_change, "big", signed=True)  # a price's leg
+            elif type(quote_change) is not int:
                 quote_change = _scaled(quote_change)
             if exec_id in known_ids or 0 < timestamp_ns <= applied.watermark_ns:
                 continue  # applied before (as Ledger.replay_booked_fill decides)
