@@ -261,7 +261,7 @@ class Journal:
 
         ``restore`` gets the newest readable snapshot's data (or None), then
         ``replay`` gets the event payloads after it, in order, a segment's at a time
-        (a call a record would be a tenth of a restart), and raises
+        (calls a record were a quarter of a restart), and raises
         :class:`UnreplayableRecordError` for one it cannot apply. A torn tail is cut off
         and logged; anything else damaged stops the start untouched.
 
