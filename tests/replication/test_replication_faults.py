@@ -34,6 +34,16 @@ def snapshot_config(tmp_path: Path, every: int) -> str:
     return str(config)
 
 
+def _following(
+    hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
+) -> tuple[KrakenStack, MirrorHost]:
+    """The gateway, and a mirror started on it and caught up."""
+    stack, mirror = hosts
+    mirror.start(redis_server.url)
+    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    return stack, mirror
+
+
 def test_snapshots_mid_stream_rebase_the_mirror_and_trim_the_stream(
     make_hosts: HostsFactory, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -65,9 +75,7 @@ def test_snapshots_mid_stream_rebase_the_mirror_and_trim_the_stream(
 def test_hostile_entries_in_the_command_stream_change_nothing(
     hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
 ) -> None:
-    stack, mirror = hosts
-    mirror.start(redis_server.url)
-    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    stack, mirror = _following(hosts, redis_server)
     before = slots_of(stack.store)
     far = str(time.time_ns() + 60 * 10**9).encode()
     query = cbor2.dumps({"cmd": "query"})
@@ -100,9 +108,7 @@ def test_hostile_entries_in_the_command_stream_change_nothing(
 def test_entries_forged_into_the_log_heal_by_a_new_lineage(
     hosts: tuple[KrakenStack, MirrorHost], redis_server: RedisServer
 ) -> None:
-    stack, mirror = hosts
-    mirror.start(redis_server.url)
-    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    stack, mirror = _following(hosts, redis_server)
     lineage = mirror.status()["lineage"]
     # Ids no publisher writes, ahead of the stream: the publisher's next XADD fails.
     redis_server.cli("XADD", "hft:kraken:log", "*", "e", "forged")
@@ -142,9 +148,7 @@ def test_an_entry_forged_at_the_next_id_gives_a_new_lineage_the_mirrors_follow(
     fields: dict[bytes, bytes],
     what: str,
 ) -> None:
-    stack, mirror = hosts
-    mirror.start(redis_server.url)
-    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    stack, mirror = _following(hosts, redis_server)
     lineage, position = mirror.status()["lineage"], mirror.status()["applied_events"]
     xadd_raw(redis_server.url, "hft:kraken:log", fields, f"{position}-1")
     time.sleep(1.0)  # the mirror meets it before the gateway writes again
@@ -172,9 +176,7 @@ def test_an_event_forged_beside_a_quiet_gateway_is_found_by_its_beat(
 ) -> None:
     """No fill and no command: the gateway does not write, so only its heartbeat can find
     the entry. Until this, every mirror showed the forged 5 BTC until the next event."""
-    stack, mirror = hosts
-    mirror.start(redis_server.url)
-    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    stack, mirror = _following(hosts, redis_server)
     lineage, position = mirror.status()["lineage"], mirror.status()["applied_events"]
     forged = {b"e": _forged_fill("5", "100")}
     xadd_raw(redis_server.url, "hft:kraken:log", forged, f"{position}-1")
@@ -190,9 +192,7 @@ def test_an_event_forged_where_the_publisher_is_behind_is_found_when_it_comes_ba
     """The publisher cannot write for a while (here its user's writes are revoked), the
     gateway journals on, and someone writes the stream's next entry. By ids alone, the
     publisher came back, took that entry for its own and carried on after it."""
-    stack, mirror = hosts
-    mirror.start(redis_server.url)
-    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    stack, mirror = _following(hosts, redis_server)
     position = mirror.status()["applied_events"]
     redis_server.cli("ACL", "SETUSER", "admin", "on", ">admin-pw", "~*", "&*", "+@all")
     redis_server.cli("ACL", "SETUSER", "default", "-@write")
@@ -221,9 +221,7 @@ def test_a_lineage_forged_into_the_meta_is_put_back_by_the_gateway(
 ) -> None:
     """Mirrors wait for the snapshot of the lineage the meta names: one no gateway
     published kept every mirror waiting, stale, for ever."""
-    stack, mirror = hosts
-    mirror.start(redis_server.url)
-    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    stack, mirror = _following(hosts, redis_server)
     lineage = mirror.status()["lineage"]
     redis_server.cli("HSET", "hft:kraken:meta", "lineage", "forged")
     time.sleep(1.0)
@@ -239,9 +237,7 @@ def test_a_forged_snapshot_the_mirror_cannot_load_gives_a_new_lineage(
 ) -> None:
     """A snapshot no gateway wrote, named as the published one: the mirror loaded it,
     failed, loaded it again, as fast as Redis answered, and never asked for another."""
-    stack, mirror = hosts
-    mirror.start(redis_server.url)
-    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    stack, mirror = _following(hosts, redis_server)
     lineage = mirror.status()["lineage"]
     redis_server.cli("HSET", "hft:kraken:snap", "seq", "0", "body", "junk", "lineage", "forged")
     redis_server.cli("HSET", "hft:kraken:meta", "lineage", "forged")
@@ -260,9 +256,7 @@ def test_requests_to_publish_everything_again_are_taken_at_most_every_ten_second
 ) -> None:
     """Each request costs every mirror a resync, and any user who may write the key (every
     mirror's may) could ask twice a second: the gateway took each one."""
-    stack, mirror = hosts
-    mirror.start(redis_server.url)
-    wait_until(lambda: converged(stack, mirror), 30, "the mirror to converge")
+    stack, mirror = _following(hosts, redis_server)
     for n in range(4):
         redis_server.cli("SET", "hft:kraken:republish", f"asked {n}")
         time.sleep(1.0)
