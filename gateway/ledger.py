@@ -679,7 +679,7 @@ class Ledger:
         """The ledger a snapshot holds; ValueError (or KeyError, TypeError) for one of
         another shape. Checked by ifs, not asserts: ``python -O`` drops those."""
         strategy_count = _int(data["strategy_count"])
-        _check(2 <= strategy_count <= 1024, f"{strategy_count} slots")
+        _check(2 <= strategy_count <= 1024, f"{strategy_count} slots")  # as the store allows
         ledger = cls(strategy_count)
         balances = _map(data["balances"])
         ledger.balances = {str(c): [_int(v) for v in _list(s)] for c, s in balances.items()}
