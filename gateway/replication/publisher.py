@@ -591,12 +591,13 @@ class Publisher:
 
 
 def _entry_id(entry: StreamEntry) -> tuple[int, int]:
-    """A log entry's id as Redis orders it; one that is not two numbers sorts last."""
-    first, _, second = as_bytes(entry.identifier).decode("ascii", "replace").partition("-")
+    """A log entry's id as Redis orders it (``seq-0`` a snapshot's marker, ``seq-1`` an
+    event); one no publisher writes sorts after every one it does."""
     try:
-        return int(first), int(second)
+        seq, is_snapshot = parse_id(as_bytes(entry.identifier))
     except ValueError:
         return (2**64, 0)
+    return seq, 0 if is_snapshot else 1
 
 
 class _NotOwnerError(Exception):
