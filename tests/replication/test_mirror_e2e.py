@@ -8,6 +8,7 @@ one stream for one gateway only.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import time
@@ -205,6 +206,7 @@ def test_two_gateways_never_publish_into_one_stream(
         )
     finally:
         other.kill()
+        shutil.rmtree(other.run_dir, ignore_errors=True)
 
 
 class IPC:
