@@ -225,3 +225,33 @@ async def test_the_channel_ends_while_a_sync_is_held_and_the_writer_waits_for_it
     with trio.fail_after(5):
         while core.journal.synced_seq < core.journal.next_seq:
             await trio.sleep(0.001)
+
+
+def test_a_batch_is_visible_before_its_records_are_encoded_and_commands_know_their_event(
+    config: GatewayConfig,
+) -> None:
+    """Readers see a batch's changes before the writer encodes its records (a third of
+    a fill's time in the writer; docs/performance.md), and a command's ``visible_at`` is
+    still the journal's length just after its own record, as a mirror's read-your-writes
+    needs."""
+    core = open_writer_core(config)
+    core.publish_all()
+    reader = StoreReader(config.store_path)
+    seen: list[tuple[int, int]] = []
+    append = core.journal.append
+
+    def noting(record: bytes) -> None:
+        seen.append((reader.slot("BTC", 1).scaled, reader.slot("USD", 2).scaled))
+        append(record)
+
+    core.journal.append = noting  # type: ignore[method-assign]
+    start = core.journal.next_seq
+    first, second = _allocate("a", 2, 10, "r-1"), _allocate("a", 2, 5, "r-2")
+    core.apply_batch([_fill("T-1"), first, _fill("T-2"), second])
+    # Every record was encoded with the whole batch visible: 2 BTC bought, 15 USD allocated.
+    assert seen == [(12 * UNIT, 15 * UNIT)] * 4
+    assert core.journal.next_seq == start + 4
+    assert (first.reply.visible_at, second.reply.visible_at) == (start + 2, start + 4)
+    reader.close()
+    core.journal.close()
+    core.store.close()
