@@ -240,9 +240,9 @@ def test_a_batch_is_visible_before_its_records_are_encoded_and_commands_know_the
     seen: list[tuple[int, int]] = []
     append = core.journal.append
 
-    def noting(record: bytes) -> None:
+    def noting(payload: bytes) -> None:
         seen.append((reader.slot("BTC", 1).scaled, reader.slot("USD", 2).scaled))
-        append(record)
+        append(payload)
 
     core.journal.append = noting  # type: ignore[method-assign]
     start = core.journal.next_seq
