@@ -110,9 +110,6 @@ class _Batch:
     # How to take back each command applied in this batch, should its commit fail.
     undo: list[tuple[ReplySlot, _Undo]] = field(default_factory=list)
     recover: bool = False
-    # Events applied and still to be journalled (with a fill's outcome): encoded once the
-    # batch is published (see WriterCore.apply_batch).
-    unjournalled: list[tuple[Event, FillOutcome | None]] = field(default_factory=list)
 
 
 @dataclass(eq=False, slots=True)
@@ -157,6 +154,9 @@ class WriterCore:
         self.journal_error: str | None = None
         self.overdrawn: dict[str, tuple[int, ...]] = {}  # currency -> slots below zero
         self.out_of_range: set[str] = set()  # currencies the store cannot hold (or name) now
+        # The batch's events still to be journalled (with a fill's outcome), encoded once it
+        # is published (apply_batch); emptied then, for a batch lives on until its sync.
+        self._unjournalled: list[tuple[Event, FillOutcome | None]] = []
 
     # -- applying ---------------------------------------------------------------
 
@@ -165,7 +165,7 @@ class WriterCore:
         # While the journal is down, what still happens (fills, corrections) is not
         # journalled: the exchange replays fills, and recovery starts with a snapshot.
         if outcome.durable and self.journal_error is None:
-            batch.unjournalled.append((event, outcome.fill))
+            self._unjournalled.append((event, outcome.fill))
         batch.changed.update(outcome.changed)
         return outcome
 
@@ -186,12 +186,15 @@ class WriterCore:
         either way, and no reply leaves before it.
         """
         batch = _Batch(set(), [], [])
-        for message in messages:
-            self._handle(message, batch)
-        self.publish(batch.changed)
-        append = self.journal.append
-        for event, fill in batch.unjournalled:
-            append(encode_event(event, fill))
+        try:
+            for message in messages:
+                self._handle(message, batch)
+            self.publish(batch.changed)
+        finally:  # should a message fail, what was applied before it is journalled still
+            append = self.journal.append
+            for event, fill in self._unjournalled:
+                append(encode_event(event, fill))
+            self._unjournalled.clear()
         return batch
 
     def _handle(self, message: WriterMessage, batch: _Batch) -> None:
@@ -207,7 +210,7 @@ class WriterCore:
                     undo.after = list(self.ledger.balances.get(command.currency, ()))
                     batch.undo.append((slot, undo))
                 assert outcome.reply is not None
-                slot.visible_at = self.journal.next_seq + len(batch.unjournalled)
+                slot.visible_at = self.journal.next_seq + len(self._unjournalled)
                 if outcome.reply.get("ok"):
                     self.stats.commands_applied += 1
                 else:

@@ -255,3 +255,20 @@ def test_a_batch_is_visible_before_its_records_are_encoded_and_commands_know_the
     reader.close()
     core.journal.close()
     core.store.close()
+
+
+def test_a_message_that_fails_leaves_what_was_applied_before_it_journalled_once(
+    config: GatewayConfig,
+) -> None:
+    """Records are encoded after the batch is applied: a message that raises midway (a
+    bug) must not leave the fills before it applied but unjournalled, nor journal them
+    again with the next batch."""
+    core = open_writer_core(config)
+    start = core.journal.next_seq
+    with pytest.raises(AssertionError):
+        core.apply_batch([_fill("T-1"), "not a writer message"])  # type: ignore[list-item]
+    assert core.journal.next_seq == start + 1
+    core.apply_batch([_fill("T-2")])
+    assert core.journal.next_seq == start + 2
+    core.journal.close()
+    core.store.close()
