@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -43,6 +44,8 @@ ROOT = TOOLS.parent
 # this machine's speed drifts by a fifth over seconds, and one run of each measured that
 # drift (bench_replication.py does the same for replication off and on).
 COMMAND_ROUNDS = 3
+# Replay is timed over a fraction of a second: the best of a few passes, not one.
+REPLAY_PASSES = 3
 sys.path[:0] = [str(ROOT), str(TOOLS)]
 
 import bench_catchup  # noqa: E402
@@ -921,17 +924,8 @@ def exec_to_ready(work: Path, runs: int) -> dict[str, list[float]]:
     return times
 
 
-def replay_rates(report: Report, work: Path, events: int) -> None:
-    """Replay on its own, in this process: events/s against reading and decoding alone."""
-    state = work / f"replay-{events}"
-    state.mkdir()
-    build_journal(state, events, snapshot=False)
-    directory = state / "state" / "kraken"
-    data = b"".join(segment.read_bytes() for segment in segments_of(directory))
-    started = time.perf_counter()
-    for record in scan_records(data).records:
-        cbor2.loads(record)
-    floor_s = time.perf_counter() - started
+def _open_and_replay(directory: Path) -> tuple[int, float]:
+    """One ``Journal.open`` of ``directory`` with the service's replay: events, seconds."""
     ledgers: list[Ledger] = []
 
     def restore(snapshot: dict[str, object] | None) -> None:
@@ -941,15 +935,35 @@ def replay_rates(report: Report, work: Path, events: int) -> None:
     journal, restored = Journal.open(
         directory, restore, lambda records: replay_events(ledgers[0], records)
     )
-    replay_s = time.perf_counter() - started
+    seconds = time.perf_counter() - started
     journal.close()
-    rate, floor = restored.replayed / replay_s, restored.replayed / floor_s
+    return restored.replayed, seconds
+
+
+def replay_rates(report: Report, work: Path, events: int) -> None:
+    """Replay on its own, in this process: events/s against reading and decoding alone."""
+    state = work / f"replay-{events}"
+    state.mkdir()
+    build_journal(state, events, snapshot=False)
+    directory = state / "state" / "kraken"
+    data = b"".join(segment.read_bytes() for segment in segments_of(directory))
+    floor_s = replay_s = math.inf
+    replayed = 0
+    for _ in range(REPLAY_PASSES):  # in turn: the machine's drift falls on both
+        started = time.perf_counter()
+        for record in scan_records(data).records:
+            cbor2.loads(record)
+        floor_s = min(floor_s, time.perf_counter() - started)
+        replayed, seconds = _open_and_replay(directory)
+        replay_s = min(replay_s, seconds)
+    rate, floor = replayed / replay_s, replayed / floor_s
     report.table(
         "Replay",
         ["events", "replay events/s", "floor: read, check and decode only, events/s"],
-        [[f"{restored.replayed:,}", f"{rate:,.0f}", f"{floor:,.0f}"]],
+        [[f"{replayed:,}", f"{rate:,.0f}", f"{floor:,.0f}"]],
         "`Journal.open` with the service's `replay_events` over a journal of fills (no snapshot), "
-        "in one process, against scanning the same records and decoding each with cbor2.",
+        "in one process, against scanning the same records and decoding each with cbor2; "
+        f"the best of {REPLAY_PASSES} passes of each, in turn.",
     )
     report.goal("replay ≥ 300,000 events/s", f"{rate:,.0f}/s", rate >= 300_000)
 
