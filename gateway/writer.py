@@ -1,8 +1,9 @@
 """The writer task: the only code that changes the ledger, the journal and the store.
 
 It takes whatever is queued as one batch, applies each message, publishes the
-currencies that changed, makes the batch durable with one write and sync, and
-only then answers the commands in it (group commit). The commit is pipelined:
+currencies that changed, then encodes the batch's journal records, makes the
+batch durable with one write and sync, and only then answers the commands in it
+(group commit). The commit is pipelined:
 while a worker thread syncs one batch, the writer applies the next ones, whose
 replies wait for the sync that covers them; a batch found alone, with nothing
 queued behind it and someone waiting on it (a client, the bootstrap), is synced
