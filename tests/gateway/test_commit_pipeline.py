@@ -31,7 +31,7 @@ from gateway.messages import (
 )
 from gateway.service import restore_state
 from gateway.writer import WriterCore, run_writer
-from mmapstore import StoreReader, StoreWriter
+from mmapstore import StoreReader
 from tests.gateway.conftest import open_writer_core
 from tests.gateway.test_ledger import amounts, currencies, fills, indices, strategies
 
@@ -316,13 +316,12 @@ def test_what_the_writer_journals_batch_by_batch_restores_the_ledger_it_built(
         config = GatewayConfig(
             shm_dir=Path(root) / "shm", state_root=Path(root) / "state", run_dir=Path(root)
         )
-        config.shm_dir.mkdir()
-        store = StoreWriter.open(config.store_path, exchange=config.exchange, strategy_count=8)
-        ledger, journal, _ = restore_state(config)
-        core = WriterCore(ledger, journal, store)
+        core = open_writer_core(config)
+        # Its totals journalled too, as a start's bootstrap leaves them.
         core.apply_batch(
             [BalancesFetched({"USD": 1000 * UNIT, "USDT": 1000 * UNIT, "BTC": 10 * UNIT})]
         )
+        journal, store = core.journal, core.store
         edges = sorted({0, len(messages), *(c for c in cuts if c < len(messages))})
         for start, end in itertools.pairwise(edges):
             core.apply_batch(list(messages[start:end]))
