@@ -29,7 +29,8 @@ test: lint
 	$(BIN)/pytest
 
 # The fuzz targets (tests/fuzz, and the store file in tests/mmapstore) for long:
-# HFT_FUZZ_EXAMPLES inputs each, about 20 minutes at the default on 2 cores.
+# HFT_FUZZ_EXAMPLES inputs each, about 50 minutes at the default on 2 cores (47.5 for
+# the 21 targets at stop 34; generating the inputs is most of it).
 FUZZ_EXAMPLES ?= 20000
 fuzz: $(STAMP)
 	HFT_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider \
