@@ -455,18 +455,22 @@ def commands(plan: Plan, report: Report, work: Path) -> None:
     root = work / "commands"
     root.mkdir()
     run_dir = Path(tempfile.mkdtemp(prefix="hft-"))
-    gateway = bench_commands.start_gateway(root, run_dir, None)
-    echo, echo_path = bench_commands.start_echo(run_dir)
     socket_path = run_dir / f"{bench_commands.SERVICE}.sock"
     # The same gateway with its journal in memory, where a sync costs next to nothing:
     # what the gateway's own work allows, apart from the disk's.
     memory_root = Path(tempfile.mkdtemp(prefix="bench-cmd-", dir=MEMORY_DIR))
     memory_run_dir = Path(tempfile.mkdtemp(prefix="hft-"))
-    in_memory = bench_commands.start_gateway(memory_root, memory_run_dir, None)
+    processes: list[subprocess.Popen[bytes]] = []  # stopped however the section ends
     rows = []
     rates: dict[int, float] = {}
     medians: dict[int, float] = {}
     try:
+        gateway = bench_commands.start_gateway(root, run_dir, None)
+        processes.append(gateway)
+        echo, echo_path = bench_commands.start_echo(run_dir)
+        processes.append(echo)
+        in_memory = bench_commands.start_gateway(memory_root, memory_run_dir, None)
+        processes.append(in_memory)
         floor_median, floor_p99 = median_p99(
             bench_commands.fsync_floor(root, 300 if not plan.smoke else 20)
         )
@@ -514,7 +518,7 @@ def commands(plan: Plan, report: Report, work: Path) -> None:
             ]
         )
     finally:
-        for process in (gateway, echo, in_memory):
+        for process in processes:
             process.terminate()
             process.wait()
         for directory in (run_dir, memory_run_dir, memory_root):
