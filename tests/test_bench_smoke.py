@@ -31,6 +31,7 @@ def test_bench_suite_smoke_mode_writes_a_report_with_plots(tmp_path: Path) -> No
     for section in SECTIONS:
         assert section in report, section
     assert "get_balance" in report and "| gateway, 1 client(s) |" in report
+    assert "| gateway, journal in memory (not durable), 1 client(s) |" in report
     plots = sorted(p.name for p in (tmp_path / "benchmarks").glob("*.png"))
     assert plots == sorted(
         ["commands.png", "read_by_currencies.png", "read_by_readers.png", "read_path.png"]
