@@ -450,7 +450,8 @@ def scaling(plan: Plan, report: Report, work: Path) -> None:
 
 def commands(plan: Plan, report: Report, work: Path) -> None:
     """Durable commands from raw client processes, beside two floors measured in the same
-    run: the disk's (append + fsync) and serving's (a bare Trio server answering each line)."""
+    run: the disk's (append + fsync) and serving's (a bare Trio server answering each line),
+    and beside the same gateway with its journal in memory (its own work, apart from the disk)."""
     print("commands ...", flush=True)
     root = work / "commands"
     root.mkdir()
@@ -460,6 +461,7 @@ def commands(plan: Plan, report: Report, work: Path) -> None:
     # what the gateway's own work allows, apart from the disk's.
     memory_root = Path(tempfile.mkdtemp(prefix="bench-cmd-", dir=MEMORY_DIR))
     memory_run_dir = Path(tempfile.mkdtemp(prefix="hft-"))
+    memory_socket_path = memory_run_dir / f"{bench_commands.SERVICE}.sock"
     processes: list[subprocess.Popen[bytes]] = []  # stopped however the section ends
     rows = []
     rates: dict[int, float] = {}
@@ -482,7 +484,7 @@ def commands(plan: Plan, report: Report, work: Path) -> None:
             servers = (
                 ("floor: bare Trio server", echo_path, echo.pid),
                 ("gateway", socket_path, gateway.pid),
-                (IN_MEMORY, memory_run_dir / f"{bench_commands.SERVICE}.sock", in_memory.pid),
+                (IN_MEMORY, memory_socket_path, in_memory.pid),
             )
             runs: dict[str, list[bench_commands.RawRun]] = {name: [] for name, _, _ in servers}
             for _ in range(COMMAND_ROUNDS):  # alternating: the machine's drift falls on both
